@@ -1,0 +1,37 @@
+# gtm: the two set-up commands are `make demo` and `make test`; each builds .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench lint clean services
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: the zero-setup demo (embedded store, simulated fleets, real DNS queries)
+demo: $(STAMP)
+	$(BIN)/gtm demo
+
+## services: install/start the real components the tests need (redis-server, ...)
+services:
+	bash scripts/ensure-services.sh
+
+## test: lint + the whole suite against real Redis, real DNS sockets and real processes
+test: $(STAMP) services
+	$(BIN)/ruff check gtm tests bench
+	$(BIN)/gtm policy validate
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## bench: performance benchmarks; writes bench/results/latest.json
+bench: $(STAMP) services
+	$(BIN)/python -m bench.run --out bench/results/latest.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check gtm tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,106 @@
+"""``plan()`` time versus policy size: N services × 20 regions, 1k / 10k / 100k services.
+
+Services draw their regions from a fixed set of deployment shapes (as real fleets do: many
+services share regional deployments), and a second run gives every service its own region
+subset so no pool is shared (the worst case). Timed with ``time.perf_counter`` on one core,
+after a warm-up plan, with ``previous`` set (the steady-state path the controller runs).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+
+from gtm.engine import plan
+from gtm.models.policy import Policy
+from gtm.models.region import Inventory, Region
+from gtm.models.report import FleetReport, ModelStats
+
+N_REGIONS = 20
+
+
+def build(n_services: int, *, distinct: bool, seed: int = 7) -> tuple[Policy, Inventory, dict[str, FleetReport]]:
+    rng = random.Random(seed)
+    names = [f"r{i:02d}" for i in range(N_REGIONS)]
+    regions = {}
+    for i, n in enumerate(names):
+        eu = i % 2 == 0
+        regions[n] = Region.model_validate({
+            "name": n, "jurisdiction": "EU" if eu else "US",
+            "geography": {"continent": "EU" if eu else "NA"},
+            "endpoints": [{"address": f"192.0.2.{i + 1}"}],
+        })
+    inv = Inventory(regions=regions)
+    shapes = [tuple(names)] + [tuple(sorted(rng.sample(names, rng.randint(4, 20)))) for _ in range(15)]
+    services = []
+    for s in range(n_services):
+        if distinct:
+            regs = tuple(sorted(rng.sample(names, rng.randint(6, 20))))
+            if s % 2 == 0:
+                regs = tuple(names)  # the literal 20-region case for half of them
+                regs = tuple(sorted(set(regs) - {names[s % N_REGIONS]}))
+        else:
+            regs = shapes[s % len(shapes)]
+        if not any(int(r[1:]) % 2 == 0 for r in regs):
+            regs = (*regs, "r00")
+        services.append({
+            "name": f"svc{s}", "fqdn": f"svc{s}.gtm.example.com", "zone": "gtm.example.com",
+            "model": "m", "regions": list(regs),
+            "segments": [
+                {"name": "eu", "match": {"continents": ["EU"]}, "residency": {"jurisdictions": ["EU"]}},
+                {"name": "default"},
+            ],
+        })
+    policy = Policy.model_validate({
+        "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"]}],
+        "services": services,
+    })
+    now = 1_800_000_000.0
+    reports = {
+        n: FleetReport(
+            region=n, agent_id="bench", seq=1, observed_at=now, interval_s=2.0, healthy=True,
+            consecutive_ok=10,
+            models={"m": ModelStats(model="m", replicas_total=4, replicas_healthy=4, spare_capacity=1 + i % 4)},
+            spare_capacity=1 + i % 4,
+        )
+        for i, n in enumerate(names)
+    }
+    return policy, inv, reports
+
+
+def time_plan(n_services: int, *, distinct: bool, repeats: int = 5) -> dict[str, Any]:
+    policy, inv, reports = build(n_services, distinct=distinct)
+    now = 1_800_000_000.0
+    prev = plan(policy, inv, reports, {}, None, now, digest="bench")
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        prev = plan(policy, inv, reports, {}, prev, now + 1 + i, digest="bench")
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "services": n_services,
+        "regions": N_REGIONS,
+        "distinct_pools": len(prev.pools),
+        "shared_pools": not distinct,
+        "median_ms": round(statistics.median(times), 2),
+        "min_ms": round(min(times), 2),
+        "repeats": repeats,
+    }
+
+
+def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000)) -> dict[str, Any]:
+    out: dict[str, Any] = {"shared": [], "distinct": []}
+    for n in sizes:
+        out["shared"].append(time_plan(n, distinct=False, repeats=5 if n <= 10_000 else 3))
+        out["distinct"].append(time_plan(n, distinct=True, repeats=5 if n <= 10_000 else 3))
+    base = out["shared"][0]["median_ms"] / out["shared"][0]["services"]
+    out["linearity"] = [round(r["median_ms"] / r["services"] / base, 2) for r in out["shared"]]
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run((1_000, 10_000)), indent=2))

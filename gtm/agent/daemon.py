@@ -1,0 +1,563 @@
+"""The region agent: scrape every fleet source, judge the region, publish a FleetReport.
+
+One :class:`RegionAgent` per region. Each *check* scrapes every source concurrently (one
+shared ``aiohttp.ClientSession`` with explicit timeouts) and turns the results into a
+:class:`~gtm.models.report.FleetReport`; :meth:`RegionAgent.check_once` does exactly that and
+nothing else, so tests can drive it. :meth:`RegionAgent.run` loops checks and decides when to
+write to Redis:
+
+* **at once** (``put_report(changed=True)``: SET + stream entry + wake-up event) when the
+  verdict, the healthy replica count or the set of failing sources changes, or the region's
+  spare capacity moves by more than ``capacity_change`` (10 %);
+* after a verdict change, on every one of the next ``publish_checks`` checks, polled every
+  ``transition_poll_s`` instead of ``scrape_interval_s``, so the engine's rise/fall counters
+  (``consecutive_ok`` / ``consecutive_fail``) count up quickly;
+* otherwise once per ``heartbeat_s`` (``put_report(changed=False)``: one ``SET PX``) — in
+  steady state that is the only Redis traffic. ``writes`` counts successful writes.
+
+Writes run in a separate, supervised writer task, so a slow or absent Redis never delays a
+check. A failed write (``StoreError``) is logged once per outage and retried with capped
+exponential backoff, always with the freshest report; redis-py reconnects by itself when the
+server returns.
+
+Spare capacity (see :func:`source_spare`): for a healthy source with ``r`` replicas, KV usage
+``kv`` (0..1, missing = 0) and ``w`` waiting requests, the per-replica load is
+``max(kv, min(1, (w / r) / 5))`` — GIE's saturation detector calls a replica saturated at
+``waiting > 5`` or ``kv > 0.8`` — and its spare capacity is ``r × (1 − load)`` idle-replica
+equivalents (unit ``replicas``). Unhealthy sources contribute 0 (all their replicas count
+unhealthy). With ``Region.capacity_per_replica`` (tokens/s of one idle replica) the figure is
+multiplied by it and the unit is ``tokens/s``. A model's spare capacity sums its sources; the
+region's sums its models. ``tokens_per_s`` is the decode-token counter's delta over the wall
+time between two scrapes (a counter that goes down, i.e. a restart, yields no rate for that
+interval).
+
+Wedge heuristic (vLLM issue #39863: EngineCore hung while HTTP answers 200): a source with
+``waiting > 0`` whose progress counter (decode + prefill tokens, see ``gtm.agent.scrape``) has
+not grown over ``wedge_checks`` consecutive scrapes spanning at least ``wedge_min_s`` seconds
+is unhealthy ("wedged").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from gtm.agent.scrape import (
+    HEALTH_PATHS,
+    EngineSample,
+    ScrapeResult,
+    fetch_tgi_model,
+    scrape_source,
+)
+from gtm.errors import StoreError
+from gtm.log import get_logger
+from gtm.models.region import FleetSource, Region
+from gtm.models.report import FleetReport, GpuStats, ModelStats, SourceStatus
+from gtm.store.store import Store
+
+log = get_logger("agent")
+
+SATURATION_WAITING = 5.0
+"""Queued requests per replica at which a replica counts as fully loaded (GIE EPP
+saturation detector default ``waiting > 5``; its KV threshold is 0.8)."""
+
+UNKNOWN_MODEL = "unknown"
+"""Model key for sources that never said what they serve and have no ``model`` configured."""
+
+
+class AgentSettings(BaseModel):
+    """Timing and thresholds of a region agent.
+
+    Defaults target: a killed fleet excluded from DNS in a median ≤ 0.5 s and a hung one
+    (SIGSTOPped: TCP accepted, never answered) in ≤ 1.5 s, with the engine needing ``fall=2``
+    consecutive failed checks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scrape_interval_s: float = Field(default=0.25, gt=0)
+    """Time between the starts of two checks in steady state, seconds."""
+    scrape_timeout_s: float = Field(default=0.4, gt=0)
+    """Deadline for one source's scrape (metrics and health together), seconds."""
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    """A report is written at least this often, seconds (also ``FleetReport.interval_s``)."""
+    report_ttl_s: float = Field(default=6.0, gt=0)
+    """Expiry of the report key in Redis, seconds; an expired report means *unknown*."""
+    transition_poll_s: float = Field(default=0.1, gt=0)
+    """Time between checks while the verdict is changing, seconds."""
+    publish_checks: int = Field(default=5, ge=0)
+    """After a verdict change, publish each of this many following checks."""
+    capacity_change: float = Field(default=0.10, ge=0)
+    """Relative move of spare capacity (fraction of the larger value) that triggers a write."""
+    wedge_checks: int = Field(default=3, ge=1)
+    """Consecutive scrapes without progress (while requests wait) before a source is wedged."""
+    wedge_min_s: float = Field(default=5.0, ge=0)
+    """...and the stall must also have lasted at least this long, seconds."""
+    write_timeout_s: float = Field(default=1.0, gt=0)
+    """Deadline for one report write to Redis, seconds."""
+    retry_initial_s: float = Field(default=0.1, gt=0)
+    """First backoff after a failed write, seconds (doubles per failure)."""
+    retry_max_s: float = Field(default=2.0, gt=0)
+    """Backoff cap between write retries, seconds."""
+    info_retry_s: float = Field(default=10.0, gt=0)
+    """How often to retry learning a TGI model name from ``/info``, seconds."""
+    health_paths: Mapping[str, str] = Field(default_factory=lambda: dict(HEALTH_PATHS))
+    """Health path per engine kind (e.g. ``sglang`` → ``/health`` for pure liveness)."""
+
+
+def replica_load(kv_usage: float | None, waiting_per_replica: float) -> float:
+    """Load of one replica, 0..1: ``max(kv, min(1, waiting / 5))`` (GIE thresholds)."""
+    kv = 0.0 if kv_usage is None else min(1.0, max(0.0, kv_usage))
+    return max(kv, min(1.0, max(0.0, waiting_per_replica) / SATURATION_WAITING))
+
+
+def source_spare(healthy_replicas: int, kv_usage: float | None, waiting: float) -> float:
+    """Spare capacity of a source in idle-replica equivalents: ``r × (1 − load)``.
+
+    Args:
+        healthy_replicas: replicas behind the source that are healthy (0 if it is not).
+        kv_usage: highest KV-cache usage fraction 0..1 of the source, or None.
+        waiting: queued requests summed over the source's replicas.
+    """
+    if healthy_replicas <= 0:
+        return 0.0
+    return healthy_replicas * (1.0 - replica_load(kv_usage, waiting / healthy_replicas))
+
+
+@dataclass(slots=True)
+class _SourceState:
+    """What the agent remembers about one source between checks."""
+
+    last_model: str | None = None
+    info_model: str | None = None
+    info_tried_at: float = -1e18
+    prev_t: float | None = None
+    prev_tokens: float | None = None
+    prev_progress: float | None = None
+    stalled_checks: int = 0
+    stalled_since: float | None = None
+    rate: float | None = None
+
+
+@dataclass(slots=True)
+class _Judged:
+    """One source's verdict for this check."""
+
+    result: ScrapeResult
+    healthy: bool
+    reason: str
+    model: str | None
+
+
+class RegionAgent:
+    """Scrapes one region's fleet and publishes its FleetReport.
+
+    Attributes:
+        region: the region's inventory entry.
+        store: where reports go.
+        settings: timing and thresholds.
+        agent_id: unique id of this agent (``host:pid`` by default).
+        checks: checks done.
+        writes: reports written to Redis successfully.
+        writes_changed: of which with ``changed=True``.
+        write_failures: failed write attempts.
+        last_report: the newest report built.
+    """
+
+    def __init__(
+        self,
+        region: Region,
+        store: Store,
+        settings: AgentSettings,
+        agent_id: str | None = None,
+    ) -> None:
+        self.region = region
+        self.store = store
+        self.settings = settings
+        self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.checks = 0
+        self.writes = 0
+        self.writes_changed = 0
+        self.write_failures = 0
+        self.last_report: FleetReport | None = None
+        self._seq = 0
+        self._ok = 0
+        self._fail = 0
+        self._states: dict[str, _SourceState] = {s.name: _SourceState() for s in region.fleet}
+        self._session: aiohttp.ClientSession | None = None
+        # publishing state
+        self._published: FleetReport | None = None
+        self._published_at = -1e18
+        self._prev_verdict: bool | None = None
+        self._transition_left = 0
+        self._pending: tuple[FleetReport, bool] | None = None
+        self._wake = asyncio.Event()
+        self._outage = False
+        self._writer_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            t = self.settings.scrape_timeout_s
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=t, sock_connect=t),
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (``run`` does it on exit)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check and publish until ``stop`` is set. Never raises on a source or Redis failure.
+
+        Args:
+            stop: set it to end the loop; the pending write is attempted once more.
+        """
+        s = self.settings
+        log.info(
+            "run: region %s, %d sources, interval %.3fs, heartbeat %.1fs",
+            self.region.name,
+            len(self.region.fleet),
+            s.scrape_interval_s,
+            s.heartbeat_s,
+        )
+        self._writer_task = asyncio.create_task(
+            self._writer(), name=f"agent-writer-{self.region.name}"
+        )
+        next_at = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    report = await self.check_once()
+                    self._decide(report)
+                except Exception:  # the loop must survive anything
+                    log.exception("run: check failed for region %s", self.region.name)
+                interval = s.transition_poll_s if self._transition_left > 0 else s.scrape_interval_s
+                next_at = max(next_at + interval, time.monotonic())
+                if stop.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
+        finally:
+            task, self._writer_task = self._writer_task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.aclose()
+            log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
+
+    # -- one check ------------------------------------------------------------------------
+
+    async def check_once(self) -> FleetReport:
+        """Scrape every source once and build the report (no store write).
+
+        Updates ``seq`` and the consecutive ok/fail counts, rates and wedge tracking.
+        """
+        session = self._client()
+        s = self.settings
+        now = time.monotonic()
+        info_jobs: list[asyncio.Task[str | None]] = []
+        info_for: list[FleetSource] = []
+        for src in self.region.fleet:
+            st = self._states[src.name]
+            if (
+                src.kind == "tgi"
+                and src.model is None
+                and st.info_model is None
+                and now - st.info_tried_at >= s.info_retry_s
+            ):
+                st.info_tried_at = now
+                info_for.append(src)
+                info_jobs.append(
+                    asyncio.ensure_future(fetch_tgi_model(session, src, s.scrape_timeout_s))
+                )
+        results = await asyncio.gather(
+            *(
+                scrape_source(session, src, s.scrape_timeout_s, s.health_paths)
+                for src in self.region.fleet
+            )
+        )
+        for src, model in zip(info_for, await asyncio.gather(*info_jobs), strict=True):
+            self._states[src.name].info_model = model
+        report = self._build(results)
+        self.checks += 1
+        self.last_report = report
+        return report
+
+    def _judge(self, res: ScrapeResult) -> _Judged:
+        src = res.source
+        st = self._states[src.name]
+        reasons = list(res.reasons)
+        eng = res.engine
+        if src.kind == "dcgm":
+            gpu = res.gpu
+            if gpu is not None and gpu.degraded:
+                reasons.append("degraded " + "; ".join(gpu.reasons))
+            healthy = res.up and not reasons
+            return _Judged(res, healthy, "; ".join(reasons), None)
+        if eng is None:
+            st.prev_t = st.prev_tokens = st.prev_progress = st.rate = None
+            st.stalled_checks, st.stalled_since = 0, None
+        else:
+            self._track(st, eng, res.finished_at)
+            if eng.model:
+                st.last_model = eng.model
+            wedged = (
+                st.stalled_checks >= self.settings.wedge_checks
+                and st.stalled_since is not None
+                and res.finished_at - st.stalled_since >= self.settings.wedge_min_s
+            )
+            if wedged and st.stalled_since is not None:
+                reasons.append(
+                    f"wedged: {eng.waiting:g} waiting, no progress for "
+                    f"{res.finished_at - st.stalled_since:.1f}s"
+                )
+        healthy = res.up and res.health_ok is not False and not reasons
+        model = (eng.model if eng else None) or src.model or st.last_model or st.info_model
+        return _Judged(res, healthy, "; ".join(reasons), model)
+
+    @staticmethod
+    def _track(st: _SourceState, eng: EngineSample, t: float) -> None:
+        """Update the decode rate and stall tracking of one source."""
+        st.rate = None
+        if (
+            st.prev_t is not None
+            and t > st.prev_t
+            and eng.generation_tokens is not None
+            and st.prev_tokens is not None
+        ):
+            delta = eng.generation_tokens - st.prev_tokens
+            st.rate = delta / (t - st.prev_t) if delta >= 0 else None  # reset: skip
+        stalled = (
+            eng.waiting > 0
+            and eng.progress is not None
+            and st.prev_progress is not None
+            and eng.progress == st.prev_progress
+        )
+        if stalled:
+            st.stalled_checks += 1
+            if st.stalled_since is None:
+                st.stalled_since = st.prev_t
+        else:
+            st.stalled_checks, st.stalled_since = 0, None
+        st.prev_t, st.prev_tokens, st.prev_progress = t, eng.generation_tokens, eng.progress
+
+    def _build(self, results: Sequence[ScrapeResult]) -> FleetReport:
+        judged = [self._judge(r) for r in results]
+        cap = self.region.capacity_per_replica
+        scale = cap if cap is not None else 1.0
+
+        by_model: dict[str, list[_Judged]] = {}
+        for j in judged:
+            if j.result.source.kind != "dcgm":
+                by_model.setdefault(j.model or UNKNOWN_MODEL, []).append(j)
+
+        models: dict[str, ModelStats] = {}
+        for name, group in sorted(by_model.items()):
+            total = sum(j.result.source.replicas for j in group)
+            healthy = sum(j.result.source.replicas for j in group if j.healthy)
+            up = [j.result.engine for j in group if j.result.engine is not None]
+            kvs = [
+                j.result.engine.kv_usage
+                for j in group
+                if j.healthy
+                and j.result.engine is not None
+                and j.result.engine.kv_usage is not None
+            ]
+            rates = [
+                self._states[j.result.source.name].rate
+                for j in group
+                if j.result.engine is not None
+                and self._states[j.result.source.name].rate is not None
+            ]
+            spare = sum(
+                source_spare(
+                    j.result.source.replicas, j.result.engine.kv_usage, j.result.engine.waiting
+                )
+                for j in group
+                if j.healthy and j.result.engine is not None
+            )
+            versions = sorted({j.result.source.version for j in group if j.result.source.version})
+            models[name] = ModelStats(
+                model=name,
+                version=",".join(versions),
+                replicas_total=total,
+                replicas_healthy=healthy,
+                running=sum(e.running for e in up),
+                waiting=sum(e.waiting for e in up),
+                kv_cache_usage=max(kvs) if kvs else None,
+                generation_tokens_total=sum(e.generation_tokens or 0.0 for e in up),
+                tokens_per_s=sum(r for r in rates if r is not None) if rates else None,
+                errors_total=sum(e.errors for e in up),
+                spare_capacity=spare * scale,
+            )
+
+        gpus = [j.result.gpu for j in judged if j.result.gpu is not None]
+        gpu: GpuStats | None = None
+        if gpus:
+            utils = [(g.utilization, g.count) for g in gpus if g.utilization is not None]
+            weight = sum(max(c, 1) for _, c in utils)
+            used = [g.memory_used_mib for g in gpus if g.memory_used_mib is not None]
+            tot = [g.memory_total_mib for g in gpus if g.memory_total_mib is not None]
+            gpu = GpuStats(
+                count=sum(g.count for g in gpus),
+                utilization=(
+                    sum(u * max(c, 1) for u, c in utils if u is not None) / weight
+                    if utils
+                    else None
+                ),
+                memory_used_mib=sum(used) if used else None,
+                memory_total_mib=sum(tot) if tot else None,
+                degraded=sum(g.degraded for g in gpus),
+                xids=tuple(sorted({x for g in gpus for x in g.xids})),
+            )
+
+        healthy_replicas = sum(m.replicas_healthy for m in models.values())
+        verdict = healthy_replicas > 0
+        failing = [j for j in judged if not j.healthy]
+        reason = ""
+        if not verdict:
+            if not by_model:
+                reason = "no serving sources configured"
+            else:
+                reason = "no healthy replica: " + "; ".join(
+                    f"{j.result.source.name}: {j.reason or 'unhealthy'}" for j in failing
+                )
+        self._seq += 1
+        if verdict:
+            self._ok, self._fail = self._ok + 1, 0
+        else:
+            self._ok, self._fail = 0, self._fail + 1
+        return FleetReport(
+            region=self.region.name,
+            agent_id=self.agent_id,
+            seq=self._seq,
+            observed_at=time.time(),
+            interval_s=self.settings.heartbeat_s,
+            healthy=verdict,
+            consecutive_ok=self._ok,
+            consecutive_fail=self._fail,
+            reason=reason[:2000],
+            models=models,
+            gpu=gpu,
+            sources=tuple(
+                SourceStatus(
+                    name=j.result.source.name,
+                    kind=j.result.source.kind,
+                    up=j.result.up,
+                    healthy=j.healthy,
+                    reason=j.reason,
+                    latency_ms=round(j.result.latency_ms, 3),
+                )
+                for j in judged
+            ),
+            spare_capacity=sum(m.spare_capacity for m in models.values()),
+            capacity_unit="tokens/s" if cap is not None else "replicas",
+        )
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _significant(self, report: FleetReport) -> bool:
+        """Whether ``report`` changes the region's state against the last published one."""
+        old = self._published
+        if old is None or old.healthy != report.healthy:
+            return True
+        if _healthy_replicas(old) != _healthy_replicas(report):
+            return True
+        if _failing(old) != _failing(report):
+            return True
+        a, b = old.spare_capacity, report.spare_capacity
+        return abs(a - b) > self.settings.capacity_change * max(a, b)
+
+    def _decide(self, report: FleetReport) -> None:
+        """Hand ``report`` to the writer if it must be published now."""
+        now = time.monotonic()
+        s = self.settings
+        if self._prev_verdict is not None and report.healthy != self._prev_verdict:
+            self._transition_left = s.publish_checks + 1  # this check and the next N
+        self._prev_verdict = report.healthy
+        changed: bool | None = None
+        if self._significant(report) or self._transition_left > 0:
+            changed = True
+        elif now - self._published_at >= s.heartbeat_s - s.scrape_interval_s / 2:
+            changed = False
+        elif self._outage and self._pending is not None:
+            changed = self._pending[1]  # keep the retried report fresh
+        if self._transition_left > 0:
+            self._transition_left -= 1
+        if changed is None:
+            return
+        if self._pending is not None:
+            changed = changed or self._pending[1]
+        self._pending = (report, changed)
+        self._published = report
+        self._published_at = now
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        """Write pending reports; on failure retry with capped exponential backoff."""
+        s = self.settings
+        backoff = s.retry_initial_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending is not None:
+                report, changed = self._pending
+                self._pending = None
+                try:
+                    async with asyncio.timeout(s.write_timeout_s):
+                        await self.store.put_report(report, s.report_ttl_s, changed=changed)
+                except (StoreError, TimeoutError, OSError) as exc:
+                    self._write_failed(report, changed, exc)
+                except Exception as exc:  # never let the writer die
+                    log.exception("writer: unexpected error for region %s", self.region.name)
+                    self._write_failed(report, changed, exc)
+                else:
+                    self.writes += 1
+                    self.writes_changed += int(changed)
+                    backoff = s.retry_initial_s
+                    if self._outage:
+                        self._outage = False
+                        log.warning(
+                            "writer: redis reachable again; region %s reports resumed",
+                            self.region.name,
+                        )
+                    continue
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, s.retry_max_s)
+
+    def _write_failed(self, report: FleetReport, changed: bool, exc: BaseException) -> None:
+        self.write_failures += 1
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "writer: cannot write report for region %s, retrying with backoff: %s",
+                self.region.name,
+                exc or type(exc).__name__,
+            )
+        if self._pending is None:
+            self._pending = (report, changed)
+        else:
+            self._pending = (self._pending[0], self._pending[1] or changed)
+
+
+def _healthy_replicas(report: FleetReport) -> int:
+    return sum(m.replicas_healthy for m in report.models.values())
+
+
+def _failing(report: FleetReport) -> frozenset[str]:
+    return frozenset(s.name for s in report.sources if not s.healthy)

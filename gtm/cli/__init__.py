@@ -1,0 +1,1 @@
+"""The ``gtm`` command: thin; parse, build from config, call one function."""

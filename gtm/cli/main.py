@@ -1,0 +1,530 @@
+"""The ``gtm`` command line.
+
+Exit codes (scripts can trust them):
+  0  success
+  1  error (Redis unreachable, provider failure, ...), printed as ``ErrorType: message``
+  2  usage error (bad flags), or a policy/inventory that does not validate
+  3  refused: the request is valid but unsafe or impossible now (e.g. unknown region)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from gtm.config.loader import Config, load_config
+from gtm.config.settings import DEFAULT_REDIS_URL, Settings, redact
+from gtm.errors import ConfigError, GtmError
+from gtm.log import get_logger, setup_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="gtm",
+    help=(
+        "gtm: a global traffic manager for multi-region LLM inference fleets.\n\n"
+        "Region agents report fleet health and spare GPU capacity into Redis; the controller "
+        "plans weighted, residency-safe routing and publishes it to DNS.\n\n"
+        "Start with `gtm demo` (no setup), then `gtm status`, `gtm plan`, `gtm drain`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Validate policy and inventory files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+console = Console()
+err_console = Console(stderr=True)
+log = get_logger("cli")
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+RedisOpt = typer.Option(
+    None, "--redis", envvar="GTM_REDIS_URL",
+    help=f"Redis URL (redis://, rediss:// for TLS, embedded:// in-process). Default {DEFAULT_REDIS_URL}.",
+)
+NsOpt = typer.Option("default", "--namespace", "--ns", envvar="GTM_NAMESPACE", help="Installation namespace in Redis.")
+PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help="Policy file or directory.")
+RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
+OutputOpt = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
+
+
+def _fail(exc: BaseException, debug: bool, code: int = 1) -> None:
+    if debug:
+        raise exc
+    err_console.print(f"[red]{type(exc).__name__}[/]: {exc}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]], debug: bool) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except ConfigError as exc:
+        _fail(exc, debug, 2)
+    except GtmError as exc:
+        _fail(exc, debug, 1)
+    raise AssertionError("unreachable")
+
+
+def _config(policies: str, regions: str, debug: bool) -> Config:
+    try:
+        return load_config(policies, regions)
+    except ConfigError as exc:
+        _fail(exc, debug, 2)
+    raise AssertionError("unreachable")
+
+
+def _store_url(redis: str | None) -> str:
+    return Settings().resolved_redis_url(redis)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# -- status / plan ------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Show each region's health, spare capacity, report age, overrides and pool weights.
+
+    Reads Redis only; changes nothing. Exit 1 if Redis is unreachable.
+    """
+    from gtm.cli.render import render_status
+    from gtm.controller.status import gather_status
+    from gtm.store import connect
+
+    cfg = _config(policies, regions, debug)
+
+    async def go() -> dict[str, Any]:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            return await gather_status(store, cfg)
+        finally:
+            await store.aclose()
+
+    data = _run(go, debug)
+    if output is Output.json:
+        _print_json(data)
+    else:
+        render_status(console, data)
+
+
+@app.command("plan")
+def plan_cmd(
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Show what the controller would decide now, and why (a dry run: writes nothing).
+
+    Runs the policy engine on the reports and overrides in Redis and the policy files given,
+    against the desired state in force. Exit 0 whether or not there are changes.
+    """
+    from gtm.cli.render import render_plan
+    from gtm.controller.status import plan_now, pools_with_services
+    from gtm.store import connect
+
+    cfg = _config(policies, regions, debug)
+
+    async def go() -> Any:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            t0 = time.perf_counter()
+            state, previous = await plan_now(store, cfg)
+            return state, previous, (time.perf_counter() - t0) * 1000
+        finally:
+            await store.aclose()
+
+    state, previous, ms = _run(go, debug)
+    changed = previous is None or previous.routing_digest() != state.routing_digest()
+    if output is Output.json:
+        _print_json(
+            {
+                "changed": changed,
+                "held": state.held,
+                "hold_reason": state.hold_reason,
+                "generation": state.generation,
+                "decisions": [
+                    {"subject": d.subject, "action": d.action, "reason": d.reason}
+                    for d in state.decisions
+                ],
+                "pools": pools_with_services(state),
+                "plan_ms": round(ms, 3),
+            }
+        )
+    else:
+        render_plan(console, state, previous)
+        console.print(f"planned in {ms:.1f} ms (including Redis reads)")
+
+
+# -- drain / undrain ----------------------------------------------------------------------
+
+
+@app.command()
+def drain(
+    region: str = typer.Argument(..., help="Region to drain, e.g. eu-west-1."),
+    reason: str = typer.Option(..., "--reason", "-r", help="Why (shown in status and audit). Required."),
+    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
+    cordon: bool = typer.Option(False, "--cordon", help="Cordon instead: keep current weight, never raise it."),
+    expires_in: float | None = typer.Option(
+        None, "--expires-in", help="Lift the override by itself after this many seconds."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Drain a region: step its weight down to 0 (planned steps), and hold it there.
+
+    The controller steps the weight down by the policy's planned_step every step_interval_s.
+    Undo with `gtm undrain REGION`. Exit 3 if the region is unknown.
+    """
+    from gtm.engine import plan as engine_plan
+    from gtm.models.override import Override
+    from gtm.store import connect
+
+    cfg = _config(policies, regions, debug)
+    if region not in cfg.inventory.regions:
+        known = ", ".join(sorted(cfg.inventory.regions))
+        err_console.print(f"[red]RefusedError[/]: unknown region {region!r}; known: {known}")
+        raise typer.Exit(3)
+    now = time.time()
+    ov = Override(
+        region=region, kind="cordon" if cordon else "drain", reason=reason, actor=actor,
+        since=now, expires_at=now + expires_in if expires_in else None,
+    )
+
+    async def go() -> dict[str, Any]:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
+            reports, _ = await store.get_reports(names)
+            overrides = await store.get_overrides()
+            previous = await store.get_desired()
+            overrides[region] = ov
+            # Project the drain to completion: where the region's share goes.
+            state = previous
+            t = now
+            for _ in range(300 // 1):
+                state = engine_plan(cfg.policy, cfg.inventory, reports, overrides, state, t, digest=cfg.digest)
+                if all(p.weight_of(region) == 0 for p in state.pools.values()) or cordon:
+                    break
+                t += cfg.policy.safety.step_interval_s
+            projection = _shares(state) if state is not None else {}
+            if not dry_run:
+                await store.put_override(ov)
+            return {"override": ov.model_dump(), "written": not dry_run, "projected_shares": projection}
+        finally:
+            await store.aclose()
+
+    data = _run(go, debug)
+    if output is Output.json:
+        _print_json(data)
+        return
+    verb = "would cordon" if dry_run and cordon else "would drain" if dry_run else "cordoned" if cordon else "drained"
+    console.print(f"{verb} [bold]{region}[/] ({reason}) by {actor}")
+    for pool, shares in data["projected_shares"].items():
+        txt = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "DARK"
+        console.print(f"  projected {pool}: {txt}")
+    if not dry_run and not cordon:
+        rules = cfg.policy.safety
+        console.print(
+            f"the controller steps the weight down by {rules.planned_step} every {rules.step_interval_s:g}s; "
+            f"watch with `gtm status`"
+        )
+
+
+def _shares(state: Any) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for pid, pool in sorted(state.pools.items()):
+        total = sum(m.weight for m in pool.members)
+        out[pid] = {m.region: m.weight / total for m in pool.members if m.weight > 0} if total else {}
+    return out
+
+
+@app.command()
+def undrain(
+    region: str = typer.Argument(..., help="Region to return to service."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Lift a drain or cordon: the weight ramps back up in planned steps.
+
+    Exit 3 if the region had no override.
+    """
+    from gtm.store import connect
+
+    async def go() -> bool:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            return await store.delete_override(region)
+        finally:
+            await store.aclose()
+
+    existed = _run(go, debug)
+    if output is Output.json:
+        _print_json({"region": region, "removed": existed})
+    elif existed:
+        console.print(f"undrained [bold]{region}[/]: weight ramps back up in planned steps")
+    else:
+        err_console.print(f"{region} had no drain or cordon")
+    if not existed:
+        raise typer.Exit(3)
+
+
+# -- policy -------------------------------------------------------------------------------
+
+
+@policy_app.command("validate")
+def policy_validate(
+    paths: list[str] = typer.Argument(None, help="Policy files or directories (default: --policies)."),
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    output: Output = OutputOpt,
+) -> None:
+    """Check policy and inventory files; print every error with file, line, field and value.
+
+    Exit 0 when valid, 2 when not. Nothing running is affected.
+    """
+    targets = paths or [policies]
+    try:
+        cfg = load_config(targets, regions)
+    except ConfigError as exc:
+        if output is Output.json:
+            _print_json({"valid": False, "errors": exc.reasons})
+        else:
+            for r in exc.reasons:
+                err_console.print(r, highlight=False, soft_wrap=True)
+            err_console.print(f"[red]invalid[/]: {len(exc.reasons)} problem(s)")
+        raise typer.Exit(2) from None
+    if output is Output.json:
+        _print_json({"valid": True, "digest": cfg.digest, "files": list(cfg.files)})
+    else:
+        console.print(
+            f"[green]valid[/]: {len(cfg.policy.services)} service(s), "
+            f"{len(cfg.inventory.regions)} region(s), digest {cfg.digest[:19]}"
+        )
+
+
+# -- daemons ------------------------------------------------------------------------------
+
+
+def _install_signal_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@app.command()
+def agent(
+    region: str = typer.Option(..., "--region", help="This agent's region (from the inventory)."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    regions: str = RegionsOpt,
+    scrape_interval: float = typer.Option(0.25, help="Seconds between fleet scrapes."),
+    heartbeat: float = typer.Option(2.0, help="A report is written at least this often, seconds."),
+    report_ttl: float = typer.Option(6.0, help="Redis expiry of a report, seconds."),
+    scrape_timeout: float = typer.Option(0.4, help="Per-request scrape timeout, seconds."),
+    agent_id: str | None = typer.Option(None, help="Agent id (default host:pid)."),
+    log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
+) -> None:
+    """Run the region agent: scrape the fleet, report health and spare capacity to Redis.
+
+    Publishes at once when the verdict changes; otherwise one report per heartbeat.
+    Keeps running through Redis outages and unreachable fleet endpoints. Stop with SIGTERM.
+    """
+    from gtm.agent.daemon import AgentSettings, RegionAgent
+    from gtm.config.loader import load_inventory
+    from gtm.store import connect
+
+    setup_logging(log_level)
+    try:
+        inv = load_inventory(regions)
+    except ConfigError as exc:
+        _fail(exc, False, 2)
+    if region not in inv.regions:
+        err_console.print(f"[red]ConfigError[/]: unknown region {region!r}; known: {', '.join(sorted(inv.regions))}")
+        raise typer.Exit(2)
+    settings = AgentSettings(
+        scrape_interval_s=scrape_interval, heartbeat_s=heartbeat, report_ttl_s=report_ttl,
+        scrape_timeout_s=scrape_timeout,
+    )
+    url = _store_url(redis)
+    log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _install_signal_stop(stop)
+        store = connect(url, ns=ns)
+        try:
+            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id).run(stop)
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+@app.command()
+def controller(
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    dns_listen: str = typer.Option(
+        "127.0.0.1:5353", "--dns-listen",
+        help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
+    ),
+    tick: float = typer.Option(0.5, help="Seconds between cycles when no event arrives."),
+    log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
+) -> None:
+    """Run the controller: plan from Redis inputs and publish to the embedded DNS.
+
+    Several replicas may run: one leader plans and writes (fencing token), the others serve
+    DNS from the leader's desired state. A policy file that stops validating is rejected and
+    the last good policy stays in force. Stop with SIGTERM.
+    """
+    from gtm.controller.loop import Controller, ControllerSettings, file_config_loader
+    from gtm.providers.embedded_dns import EmbeddedDnsServer
+    from gtm.providers.geo import PrefixTable
+    from gtm.store import connect
+
+    setup_logging(log_level)
+    loader = file_config_loader(policies, regions)
+    try:
+        cfg = loader()
+    except ConfigError as exc:
+        _fail(exc, False, 2)
+    url = _store_url(redis)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _install_signal_stop(stop)
+        store = connect(url, ns=ns)
+        publishers = []
+        dns = None
+        if dns_listen != "off":
+            host, _, port = dns_listen.rpartition(":")
+            dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
+            await dns.start(host or "127.0.0.1", int(port))
+            publishers.append(dns)
+            log.info("controller: embedded DNS on %s (UDP and TCP)", dns_listen)
+        log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
+        ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick))
+        try:
+            await ctl.run(stop)
+        finally:
+            if dns is not None:
+                await dns.stop()
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+@app.command()
+def sim(
+    kind: str = typer.Option("vllm", help="Engine to simulate: vllm, tgi, sglang."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(18001),
+    model: str = typer.Option("llama-3.1-8b"),
+) -> None:
+    """Run a simulated fleet serving real metric samples (for drills, demos and tests)."""
+    argv = [sys.executable, "-m", "gtm.sim", "--kind", kind, "--host", host, "--port", str(port), "--model", model]
+    os.execvp(sys.executable, argv)
+
+
+@app.command()
+def audit(
+    count: int = typer.Option(20, help="How many entries, newest first."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Show the newest audit entries: what changed, why, policy digest, fencing token."""
+    from gtm.store import connect
+
+    async def go() -> list[tuple[str, dict[str, str]]]:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            return await store.read_audit(count)
+        finally:
+            await store.aclose()
+
+    rows = _run(go, debug)
+    decoded = [{"id": i, **{k: _maybe_json(v) for k, v in f.items()}} for i, f in rows]
+    if output is Output.json:
+        _print_json(decoded)
+        return
+    for e in decoded:
+        ts = time.strftime("%H:%M:%S", time.localtime(float(e.get("ts", 0))))
+        console.print(f"[bold]{ts}[/] gen {e.get('generation')} token {e.get('fencing_token')}")
+        for d in e.get("decisions", []):
+            console.print(f"  {d['subject']}: {d['action']} — {d['reason']}", highlight=False)
+
+
+def _maybe_json(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+@app.command()
+def demo(
+    fast: bool = typer.Option(False, "--fast", help="Shorter waits (for CI)."),
+    queries: int = typer.Option(200, help="DNS queries per client subnet per step."),
+    output: Output = OutputOpt,
+) -> None:
+    """Run the zero-setup demo: four regions, simulated fleets, agents, controller, DNS.
+
+    Uses an embedded store (no Redis needed) and real DNS queries to the embedded server.
+    Scenario: steady state → a fleet fails → failover → recovery → drain an EU region →
+    undrain. Prints a timeline of answer shares per region. Exits 0 within about 90 s.
+    """
+    from gtm.demo import run_demo
+
+    setup_logging("WARNING")
+    ok = asyncio.run(run_demo(console, queries=queries, fast=fast, json_out=output is Output.json))
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Entry point of the ``gtm`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

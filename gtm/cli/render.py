@@ -1,0 +1,90 @@
+"""Human-readable rendering of status and plans with rich (JSON output bypasses this)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gtm.controller.status import pools_with_services
+from gtm.models.plan import DesiredState
+
+_STATE_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "magenta"}
+
+
+def _age(now: float, t: float | None) -> str:
+    return "-" if t is None else f"{max(0.0, now - t):.1f}s"
+
+
+def render_status(console: Console, status: dict[str, Any]) -> None:
+    """Print the regions table and the pools table from ``gtm status`` data."""
+    now = status["now"]
+    leader = status.get("leader") or "none"
+    state = status.get("desired")
+    head = f"leader: {leader}   generation: {state['generation'] if state else '-'}"
+    if state and state.get("held"):
+        head += f"   [bold red]HELD: {state['hold_reason']}[/]"
+    console.print(head)
+    t = Table(title="regions", show_lines=False)
+    for col in ("region", "jurisdiction", "health", "spare", "report age", "override", "reason"):
+        t.add_column(col)
+    for r in status["regions"]:
+        style = _STATE_STYLE.get(r["state"], "")
+        t.add_row(
+            r["region"],
+            r["jurisdiction"],
+            f"[{style}]{r['state']}[/]" if style else r["state"],
+            f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
+            _age(now, r["observed_at"]),
+            f"{r['override']} ({r['override_reason']})" if r["override"] else "",
+            r["reason"],
+        )
+    console.print(t)
+    if not state:
+        console.print("[yellow]no desired state yet: is a controller running?[/]")
+        return
+    p = Table(title="pools")
+    for col in ("pool", "segment", "mode", "weights", "services"):
+        p.add_column(col)
+    for pool in status["pools"]:
+        weights = "  ".join(f"{m['region']}={m['weight']}" for m in pool["members"])
+        mode = pool["mode"]
+        p.add_row(
+            pool["pool_id"], pool["segment"],
+            mode if mode == "normal" else f"[bold red]{mode}[/]",
+            weights, ", ".join(pool["services"]),
+        )
+    console.print(p)
+    for name, info in status.get("providers", {}).items():
+        console.print(
+            f"provider {name}: generation {info.get('generation')} applied "
+            f"{_age(now, info.get('applied_at'))} ago"
+        )
+    if status.get("rejected_reports"):
+        console.print(f"[yellow]rejected malformed reports: {status['rejected_reports']}[/]")
+
+
+def render_plan(console: Console, state: DesiredState, previous: DesiredState | None) -> None:
+    """Print what the controller would do now, with the reason for each decision."""
+    if state.held:
+        console.print(f"[bold red]HOLD[/]: {state.hold_reason}")
+    if previous is not None and previous.routing_digest() == state.routing_digest():
+        console.print("[green]no change[/]: the routing in force is what the policy asks for")
+    t = Table(title=f"decisions (generation {state.generation})")
+    for col in ("subject", "action", "reason"):
+        t.add_column(col)
+    for d in state.decisions:
+        t.add_row(d.subject, d.action, d.reason)
+    if state.decisions:
+        console.print(t)
+    p = Table(title="pools")
+    for col in ("pool", "segment", "region", "weight", "reason"):
+        p.add_column(col)
+    for pool in pools_with_services(state):
+        for i, m in enumerate(pool["members"]):
+            p.add_row(
+                pool["pool_id"] if i == 0 else "", pool["segment"] if i == 0 else "",
+                m["region"], str(m["weight"]), m["reason"],
+            )
+    console.print(p)

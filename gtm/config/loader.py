@@ -1,0 +1,318 @@
+"""Load and validate the region inventory and policy files.
+
+Every problem is reported at once (one ``ConfigError`` carrying all reasons), each reason as
+``file:line: field.path: message (value: ...)`` so an operator can fix a file in one pass.
+Nothing here mutates state: a caller that gets ``ConfigError`` keeps what it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gtm.errors import ConfigError
+from gtm.models.policy import Policy
+from gtm.models.region import Inventory, Region
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated policy with the inventory it was checked against.
+
+    Attributes:
+        policy: the policy.
+        inventory: the regions.
+        digest: ``sha256:<hex>`` of the policy and inventory as parsed (canonical JSON).
+        files: the files read.
+    """
+
+    policy: Policy
+    inventory: Inventory
+    digest: str
+    files: tuple[str, ...]
+
+
+def _yaml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in _YAML_SUFFIXES and p.is_file())
+    return [path]
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse one file; returns (data, node tree for line lookups). Raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from exc
+    return data, node
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """Line (1-based) of the deepest YAML node on the path ``loc``."""
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    nxt = v
+                    line = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+            if node is not None:
+                line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def _fmt_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _real_errors(exc: ValidationError) -> list[Any]:
+    """Errors minus a list's "too short" that only echoes its items' own failures."""
+    errors = exc.errors()
+    return [
+        e
+        for e in errors
+        if not (e["type"] == "too_short" and isinstance(e["input"], (list, tuple)) and e["input"])
+    ]
+
+
+def _validation_reasons(
+    path: Path, node: yaml.Node | None, exc: ValidationError, prefix: Sequence[int | str] = ()
+) -> list[str]:
+    reasons = []
+    for err in _real_errors(exc):
+        loc = [p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-"))]
+        line = _line_of(node, loc)
+        where = f"{path}:{line}" if line else str(path)
+        msg = err["msg"].removeprefix("Value error, ")
+        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" else ""
+        reasons.append(f"{where}: {_fmt_loc(loc)}: {msg}{value}")
+    return reasons
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read every ``*.yaml`` region file under ``path`` (a directory or one file).
+
+    Raises:
+        ConfigError: with every problem found (file, line, field, value).
+    """
+    reasons: list[str] = []
+    regions: dict[str, Region] = {}
+    files = _yaml_files(Path(path))
+    if not files:
+        raise ConfigError([f"{path}: no region files (*.yaml) found"])
+    for f in files:
+        try:
+            data, node = _read_yaml(f)
+        except ConfigError as exc:
+            reasons.extend(exc.reasons)
+            continue
+        if not isinstance(data, dict):
+            reasons.append(f"{f}:1: a region file must be a mapping (got {type(data).__name__})")
+            continue
+        try:
+            region = Region.model_validate(data)
+        except ValidationError as exc:
+            reasons.extend(_validation_reasons(f, node, exc))
+            continue
+        if region.name != f.stem:
+            line = _line_of(node, ["name"])
+            reasons.append(f"{f}:{line}: name: must equal the file name {f.stem!r} (value: {region.name!r})")
+        if region.name in regions:
+            reasons.append(f"{f}: region {region.name!r} defined twice")
+        regions[region.name] = region
+    if reasons:
+        raise ConfigError(reasons)
+    return Inventory(regions=regions)
+
+
+def load_policy(paths: str | Path | Iterable[str | Path]) -> tuple[Policy, tuple[str, ...]]:
+    """Read a policy from one file, a directory of files, or several files.
+
+    Several files are merged: ``zones`` and ``services`` are concatenated; ``name``,
+    ``health`` and ``safety`` may be set by at most one file.
+
+    Returns:
+        ``(policy, files read)``.
+
+    Raises:
+        ConfigError: with every problem found.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = [f for p in paths for f in _yaml_files(Path(p))]
+    if not files:
+        raise ConfigError([f"{', '.join(map(str, paths))}: no policy files (*.yaml) found"])
+    reasons: list[str] = []
+    merged: dict[str, Any] = {"zones": [], "services": []}
+    origin: dict[str, Path] = {}
+    per_file: list[tuple[Path, yaml.Node | None, dict[str, Any]]] = []
+    for f in files:
+        try:
+            data, node = _read_yaml(f)
+        except ConfigError as exc:
+            reasons.extend(exc.reasons)
+            continue
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            reasons.append(f"{f}:1: a policy file must be a mapping (got {type(data).__name__})")
+            continue
+        per_file.append((f, node, data))
+        for key, value in data.items():
+            if key in ("zones", "services"):
+                if not isinstance(value, list):
+                    line = _line_of(node, [key])
+                    reasons.append(f"{f}:{line}: {key}: must be a list (value: {_short(value)})")
+                    continue
+                merged[key].extend(value)
+            elif key in origin:
+                line = _line_of(node, [key])
+                reasons.append(f"{f}:{line}: {key}: already set in {origin[key]}")
+            else:
+                origin[key] = f
+                merged[key] = value
+    if reasons:
+        raise ConfigError(reasons)
+    try:
+        policy = Policy.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_map_merged_errors(per_file, exc)) from exc
+    return policy, tuple(str(f) for f in files)
+
+
+def _map_merged_errors(
+    per_file: list[tuple[Path, yaml.Node | None, dict[str, Any]]], exc: ValidationError
+) -> list[str]:
+    """Translate errors on the merged document back to (file, index within that file)."""
+    offsets: dict[str, list[tuple[int, Path, yaml.Node | None]]] = {"zones": [], "services": []}
+    counts = {"zones": 0, "services": 0}
+    owner: dict[str, tuple[Path, yaml.Node | None]] = {}
+    for f, node, data in per_file:
+        for key in ("zones", "services"):
+            if isinstance(data.get(key), list):
+                offsets[key].append((counts[key], f, node))
+                counts[key] += len(data[key])
+        for key in data:
+            owner.setdefault(key, (f, node))
+    reasons: list[str] = []
+    for err in _real_errors(exc):
+        loc = list(err["loc"])
+        f, node = per_file[0][0], per_file[0][1]
+        if loc and loc[0] in offsets and len(loc) > 1 and isinstance(loc[1], int):
+            local = loc[1]
+            for start, fp, nd in offsets[str(loc[0])]:
+                if loc[1] >= start:
+                    f, node, local = fp, nd, loc[1] - start
+            loc = [loc[0], local, *loc[2:]]
+        elif loc and str(loc[0]) in owner:
+            f, node = owner[str(loc[0])]
+        line = _line_of(node, loc)
+        where = f"{f}:{line}" if line else str(f)
+        msg = err["msg"].removeprefix("Value error, ")
+        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" else ""
+        reasons.append(f"{where}: {_fmt_loc(loc)}: {msg}{value}")
+    return reasons
+
+
+def cross_check(policy: Policy, inventory: Inventory) -> list[str]:
+    """Checks that need both policy and inventory; returns one reason per problem."""
+    reasons: list[str] = []
+    known = inventory.regions
+    for i, svc in enumerate(policy.services):
+        for r in svc.regions:
+            if r not in known:
+                reasons.append(
+                    f"services[{i}].regions: service {svc.name!r} names unknown region {r!r} "
+                    f"(known: {sorted(known)})"
+                )
+        for j, seg in enumerate(svc.all_segments):
+            if seg.residency is None:
+                continue
+            pool = [r for r in (seg.regions or svc.regions) if r in known]
+            eligible = [r for r in pool if known[r].jurisdiction in seg.residency.jurisdictions]
+            if not eligible:
+                reasons.append(
+                    f"services[{i}].segments[{j}].residency: segment {seg.name!r} of "
+                    f"{svc.name!r} is pinned to {list(seg.residency.jurisdictions)} but none of "
+                    f"its regions {list(pool)} is in those jurisdictions"
+                )
+    return reasons
+
+
+def policy_digest(policy: Policy, inventory: Inventory) -> str:
+    """``sha256:<hex>`` of the canonical JSON of policy and inventory."""
+    blob = json.dumps(
+        {"policy": _dump(policy), "inventory": _dump(inventory)}, sort_keys=True, default=str
+    )
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _dump(model: BaseModel) -> Any:
+    return model.model_dump(mode="json")
+
+
+def load_config(policy_paths: str | Path | Iterable[str | Path], regions_path: str | Path) -> Config:
+    """Load, validate and cross-check a policy against an inventory.
+
+    Raises:
+        ConfigError: every problem in every file, at once.
+    """
+    reasons: list[str] = []
+    inventory: Inventory | None = None
+    policy: Policy | None = None
+    files: tuple[str, ...] = ()
+    try:
+        inventory = load_inventory(regions_path)
+    except ConfigError as exc:
+        reasons.extend(exc.reasons)
+    try:
+        policy, files = load_policy(policy_paths)
+    except ConfigError as exc:
+        reasons.extend(exc.reasons)
+    if policy is not None and inventory is not None:
+        reasons.extend(f"{files[0] if len(files) == 1 else 'policy'}: {r}" for r in cross_check(policy, inventory))
+    if reasons or policy is None or inventory is None:
+        raise ConfigError(reasons)
+    return Config(
+        policy=policy,
+        inventory=inventory,
+        digest=policy_digest(policy, inventory),
+        files=files + tuple(str(p) for p in _yaml_files(Path(regions_path))),
+    )

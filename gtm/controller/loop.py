@@ -1,0 +1,306 @@
+"""The controller: reads inputs from Redis, plans, publishes the change, audits it.
+
+Level-triggered: every cycle rebuilds the whole snapshot and re-plans, so an unchanged plan
+means converged and costs no provider write. Cycles run when an agent or operator publishes
+an event, and on a timer (``tick_s``) that catches lapsed heartbeats and paces planned steps.
+
+Several replicas may run; only the lease holder plans and writes (its fencing token is checked
+by Redis on every desired-state write). Followers keep their local publishers (embedded DNS)
+in step with the leader's desired state, so each replica can answer DNS.
+
+Static stability: when Redis cannot be read the controller does nothing to its publishers;
+they keep serving the last good routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gtm.config.loader import Config, load_config
+from gtm.engine import plan
+from gtm.errors import ConfigError, LeaseLostError, ProviderError, StoreError
+from gtm.log import get_logger
+from gtm.models.plan import DesiredState
+from gtm.providers.base import Publisher
+from gtm.store import Store
+
+log = get_logger("controller")
+
+
+@dataclass
+class ControllerSettings:
+    """Controller timing.
+
+    Attributes:
+        tick_s: seconds between cycles when no event arrives.
+        lease_ttl_s: leader lease length, seconds; renewed every cycle.
+        owner: this replica's id in the lease (host:pid by default).
+    """
+
+    tick_s: float = 0.5
+    lease_ttl_s: float = 3.0
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+@dataclass
+class ControllerStats:
+    """Counters for tests, benchmarks and status."""
+
+    cycles: int = 0
+    plans: int = 0
+    publishes: dict[str, int] = field(default_factory=dict)
+    publish_errors: dict[str, int] = field(default_factory=dict)
+    rejected_reports: int = 0
+    store_errors: int = 0
+    config_errors: int = 0
+    last_error: str = ""
+
+
+class Controller:
+    """The reconcile loop.
+
+    Args:
+        store: the Redis store.
+        config_loader: returns the current ``Config``; raises ``ConfigError`` on a bad file
+            (the last good config then stays in force).
+        publishers: where desired routing goes (embedded DNS, ...).
+        settings: timing.
+        clock: the wall clock, unix seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config_loader: Callable[[], Config],
+        publishers: Sequence[Publisher],
+        settings: ControllerSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config_loader = config_loader
+        self.publishers = list(publishers)
+        self.settings = settings or ControllerSettings()
+        self.clock = clock
+        self.stats = ControllerStats()
+        self.config: Config | None = None
+        self.state: DesiredState | None = None
+        self.lease: tuple[str, int] | None = None
+        self._wake = asyncio.Event()
+        self._applied: dict[str, str] = {}
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is not None
+
+    @property
+    def fencing_token(self) -> int | None:
+        return self.lease[1] if self.lease else None
+
+    def wake(self) -> None:
+        """Run a cycle as soon as possible."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run cycles until ``stop`` is set; then release the lease."""
+        events = asyncio.create_task(self._listen(stop), name="controller-events")
+        try:
+            while not stop.is_set():
+                await self.cycle()
+                self._wake.clear()
+                waiter = asyncio.create_task(self._wake.wait())
+                stopper = asyncio.create_task(stop.wait())
+                try:
+                    await asyncio.wait(
+                        {waiter, stopper}, timeout=self.settings.tick_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await events
+            if self.lease is not None:
+                with contextlib.suppress(StoreError):
+                    await self.store.release_lease(self.lease[0])
+                self.lease = None
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                async for _event in self.store.events():
+                    self._wake.set()
+                    backoff = 0.1
+            except StoreError as exc:
+                log.debug("_listen: event subscription failed (%s); polling continues", exc)
+            except asyncio.CancelledError:
+                raise
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _reload_config(self) -> None:
+        try:
+            cfg = self.config_loader()
+        except ConfigError as exc:
+            self.stats.config_errors += 1
+            if self.config is None:
+                raise
+            msg = f"policy rejected, keeping {self.config.digest[:19]}: {exc.reasons[0]}"
+            if msg != self.stats.last_error:
+                log.error("_reload_config: %s (%d problem(s))", msg, len(exc.reasons))
+                self.stats.last_error = msg
+            return
+        if self.config is None or cfg.digest != self.config.digest:
+            if self.config is not None:
+                log.info("_reload_config: policy %s now in force", cfg.digest[:19])
+            self.config = cfg
+
+    async def cycle(self) -> DesiredState | None:
+        """One reconcile cycle. Never raises for store, provider or config trouble."""
+        self.stats.cycles += 1
+        self._reload_config()
+        assert self.config is not None
+        try:
+            await self._ensure_lease()
+            if not self.is_leader:
+                await self._follow()
+                return self.state
+            regions = sorted(self.config.policy.region_names & self.config.inventory.regions.keys())
+            reports, rejected = await self.store.get_reports(regions)
+            overrides = await self.store.get_overrides()
+            if self.state is None:
+                self.state = await self.store.get_desired()
+        except LeaseLostError:
+            log.warning("cycle: lease lost; following")
+            self.lease = None
+            return self.state
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            if self.stats.store_errors == 1 or self.stats.store_errors % 20 == 0:
+                log.warning("cycle: store unreachable (%s); holding the last good routing", exc)
+            return self.state
+        self.stats.rejected_reports += len(rejected)
+        previous = self.state
+        now = self.clock()
+        new = plan(
+            self.config.policy, self.config.inventory, reports, overrides, previous, now,
+            digest=self.config.digest,
+        )
+        self.stats.plans += 1
+        self.state = new
+        if new.held:
+            log.warning("cycle: %s", new.hold_reason)
+        if new.decisions and not (new.held and previous is not None and previous.held):
+            await self._persist(new)
+        await self._publish(new)
+        return new
+
+    async def _ensure_lease(self) -> None:
+        ttl_ms = int(self.settings.lease_ttl_s * 1000)
+        if self.lease is not None:
+            await self.store.renew_lease(self.lease[0], ttl_ms)
+            return
+        got = await self.store.acquire_lease(self.settings.owner, ttl_ms)
+        if got is not None:
+            self.lease = got
+            self.state = None  # re-read the last leader's state before planning
+            log.info("_ensure_lease: leader with fencing token %d", got[1])
+
+    async def _follow(self) -> None:
+        stored = await self.store.get_desired()
+        if stored is not None:
+            self.state = stored
+            await self._publish(stored)
+
+    async def _persist(self, state: DesiredState) -> None:
+        assert self.lease is not None
+        try:
+            await self.store.put_desired(state, lease_value=self.lease[0])
+            entry: dict[str, Any] = {
+                "ts": state.generated_at,
+                "generation": state.generation,
+                "policy_digest": state.policy_digest,
+                "fencing_token": self.lease[1],
+                "held": state.held,
+                "decisions": [
+                    {"subject": d.subject, "action": d.action, "reason": d.reason}
+                    for d in state.decisions
+                ],
+            }
+            await self.store.append_audit(entry)
+        except LeaseLostError:
+            log.warning("_persist: lease lost; not writing")
+            self.lease = None
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            log.warning("_persist: %s", exc)
+
+    async def _publish(self, state: DesiredState) -> None:
+        if not state.services:
+            return
+        digest = state.routing_digest()
+        for pub in self.publishers:
+            if self._applied.get(pub.name) == digest:
+                continue
+            try:
+                wrote = await pub.publish(state)
+            except ProviderError as exc:
+                self.stats.publish_errors[pub.name] = self.stats.publish_errors.get(pub.name, 0) + 1
+                log.error("_publish: %s failed: %s", pub.name, exc)
+                continue
+            self._applied[pub.name] = digest
+            if wrote:
+                self.stats.publishes[pub.name] = self.stats.publishes.get(pub.name, 0) + 1
+                info = {
+                    "generation": state.generation,
+                    "digest": digest,
+                    "applied_at": self.clock(),
+                    "fencing_token": self.fencing_token,
+                }
+                with contextlib.suppress(StoreError):
+                    await self.store.put_applied(pub.name, info)
+
+
+def file_config_loader(policies: str, regions: str) -> Callable[[], Config]:
+    """A loader that re-reads the files only when one of them changed (mtime and size)."""
+    cache: dict[str, Any] = {}
+
+    def fingerprint() -> tuple[tuple[str, float, int], ...]:
+        out = []
+        for root in (policies, regions):
+            paths = [root] if os.path.isfile(root) else sorted(
+                os.path.join(root, f) for f in os.listdir(root) if f.endswith((".yaml", ".yml"))
+            ) if os.path.isdir(root) else [root]
+            for p in paths:
+                try:
+                    st = os.stat(p)
+                    out.append((p, st.st_mtime, st.st_size))
+                except OSError:
+                    out.append((p, -1.0, -1))
+        return tuple(out)
+
+    def load() -> Config:
+        fp = fingerprint()
+        if cache.get("fp") == fp:
+            if "err" in cache:
+                raise cache["err"]
+            return cache["cfg"]  # type: ignore[no-any-return]
+        try:
+            cfg = load_config(policies, regions)
+        except ConfigError as exc:
+            cache["fp"], cache["err"] = fp, exc
+            raise
+        cache.pop("err", None)
+        cache["fp"], cache["cfg"] = fp, cfg
+        return cfg
+
+    return load

@@ -1,0 +1,116 @@
+"""Read-only views for ``gtm status`` and ``gtm plan``: what Redis holds, and what a plan would do."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gtm.config.loader import Config
+from gtm.engine import plan
+from gtm.models.plan import DesiredState
+from gtm.store import Store
+
+
+async def gather_status(store: Store, config: Config, now: float | None = None) -> dict[str, Any]:
+    """Everything ``gtm status`` shows, as a JSON-ready dict.
+
+    Raises:
+        StoreError: Redis unreachable.
+    """
+    now = time.time() if now is None else now
+    regions = sorted(config.inventory.regions)
+    reports, _ = await store.get_reports(regions)
+    overrides = await store.get_overrides()
+    desired = await store.get_desired()
+    leader = await store.leader()
+    rejected = await store.rejected_counts()
+    providers = {}
+    for name in ("embedded-dns",):
+        info = await store.get_applied(name)
+        if info is not None:
+            providers[name] = info
+    rows = []
+    for r in regions:
+        st = desired.regions.get(r) if desired is not None else None
+        rep = reports.get(r)
+        ov = overrides.get(r)
+        rows.append(
+            {
+                "region": r,
+                "jurisdiction": config.inventory.regions[r].jurisdiction,
+                "state": st.state if st is not None else ("reporting" if rep else "unknown"),
+                "reason": st.reason if st is not None else "",
+                "spare_capacity": rep.spare_capacity if rep is not None else 0.0,
+                "capacity_unit": rep.capacity_unit if rep is not None else "replicas",
+                "observed_at": rep.observed_at if rep is not None else None,
+                "report_age_s": round(now - rep.observed_at, 3) if rep is not None else None,
+                "healthy_check": rep.healthy if rep is not None else None,
+                "override": ov.kind if ov is not None else None,
+                "override_reason": f"{ov.actor}: {ov.reason}" if ov is not None else "",
+                "weights": (
+                    {pid: p.weight_of(r) for pid, p in desired.pools.items()}
+                    if desired is not None
+                    else {}
+                ),
+            }
+        )
+    return {
+        "now": now,
+        "leader": leader,
+        "policy_digest": config.digest,
+        "desired": (
+            {
+                "generation": desired.generation,
+                "generated_at": desired.generated_at,
+                "held": desired.held,
+                "hold_reason": desired.hold_reason,
+                "policy_digest": desired.policy_digest,
+                "routing_digest": desired.routing_digest(),
+            }
+            if desired is not None
+            else None
+        ),
+        "regions": rows,
+        "pools": pools_with_services(desired) if desired is not None else [],
+        "providers": providers,
+        "rejected_reports": sum(rejected.values()),
+    }
+
+
+async def plan_now(store: Store, config: Config, now: float | None = None) -> tuple[DesiredState, DesiredState | None]:
+    """What the controller would decide now from what Redis holds; writes nothing.
+
+    Returns:
+        ``(plan, previous)``, previous being the stored desired state (or None).
+    """
+    now = time.time() if now is None else now
+    regions = sorted(config.policy.region_names & config.inventory.regions.keys())
+    reports, _ = await store.get_reports(regions)
+    overrides = await store.get_overrides()
+    previous = await store.get_desired()
+    state = plan(config.policy, config.inventory, reports, overrides, previous, now, digest=config.digest)
+    return state, previous
+
+
+def pools_with_services(state: DesiredState) -> list[dict[str, Any]]:
+    """Pools as dicts, each with the services (fqdn/segment) it answers."""
+    users: dict[str, list[str]] = {}
+    for svc in state.services.values():
+        for route in svc.segments:
+            users.setdefault(route.pool_id, []).append(f"{svc.fqdn}/{route.segment}")
+    out = []
+    for pid in sorted(state.pools):
+        pool = state.pools[pid]
+        out.append(
+            {
+                "pool_id": pid,
+                "segment": pool.segment,
+                "mode": pool.mode,
+                "reason": pool.reason,
+                "members": [
+                    {"region": m.region, "weight": m.weight, "reason": m.reason} for m in pool.members
+                ],
+                "services": users.get(pid, []),
+            }
+        )
+    return out

@@ -1,0 +1,282 @@
+"""The zero-setup demo: four regions, simulated fleets, agents, controller and embedded DNS in one
+process, on an embedded store (fakeredis), driven through a scripted scenario.
+
+Every share printed comes from real DNS queries over UDP to the embedded server, with an EDNS
+Client Subnet option placing the client in the EU or the US.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from gtm.agent.daemon import AgentSettings, RegionAgent
+from gtm.config.loader import Config, policy_digest
+from gtm.controller.loop import Controller, ControllerSettings
+from gtm.models.override import Override
+from gtm.models.policy import Policy
+from gtm.models.region import Inventory, Region
+from gtm.providers.dnsclient import query
+from gtm.providers.embedded_dns import EmbeddedDnsServer
+from gtm.providers.geo import PrefixTable
+from gtm.sim.fleet import start_fleet
+from gtm.store import connect
+
+FQDN = "chat.gtm.example.com"
+EU_CLIENT = "100.96.7.0/24"
+US_CLIENT = "100.64.9.0/24"
+MODEL = "llama-3.1-8b"
+VERSION = "llama-3.1-8b-2026-10"
+
+# region, jurisdiction, continent, client network, endpoint, engine kind, replicas
+_REGIONS = [
+    ("us-east-1", "US", "NA", "100.64.0.0/16", "192.0.2.10", "vllm", 4),
+    ("us-west-2", "US", "NA", "100.65.0.0/16", "192.0.2.20", "tgi", 2),
+    ("eu-west-1", "EU", "EU", "100.96.0.0/16", "192.0.2.30", "vllm", 3),
+    ("eu-central-1", "EU", "EU", "100.97.0.0/16", "192.0.2.40", "sglang", 2),
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(ports: dict[str, int]) -> Config:
+    """The demo's inventory and policy (the same shape as ``regions/`` and ``policies/``)."""
+    regions = {}
+    for name, jur, cont, net, addr, kind, replicas in _REGIONS:
+        fleet: list[dict[str, Any]] = [
+            {"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{ports[name]}",
+             "model": MODEL, "version": VERSION, "replicas": replicas},
+        ]
+        if name == "us-east-1":
+            fleet.append({"name": "gpu", "kind": "dcgm", "url": f"http://127.0.0.1:{ports[name]}/dcgm/metrics"})
+        regions[name] = Region.model_validate(
+            {"name": name, "jurisdiction": jur,
+             "geography": {"continent": cont, "client_networks": [net]},
+             "endpoints": [{"address": addr}], "fleet": fleet}
+        )
+    inventory = Inventory(regions=regions)
+    policy = Policy.model_validate(
+        {
+            "name": "demo",
+            "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"],
+                       "nameserver_addresses": {"ns1.gtm.example.com": "192.0.2.53"}}],
+            "health": {"fall": 2, "rise": 3, "report_timeout_s": 6},
+            "safety": {"planned_step": 64, "step_interval_s": 1.0, "weight_deadband": 8},
+            "services": [
+                {"name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30,
+                 "model": MODEL, "routing": "capacity",
+                 "regions": [r[0] for r in _REGIONS],
+                 "segments": [
+                     {"name": "eu", "match": {"continents": ["EU"]},
+                      "residency": {"jurisdictions": ["EU"]}},
+                     {"name": "default"},
+                 ]},
+            ],
+        }
+    )
+    return Config(policy=policy, inventory=inventory, digest=policy_digest(policy, inventory), files=())
+
+
+@dataclass
+class Step:
+    """One line of the timeline."""
+
+    t: float
+    title: str
+    eu: dict[str, float]
+    us: dict[str, float]
+    took_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Demo:
+    """The running demo's parts."""
+
+    dns: EmbeddedDnsServer
+    addr_to_region: dict[str, str]
+    fleet_ports: dict[str, int]
+    t0: float = field(default_factory=time.monotonic)
+    steps: list[Step] = field(default_factory=list)
+    eu_regions_seen: set[str] = field(default_factory=set)
+
+    async def shares(self, subnet: str, n: int) -> dict[str, float]:
+        counts: dict[str, int] = {}
+        for _ in range(n):
+            resp = await query("127.0.0.1", self.dns.port, FQDN, "A", client_subnet=subnet)
+            region = "none"
+            for rrset in resp.answer:
+                for rd in rrset:
+                    region = self.addr_to_region.get(rd.to_text(), "other")
+            counts[region] = counts.get(region, 0) + 1
+        if subnet == EU_CLIENT:
+            self.eu_regions_seen.update(counts)
+        return {r: c / n for r, c in sorted(counts.items())}
+
+    async def wait_for(self, subnet: str, pred: Callable[[dict[str, float]], bool], timeout: float) -> float | None:
+        """Seconds until ``pred(shares)`` holds for 3 rounds in a row (20 queries a round)."""
+        start = time.monotonic()
+        first_ok: float | None = None
+        streak = 0
+        while time.monotonic() - start < timeout:
+            s = await self.shares(subnet, 20)
+            if pred(s):
+                first_ok = first_ok if first_ok is not None else time.monotonic() - start
+                streak += 1
+                if streak >= 3:
+                    return first_ok
+            else:
+                first_ok, streak = None, 0
+            await asyncio.sleep(0.02)
+        return None
+
+    async def record(self, title: str, n: int, took: float | None = None, note: str = "") -> Step:
+        step = Step(time.monotonic() - self.t0, title, await self.shares(EU_CLIENT, n),
+                    await self.shares(US_CLIENT, n), took, note)
+        self.steps.append(step)
+        return step
+
+    async def set_fleet(self, region: str, mode: str) -> None:
+        async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{self.fleet_ports[region]}/_sim/state", json={"mode": mode}
+        ) as r:
+            r.raise_for_status()
+
+
+def _fmt(shares: dict[str, float]) -> str:
+    return "  ".join(f"{r} {v:4.0%}" for r, v in shares.items())
+
+
+async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False) -> bool:
+    """Run the scenario; returns True when every expectation held."""
+    ports = {r[0]: _free_port() for r in _REGIONS}
+    cfg = demo_config(ports)
+    store = connect("embedded://", ns="demo")
+    stop = asyncio.Event()
+    runners = []
+    tasks: list[asyncio.Task[Any]] = []
+    for name, *_rest, kind, replicas in _REGIONS:
+        runner, _sim = await start_fleet(
+            kind, "127.0.0.1", ports[name], model=MODEL, version=VERSION, replicas=replicas
+        )
+        runners.append(runner)
+    agent_settings = AgentSettings()
+    for name in ports:
+        agent = RegionAgent(cfg.inventory.regions[name], store, agent_settings, agent_id=f"demo-{name}")
+        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{name}"))
+    dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
+    await dns.start("127.0.0.1", 0)
+    ctl = Controller(store, lambda: cfg, [dns], ControllerSettings(tick_s=0.25))
+    tasks.append(asyncio.create_task(ctl.run(stop), name="controller"))
+    addr_to_region = {r[4]: r[0] for r in _REGIONS}
+    demo = Demo(dns, addr_to_region, ports)
+    ok = True
+    problems: list[str] = []
+    if not json_out:
+        console.print(f"[bold]gtm demo[/]: 4 regions, embedded store, DNS on 127.0.0.1:{dns.port} (UDP+TCP)")
+        console.print(f"clients: EU subnet {EU_CLIENT}, US subnet {US_CLIENT}; {queries} real queries each per step\n")
+
+    def say(step: Step) -> None:
+        if json_out:
+            return
+        took = f" (shift took {step.took_s:.2f}s)" if step.took_s is not None else ""
+        console.print(f"[bold]+{step.t:5.1f}s[/] {step.title}{took}")
+        console.print(f"         EU clients: {_fmt(step.eu)}")
+        console.print(f"         US clients: {_fmt(step.us)}")
+        if step.note:
+            console.print(f"         {step.note}")
+
+    def expect(cond: bool, what: str) -> None:
+        nonlocal ok
+        if not cond:
+            ok = False
+            problems.append(what)
+            if not json_out:
+                console.print(f"[red]expectation failed[/]: {what}")
+
+    try:
+        # 1. steady state
+        took = await demo.wait_for(US_CLIENT, lambda s: len([r for r in s if r not in ("none",)]) >= 3, 20)
+        expect(took is not None, "steady state reached with regions answering")
+        say(await demo.record("steady state: all four regions healthy", queries, took))
+
+        # 2. a fleet fails
+        failed = "eu-west-1"
+        await demo.set_fleet(failed, "dead")
+        took = await demo.wait_for(EU_CLIENT, lambda s: s.get(failed, 0) == 0 and s.get("none", 0) == 0, 15)
+        expect(took is not None, f"{failed} excluded after its fleet failed")
+        st = await demo.record(f"{failed} fleet fails (vLLM /health 503) → failover", queries, took,
+                               note=f"reason: {ctl.state.regions[failed].reason if ctl.state else '?'}")
+        expect(st.eu.get(failed, 0) == 0 and st.us.get(failed, 0) == 0, f"{failed} share is 0 %")
+        say(st)
+
+        # 3. it recovers
+        await demo.set_fleet(failed, "healthy")
+        took = await demo.wait_for(EU_CLIENT, lambda s: s.get(failed, 0) > 0, 15)
+        expect(took is not None, f"{failed} takes traffic again after recovery")
+        say(await demo.record(f"{failed} recovers (rise 3 checks) → ramping back in planned steps", queries, took))
+        await asyncio.sleep(1.0 if fast else 4.5)
+        st = await demo.record(f"{failed} back at full weight", queries)
+        expect(st.eu.get(failed, 0) > 0.2, f"{failed} back to a real share")
+        say(st)
+
+        # 4. operator drains an EU region
+        drained = "eu-central-1"
+        await store.put_override(Override(region=drained, kind="drain", reason="GPU driver upgrade",
+                                          actor="demo-operator", since=time.time()))
+        took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) == 0, 15)
+        expect(took is not None, f"{drained} drained to 0 %")
+        st = await demo.record(f"operator drains {drained} (step 64 per 1s)", queries, took)
+        expect(st.eu.get(drained, 0) == 0 and st.us.get(drained, 0) == 0, f"drained {drained} at 0 %")
+        say(st)
+
+        # 5. undrain
+        await store.delete_override(drained)
+        took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) > 0, 15)
+        expect(took is not None, f"{drained} takes traffic after undrain")
+        await asyncio.sleep(1.0 if fast else 4.5)
+        say(await demo.record(f"undrain {drained} → ramped back", queries, took))
+
+        expect(demo.eu_regions_seen <= {"eu-west-1", "eu-central-1"},
+               f"EU answers only ever named EU regions (saw {sorted(demo.eu_regions_seen)})")
+    finally:
+        stop.set()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+        await dns.stop()
+        for runner in runners:
+            await runner.cleanup()
+        await store.aclose()
+
+    if json_out:
+        print(json.dumps({
+            "ok": ok, "problems": problems,
+            "eu_regions_seen": sorted(demo.eu_regions_seen),
+            "steps": [s.__dict__ for s in demo.steps],
+            "dns_updates": dns.updates_applied,
+        }, indent=2))
+        return ok
+    t = Table(title="summary")
+    t.add_column("check")
+    t.add_column("result")
+    t.add_row("EU-subnet answers only EU regions", ", ".join(sorted(demo.eu_regions_seen)))
+    t.add_row("DNS updates applied", str(dns.updates_applied))
+    t.add_row("controller cycles / plans", f"{ctl.stats.cycles} / {ctl.stats.plans}")
+    console.print(t)
+    console.print("[green]demo OK[/]" if ok else f"[red]demo FAILED[/]: {'; '.join(problems)}")
+    return ok

@@ -1,0 +1,5 @@
+"""The policy engine: pure functions from inputs to desired routing. No I/O imports here."""
+
+from gtm.engine.planner import plan
+
+__all__ = ["plan"]

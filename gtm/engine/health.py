@@ -1,0 +1,90 @@
+"""Region health with hysteresis (rise/fall), judged from agent reports and the clock.
+
+The agent counts consecutive good and failed checks; the engine applies the policy's
+thresholds to those counts and to its own previous verdict:
+
+- no report, or one older than ``report_timeout_s``: ``unknown`` (takes no traffic);
+- ``consecutive_fail >= fall``: ``unhealthy``;
+- a failed check below ``fall``: a serving region becomes ``degraded`` (still serving), a
+  region that was not serving stays out;
+- a good check: a serving region stays in; a region that was out comes back only once
+  ``consecutive_ok >= rise``;
+- serving but impaired (some replicas down, a degraded GPU): ``degraded``.
+"""
+
+from __future__ import annotations
+
+from gtm.models.plan import SERVING_STATES, HealthState, RegionStatus
+from gtm.models.policy import HealthThresholds
+from gtm.models.report import FleetReport
+
+
+def is_fresh(report: FleetReport | None, thresholds: HealthThresholds, now: float) -> bool:
+    """Whether ``report`` is recent enough to be trusted at ``now`` (unix seconds)."""
+    return report is not None and now - report.observed_at <= thresholds.report_timeout_s
+
+
+def region_health(
+    region: str,
+    previous: RegionStatus | None,
+    report: FleetReport | None,
+    thresholds: HealthThresholds,
+    now: float,
+) -> tuple[HealthState, str]:
+    """The region's health state and the reason for it.
+
+    Args:
+        region: region name (for messages).
+        previous: the region's status in the previous plan, or None on first sight.
+        report: the latest report, or None.
+        thresholds: the policy's rise/fall and report timeout.
+        now: unix seconds.
+
+    Returns:
+        ``(state, reason)``.
+    """
+    if report is None:
+        return "unknown", "no report from the region's agent (heartbeat lapsed or agent down)"
+    age = now - report.observed_at
+    if age > thresholds.report_timeout_s:
+        return "unknown", (
+            f"last report is {age:.1f}s old (> report_timeout_s {thresholds.report_timeout_s:g}s)"
+        )
+    was_serving = previous is not None and previous.state in SERVING_STATES
+    first_sight = previous is None
+    if not report.healthy:
+        why = report.reason or "check failed"
+        if report.consecutive_fail >= thresholds.fall:
+            return "unhealthy", (
+                f"{report.consecutive_fail} consecutive failed checks (fall {thresholds.fall}): {why}"
+            )
+        if was_serving or first_sight:
+            return "degraded", (
+                f"failed check {report.consecutive_fail}/{thresholds.fall} (still serving): {why}"
+            )
+        return "unhealthy", f"still failing: {why}"
+    if not was_serving and report.consecutive_ok < thresholds.rise:
+        return "unhealthy", (
+            f"recovering: {report.consecutive_ok}/{thresholds.rise} good checks (rise {thresholds.rise})"
+        )
+    impaired = _impairment(report)
+    if impaired:
+        return "degraded", impaired
+    return "healthy", f"{_replicas(report)} healthy; spare {report.spare_capacity:.2f} {report.capacity_unit}"
+
+
+def _replicas(report: FleetReport) -> str:
+    total = sum(m.replicas_total for m in report.models.values())
+    healthy = sum(m.replicas_healthy for m in report.models.values())
+    return f"{healthy}/{total} replicas" if total else "agent"
+
+
+def _impairment(report: FleetReport) -> str:
+    parts = []
+    for m in report.models.values():
+        if m.replicas_healthy < m.replicas_total:
+            parts.append(f"{m.model}: {m.replicas_healthy}/{m.replicas_total} replicas healthy")
+    if report.gpu is not None and report.gpu.degraded:
+        xids = ",".join(str(x) for x in report.gpu.xids)
+        parts.append(f"{report.gpu.degraded} degraded GPU(s)" + (f" (XID {xids})" if xids else ""))
+    return "; ".join(parts)

@@ -1,0 +1,409 @@
+"""``plan()``: the pure function at the heart of gtm.
+
+(policy, inventory, reports, overrides, previous, now) → DesiredState, with a reason for every
+decision. No I/O, no clock, no randomness: the same inputs give the same plan.
+
+Order of judgement:
+
+1. **Static stability**: if more than ``safety.stale_fraction`` of the policy's regions have no
+   fresh report, the inputs themselves are suspect (Redis partition, agents' network down) and
+   the previous plan is held unchanged, with the reason.
+2. **Health** per region with hysteresis (``gtm.engine.health``).
+3. **Pools** per (segment, eligible regions, model, routing): residency filters regions first
+   (hard constraint); unhealthy/unknown regions drop to weight 0 at once (failover); drained
+   regions step down and never up; cordoned regions never go up; the rest take weights from
+   spare capacity (or static weights), paced by the safety rules.
+4. When no region of a pool can serve: ``on_all_unhealthy`` (``fail-static`` holds the previous
+   pool, ``fail-open`` spreads over every non-drained eligible region); otherwise the pool is
+   dark, said loudly. Never spill outside a residency pin.
+
+Pools with the same inputs are computed once and shared by every service that uses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
+from gtm.engine.health import is_fresh, region_health
+from gtm.engine.residency import eligible_regions
+from gtm.engine.safety import drain_weight, paced_weight
+from gtm.models.override import Override
+from gtm.models.plan import (
+    SERVING_STATES,
+    Decision,
+    DesiredState,
+    PoolMember,
+    PoolPlan,
+    RegionStatus,
+    SegmentRoute,
+    ServicePlan,
+)
+from gtm.models.policy import Policy, Segment, Service
+from gtm.models.region import Inventory
+from gtm.models.report import FleetReport
+
+_PoolKey = tuple[str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...]]
+
+
+def plan(
+    policy: Policy,
+    inventory: Inventory,
+    reports: Mapping[str, FleetReport],
+    overrides: Mapping[str, Override],
+    previous: DesiredState | None,
+    now: float,
+    *,
+    digest: str = "",
+) -> DesiredState:
+    """Compute the desired routing.
+
+    Args:
+        policy: the policy in force.
+        inventory: every region.
+        reports: latest report per region (stale ones included; age is judged here).
+        overrides: operator overrides per region (expired ones are ignored).
+        previous: the previous plan, or None on the first run.
+        now: the current time, unix seconds.
+        digest: the policy's digest (``gtm.config.policy_digest``), recorded in the plan.
+
+    Returns:
+        The desired state. Its ``generation`` grows only when the routing changes.
+    """
+    compiled = _compile(policy, inventory)
+    regions = compiled.regions
+    stale = [r for r in regions if not is_fresh(reports.get(r), policy.health, now)]
+    if regions and len(stale) / len(regions) > policy.safety.stale_fraction:
+        return _hold(policy, previous, now, digest, stale, len(regions))
+
+    active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
+    statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions)
+
+    prev_pools = previous.pools if previous is not None else {}
+    pools = {
+        pool_id: _plan_pool(
+            pool_id, key, policy, statuses, reports, active_overrides, prev_pools.get(pool_id), now
+        )
+        for pool_id, key in compiled.pool_keys.items()
+    }
+    services = compiled.services
+    endpoints = compiled.endpoints
+    state = DesiredState(
+        generation=0,
+        generated_at=now,
+        policy_digest=digest,
+        held=False,
+        hold_reason="",
+        regions=statuses,
+        pools=pools,
+        services=services,
+        endpoints=endpoints,
+        decisions=tuple(_decisions(previous, statuses, pools)),
+    )
+    generation = _next_generation(previous, state)
+    object.__setattr__(state, "generation", generation)
+    return state
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What depends only on policy and inventory: services → pools, endpoints."""
+
+    services: dict[str, ServicePlan]
+    pool_keys: dict[str, _PoolKey]
+    endpoints: dict[str, tuple[tuple[str, str], ...]]
+    regions: list[str]
+
+
+_COMPILED: list[tuple[Policy, Inventory, _Compiled]] = []
+_COMPILED_MAX = 4
+
+
+def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
+    """Services → pool ids, computed once per (policy, inventory) pair.
+
+    Memoised on the identity of the two frozen models (the controller plans with the same
+    objects until a policy change), so steady-state planning costs per pool, not per service.
+    The result is shared between plans and must not be mutated.
+    """
+    for pol, inv, comp in _COMPILED:
+        if pol is policy and inv is inventory:
+            return comp
+    services: dict[str, ServicePlan] = {}
+    pool_keys: dict[str, _PoolKey] = {}
+    key_ids: dict[_PoolKey, str] = {}
+    eligible_cache: dict[tuple[object, ...], tuple[str, ...]] = {}
+    for svc in policy.services:
+        routes = []
+        for seg in _ordered_segments(svc):
+            pins = seg.residency.jurisdictions if seg.residency else ()
+            ekey = (svc.regions, seg.regions, pins)
+            eligible = eligible_cache.get(ekey)
+            if eligible is None:
+                eligible = eligible_cache[ekey] = eligible_regions(svc, seg, inventory)
+            static = (
+                tuple(sorted((r, svc.static_weights.get(r, 0)) for r in eligible))
+                if svc.routing == "static"
+                else ()
+            )
+            key: _PoolKey = (seg.name, eligible, svc.model, svc.routing, static, pins)
+            pool_id = key_ids.get(key)
+            if pool_id is None:
+                pool_id = key_ids[key] = _pool_id(key)
+                pool_keys[pool_id] = key
+            routes.append(
+                SegmentRoute(
+                    segment=seg.name,
+                    continents=seg.match.continents,
+                    countries=seg.match.countries,
+                    pool_id=pool_id,
+                    jurisdictions=pins,
+                )
+            )
+        services[svc.fqdn] = ServicePlan(
+            name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=tuple(routes)
+        )
+    regions = sorted(r for r in policy.region_names if r in inventory.regions)
+    endpoints = {
+        r: tuple((e.rdtype, e.value) for e in inventory.regions[r].endpoints) for r in regions
+    }
+    comp = _Compiled(services=services, pool_keys=pool_keys, endpoints=endpoints, regions=regions)
+    _COMPILED.insert(0, (policy, inventory, comp))
+    del _COMPILED[_COMPILED_MAX:]
+    return comp
+
+
+def _hold(
+    policy: Policy,
+    previous: DesiredState | None,
+    now: float,
+    digest: str,
+    stale: list[str],
+    total: int,
+) -> DesiredState:
+    reason = (
+        f"static stability: {len(stale)}/{total} regions have no fresh report "
+        f"(> stale_fraction {policy.safety.stale_fraction:g}): {', '.join(stale)}; "
+        "holding the last good routing"
+    )
+    if previous is None:
+        return DesiredState(
+            generation=0, generated_at=now, policy_digest=digest, held=True,
+            hold_reason=reason + " (none yet: publishing nothing)", regions={}, pools={},
+            services={}, endpoints={},
+            decisions=(Decision("plan", "hold", reason),),
+        )
+    return DesiredState(
+        generation=previous.generation,
+        generated_at=now,
+        policy_digest=previous.policy_digest,
+        held=True,
+        hold_reason=reason,
+        regions=previous.regions,
+        pools=previous.pools,
+        services=previous.services,
+        endpoints=previous.endpoints,
+        decisions=(Decision("plan", "hold", reason),),
+    )
+
+
+def _region_statuses(
+    policy: Policy,
+    inventory: Inventory,
+    reports: Mapping[str, FleetReport],
+    overrides: Mapping[str, Override],
+    previous: DesiredState | None,
+    now: float,
+    regions: list[str],
+) -> dict[str, RegionStatus]:
+    out: dict[str, RegionStatus] = {}
+    prev_regions = previous.regions if previous is not None else {}
+    for r in regions:
+        prev = prev_regions.get(r)
+        rep = reports.get(r)
+        state, reason = region_health(r, prev, rep, policy.health, now)
+        ov = overrides.get(r)
+        out[r] = RegionStatus(
+            region=r,
+            state=state,
+            reason=reason,
+            observed_at=rep.observed_at if rep is not None else None,
+            seq=rep.seq if rep is not None else -1,
+            spare_capacity=rep.spare_capacity if rep is not None else 0.0,
+            capacity_unit=rep.capacity_unit if rep is not None else "replicas",
+            override=ov.kind if ov is not None else None,
+            override_reason=f"{ov.actor}: {ov.reason}" if ov is not None else "",
+            since=prev.since if prev is not None and prev.state == state else now,
+        )
+    return out
+
+
+def _ordered_segments(svc: Service) -> list[Segment]:
+    """Most specific first: country matches, then continent matches, then the catch-all."""
+    segs = svc.all_segments
+    return sorted(segs, key=lambda s: (0 if s.match.countries else 1 if s.match.continents else 2))
+
+
+def _pool_id(key: _PoolKey) -> str:
+    h = hashlib.blake2b(repr(key).encode(), digest_size=5).hexdigest()
+    return f"{key[0]}-{h}"
+
+
+def _plan_pool(
+    pool_id: str,
+    key: _PoolKey,
+    policy: Policy,
+    statuses: Mapping[str, RegionStatus],
+    reports: Mapping[str, FleetReport],
+    overrides: Mapping[str, Override],
+    prev_pool: PoolPlan | None,
+    now: float,
+) -> PoolPlan:
+    segment, eligible, model, routing, static, _pins = key
+    rules = policy.safety
+    prev_members = {m.region: m for m in prev_pool.members} if prev_pool is not None else {}
+
+    available: list[str] = []
+    out_reason: dict[str, str] = {}
+    for r in eligible:
+        st = statuses[r]
+        rep = reports.get(r)
+        if st.state not in SERVING_STATES:
+            out_reason[r] = f"{st.state}: {st.reason}"
+        elif rep is not None and not rep.serves(model):
+            out_reason[r] = f"no healthy replica of model {model!r} reported"
+        else:
+            available.append(r)
+
+    if routing == "static":
+        weights = {r: w for r, w in static if r in available and w > 0}
+        for r, w in static:
+            if r in available and w == 0:
+                out_reason[r] = "static weight 0"
+        available = [r for r in available if r in weights]
+        basis = "static weight"
+    else:
+        spare = {r: reports[r].spare_for(model) if r in reports else 0.0 for r in available}
+        weights = capacity_weights(spare, available)
+        basis = "spare capacity"
+
+    members: list[PoolMember] = []
+    for r in eligible:
+        prev = prev_members.get(r)
+        ov = overrides.get(r)
+        if r not in weights:
+            w, why = 0, out_reason.get(r, "not available")
+            if prev is not None and prev.weight > 0:
+                why = f"failover: {why}"
+        elif ov is not None and ov.kind == "drain":
+            w = drain_weight(prev, rules, now)
+            why = f"drained by {ov.actor} ({ov.reason}): weight {prev.weight if prev else 0}→{w}"
+        else:
+            target = weights[r]
+            w = paced_weight(prev, target, rules, now)
+            if ov is not None and ov.kind == "cordon":
+                w = min(w, prev.weight if prev is not None else 0)
+                why = f"cordoned by {ov.actor} ({ov.reason}): weight held at {w}"
+            elif prev is not None and w != target and w > prev.weight:
+                why = (
+                    f"ramping up {prev.weight}→{w} toward {target} "
+                    f"({basis}, step {rules.planned_step}/{rules.step_interval_s:g}s)"
+                )
+            elif prev is not None and w != target:
+                why = f"holding {w} ({basis} target {target} within deadband {rules.weight_deadband})"
+            else:
+                why = f"{statuses[r].state}; {basis} → weight {w}"
+        changed_at = now if prev is None or prev.weight != w else prev.changed_at
+        members.append(PoolMember(region=r, weight=w, reason=why, changed_at=changed_at))
+
+    if any(m.weight > 0 for m in members):
+        n = sum(1 for m in members if m.weight > 0)
+        return PoolPlan(pool_id, segment, tuple(members), f"{n}/{len(members)} regions serving")
+    return _no_region_serves(pool_id, segment, eligible, members, prev_pool, policy, overrides, now)
+
+
+def _no_region_serves(
+    pool_id: str,
+    segment: str,
+    eligible: tuple[str, ...],
+    members: list[PoolMember],
+    prev_pool: PoolPlan | None,
+    policy: Policy,
+    overrides: Mapping[str, Override],
+    now: float,
+) -> PoolPlan:
+    rules = policy.safety
+    drained = [r for r in eligible if r in overrides and overrides[r].kind == "drain"]
+    if eligible and len(drained) == len(eligible):
+        return PoolPlan(
+            pool_id, segment, tuple(members),
+            f"DARK: every eligible region is drained ({', '.join(drained)})", mode="dark",
+        )
+    if rules.on_all_unhealthy == "fail-static" and prev_pool is not None and not prev_pool.dark:
+        prev = {m.region: m for m in prev_pool.members}
+        held = []
+        for m in members:
+            p = prev.get(m.region)
+            if p is None:
+                held.append(m)
+            elif m.region in drained:
+                held.append(PoolMember(m.region, drain_weight(p, rules, now), m.reason, now))
+            else:
+                held.append(PoolMember(m.region, p.weight, f"fail-static hold; {m.reason}", p.changed_at))
+        if any(h.weight > 0 for h in held):
+            return PoolPlan(
+                pool_id, segment, tuple(held),
+                f"FAIL-STATIC: no eligible region can serve; holding the last good pool "
+                f"(on_all_unhealthy: fail-static) over {len(eligible)} regions",
+                mode="fail-static",
+            )
+    if rules.on_all_unhealthy == "fail-open":
+        opened = tuple(
+            PoolMember(m.region, 0 if m.region in drained else MAX_WEIGHT,
+                       m.reason if m.region in drained else f"fail-open; {m.reason}", now)
+            for m in members
+        )
+        if any(m.weight > 0 for m in opened):
+            return PoolPlan(
+                pool_id, segment, opened,
+                "FAIL-OPEN: no eligible region is healthy; serving all non-drained eligible "
+                "regions equally (on_all_unhealthy: fail-open)",
+                mode="fail-open",
+            )
+    why = "; ".join(f"{m.region}: {m.reason}" for m in members) or "no eligible region"
+    return PoolPlan(pool_id, segment, tuple(members), f"DARK: no eligible region can serve ({why})", mode="dark")
+
+
+def _decisions(
+    previous: DesiredState | None,
+    statuses: Mapping[str, RegionStatus],
+    pools: Mapping[str, PoolPlan],
+) -> list[Decision]:
+    out: list[Decision] = []
+    prev_regions = previous.regions if previous is not None else {}
+    for r, st in statuses.items():
+        p = prev_regions.get(r)
+        if p is None or p.state != st.state:
+            out.append(Decision(f"region {r}", f"{p.state if p else 'new'} → {st.state}", st.reason))
+    prev_pools = previous.pools if previous is not None else {}
+    for pid, pool in pools.items():
+        pp = prev_pools.get(pid)
+        prev_w = {m.region: m.weight for m in pp.members} if pp is not None else {}
+        for m in pool.members:
+            before = prev_w.get(m.region)
+            if before != m.weight:
+                was = before if before is not None else "-"
+                out.append(Decision(f"pool {pid}", f"{m.region} weight {was} → {m.weight}", m.reason))
+        if (pp is None or pp.mode != pool.mode) and (pool.mode != "normal" or pp is not None):
+            out.append(Decision(f"pool {pid}", f"mode {pp.mode if pp else '-'} → {pool.mode}", pool.reason))
+    return out
+
+
+def _next_generation(previous: DesiredState | None, state: DesiredState) -> int:
+    if previous is None or previous.generation == 0:
+        return 1
+    if previous.routing_digest() == state.routing_digest():
+        return previous.generation
+    return previous.generation + 1

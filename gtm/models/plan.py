@@ -1,0 +1,292 @@
+"""The engine's output: the desired routing, with a reason for every decision.
+
+Plain frozen dataclasses (not pydantic) because ``plan()`` builds tens of thousands of them per
+call; they serialise to and from JSON-ready dicts with ``to_dict``/``from_dict``. Pools are shared
+between services with the same eligible regions, so a service refers to its pools by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+HealthState = Literal["healthy", "degraded", "unhealthy", "unknown"]
+"""``healthy`` and ``degraded`` take traffic; ``unhealthy`` and ``unknown`` (no fresh report) do not."""
+
+SERVING_STATES: frozenset[str] = frozenset({"healthy", "degraded"})
+
+
+@dataclass(frozen=True, slots=True)
+class RegionStatus:
+    """The engine's view of one region after this plan.
+
+    Attributes:
+        region: region name.
+        state: health state after hysteresis.
+        reason: why it is in that state.
+        observed_at: time of the report used, unix seconds (None if none).
+        seq: that report's sequence number (-1 if none).
+        spare_capacity: spare capacity from the report (0 if none), in ``capacity_unit``.
+        capacity_unit: ``replicas`` or ``tokens/s``.
+        override: ``drain``, ``cordon`` or None.
+        override_reason: the operator's reason, when overridden.
+        since: when ``state`` was entered, unix seconds.
+    """
+
+    region: str
+    state: HealthState
+    reason: str
+    observed_at: float | None = None
+    seq: int = -1
+    spare_capacity: float = 0.0
+    capacity_unit: str = "replicas"
+    override: str | None = None
+    override_reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMember:
+    """One region's place in a pool.
+
+    Attributes:
+        region: region name.
+        weight: 0-255; 0 means the region receives nothing and renderers leave it out.
+        reason: why this weight.
+        changed_at: when the weight last changed, unix seconds (paces planned steps).
+    """
+
+    region: str
+    weight: int
+    reason: str
+    changed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """The weighted set of regions that answers one segment.
+
+    Attributes:
+        pool_id: stable id: ``<segment>-<digest of the eligible regions and routing>``.
+        segment: the segment name this pool serves.
+        members: every eligible region, sorted by name, including those at weight 0.
+        reason: summary of the pool's state; says loudly when dark or held.
+        mode: ``normal``, ``fail-static`` (held last good), ``fail-open`` or ``dark``.
+    """
+
+    pool_id: str
+    segment: str
+    members: tuple[PoolMember, ...]
+    reason: str
+    mode: Literal["normal", "fail-static", "fail-open", "dark"] = "normal"
+
+    @property
+    def active(self) -> tuple[PoolMember, ...]:
+        """Members with weight > 0: what a renderer publishes."""
+        return tuple(m for m in self.members if m.weight > 0)
+
+    @property
+    def dark(self) -> bool:
+        """No region takes traffic."""
+        return not any(m.weight > 0 for m in self.members)
+
+    def weight_of(self, region: str) -> int:
+        """The region's weight in this pool (0 if not a member)."""
+        for m in self.members:
+            if m.region == region:
+                return m.weight
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRoute:
+    """Which clients go to which pool, for one service.
+
+    Attributes:
+        segment: segment name.
+        continents: client continents matched (empty with ``countries`` empty: catch-all).
+        countries: client countries matched.
+        pool_id: the pool answering these clients.
+        jurisdictions: residency pin, empty if none.
+    """
+
+    segment: str
+    continents: tuple[str, ...]
+    countries: tuple[str, ...]
+    pool_id: str
+    jurisdictions: tuple[str, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return not self.continents and not self.countries
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    """A service's routing: its name, TTL and a pool per segment (most specific first)."""
+
+    name: str
+    fqdn: str
+    zone: str
+    ttl: int
+    segments: tuple[SegmentRoute, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One thing the engine decided and why (shown by ``gtm plan`` and written to the audit)."""
+
+    subject: str
+    action: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The whole desired routing at one instant.
+
+    Attributes:
+        generation: grows by one each time the routing changes (not on every plan).
+        generated_at: the ``now`` passed to ``plan()``, unix seconds.
+        policy_digest: digest of the policy in force.
+        held: True when inputs were stale and the previous routing was kept (static stability).
+        hold_reason: why it was held.
+        regions: per region status.
+        pools: pools by id.
+        services: service plans by fqdn.
+        endpoints: per region, the (rdtype, value) pairs its members render to.
+        decisions: the changes made by this plan relative to the previous one.
+    """
+
+    generation: int
+    generated_at: float
+    policy_digest: str
+    held: bool
+    hold_reason: str
+    regions: dict[str, RegionStatus]
+    pools: dict[str, PoolPlan]
+    services: dict[str, ServicePlan]
+    endpoints: dict[str, tuple[tuple[str, str], ...]]
+    decisions: tuple[Decision, ...] = ()
+    _digest: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    def routing_digest(self) -> str:
+        """Digest of what providers publish: pools' weights, services, endpoints and policy.
+
+        Two states with the same digest render identically, so no provider write is needed.
+        """
+        if not self._digest:
+            h = hashlib.blake2b(digest_size=12)
+            h.update(self.policy_digest.encode())
+            for pid in sorted(self.pools):
+                h.update(pid.encode())
+                for m in self.pools[pid].members:
+                    h.update(f"{m.region}={m.weight};".encode())
+            for region in sorted(self.endpoints):
+                h.update(f"{region}:{self.endpoints[region]}".encode())
+            self._digest.append(h.hexdigest())
+        return self._digest[0]
+
+    def pool_for(self, fqdn: str, segment: str) -> PoolPlan | None:
+        """The pool answering ``segment`` of service ``fqdn``, or None."""
+        svc = self.services.get(fqdn)
+        if svc is None:
+            return None
+        for route in svc.segments:
+            if route.segment == segment:
+                return self.pools.get(route.pool_id)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` reads it back."""
+        return {
+            "generation": self.generation,
+            "generated_at": self.generated_at,
+            "policy_digest": self.policy_digest,
+            "routing_digest": self.routing_digest(),
+            "held": self.held,
+            "hold_reason": self.hold_reason,
+            "regions": {k: _asdict(v) for k, v in self.regions.items()},
+            "pools": {
+                k: {
+                    "pool_id": p.pool_id,
+                    "segment": p.segment,
+                    "reason": p.reason,
+                    "mode": p.mode,
+                    "members": [_asdict(m) for m in p.members],
+                }
+                for k, p in self.pools.items()
+            },
+            "services": {
+                k: {
+                    "name": s.name,
+                    "fqdn": s.fqdn,
+                    "zone": s.zone,
+                    "ttl": s.ttl,
+                    "segments": [_asdict(r) for r in s.segments],
+                }
+                for k, s in self.services.items()
+            },
+            "endpoints": {k: [list(e) for e in v] for k, v in self.endpoints.items()},
+            "decisions": [_asdict(d) for d in self.decisions],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DesiredState:
+        """Rebuild a state from ``to_dict`` output; raises ``KeyError``/``TypeError`` if malformed."""
+        return cls(
+            generation=int(d["generation"]),
+            generated_at=float(d["generated_at"]),
+            policy_digest=str(d["policy_digest"]),
+            held=bool(d["held"]),
+            hold_reason=str(d["hold_reason"]),
+            regions={k: RegionStatus(**v) for k, v in d["regions"].items()},
+            pools={
+                k: PoolPlan(
+                    pool_id=p["pool_id"],
+                    segment=p["segment"],
+                    reason=p["reason"],
+                    mode=p["mode"],
+                    members=tuple(PoolMember(**m) for m in p["members"]),
+                )
+                for k, p in d["pools"].items()
+            },
+            services={
+                k: ServicePlan(
+                    name=s["name"],
+                    fqdn=s["fqdn"],
+                    zone=s["zone"],
+                    ttl=s["ttl"],
+                    segments=tuple(
+                        SegmentRoute(
+                            segment=r["segment"],
+                            continents=tuple(r["continents"]),
+                            countries=tuple(r["countries"]),
+                            pool_id=r["pool_id"],
+                            jurisdictions=tuple(r["jurisdictions"]),
+                        )
+                        for r in s["segments"]
+                    ),
+                )
+                for k, s in d["services"].items()
+            },
+            endpoints={k: tuple((e[0], e[1]) for e in v) for k, v in d["endpoints"].items()},
+            decisions=tuple(Decision(**x) for x in d.get("decisions", [])),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DesiredState:
+        return cls.from_dict(json.loads(text))
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in obj.__slots__:
+        v = getattr(obj, name)
+        out[name] = list(v) if isinstance(v, tuple) else v
+    return out

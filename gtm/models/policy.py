@@ -1,0 +1,229 @@
+"""Policy files under ``policies/``: services, segments with residency pins, health thresholds
+and safety rules. Validated by these models; cross-file checks live in ``gtm.config``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gtm.models.region import CONTINENTS
+
+RoutingMode = Literal["capacity", "static"]
+AllUnhealthy = Literal["fail-static", "fail-open"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _norm_name(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    if not v or any(len(label) == 0 or len(label) > 63 for label in v.split(".")):
+        raise ValueError(f"{v!r} is not a valid DNS name")
+    return v
+
+
+class HealthThresholds(_Strict):
+    """When a region's health state changes.
+
+    Attributes:
+        fall: consecutive failed checks that make a healthy region unhealthy.
+        rise: consecutive good checks that bring an unhealthy region back.
+        report_timeout_s: a report older than this (seconds) is a lapsed heartbeat: the
+            region is ``unknown`` and takes no traffic.
+    """
+
+    fall: int = Field(default=2, ge=1, le=100)
+    rise: int = Field(default=3, ge=1, le=100)
+    report_timeout_s: float = Field(default=6.0, gt=0, le=3600)
+
+
+class SafetyRules(_Strict):
+    """Limits that keep the engine from making things worse.
+
+    Attributes:
+        stale_fraction: when more than this fraction (0..1) of the policy's regions have no
+            fresh report, the inputs are stale and the previous plan is held (static stability).
+        planned_step: the most a planned move (drain, undrain, recovery ramp) changes one
+            region's weight per ``step_interval_s``; failure moves are immediate.
+        step_interval_s: seconds between planned steps.
+        weight_deadband: capacity-driven weight changes smaller than this (0-255 scale) are
+            ignored, so a wobbling fleet does not rewrite DNS every tick.
+        on_all_unhealthy: when every region of a pool is unhealthy: ``fail-static`` keeps the
+            previous pool; ``fail-open`` serves all non-drained regions equally.
+    """
+
+    stale_fraction: float = Field(default=0.5, ge=0, le=1)
+    planned_step: int = Field(default=64, ge=1, le=255)
+    step_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    weight_deadband: int = Field(default=8, ge=0, le=255)
+    on_all_unhealthy: AllUnhealthy = "fail-static"
+
+
+class SegmentMatch(_Strict):
+    """Which clients belong to a segment: by continent or country of the client's network.
+
+    An empty match (the default segment) catches every client no other segment takes.
+    """
+
+    continents: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+
+    @field_validator("continents")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if c not in CONTINENTS]
+        if bad:
+            raise ValueError(f"unknown continent codes {bad}; use {sorted(CONTINENTS)}")
+        return v
+
+
+class Residency(_Strict):
+    """A hard data-residency pin: the segment only ever routes to these jurisdictions."""
+
+    jurisdictions: tuple[str, ...] = Field(min_length=1)
+
+
+class Segment(_Strict):
+    """A slice of a service's clients with its own pool.
+
+    Attributes:
+        name: ``eu``, ``default``...
+        match: which clients; empty for the catch-all segment.
+        residency: optional hard pin to jurisdictions.
+        regions: optional subset of the service's regions for this segment.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    match: SegmentMatch = SegmentMatch()
+    residency: Residency | None = None
+    regions: tuple[str, ...] | None = None
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this segment catches every unmatched client."""
+        return not self.match.continents and not self.match.countries
+
+
+class Service(_Strict):
+    """A public name served by fleets in several regions.
+
+    Attributes:
+        name: short name, unique in the policy.
+        fqdn: the public name, e.g. ``chat.gtm.example.com`` (normalised: lower case, no dot).
+        zone: the DNS zone it lives in (must be declared under ``zones``).
+        ttl: record TTL, seconds.
+        model: the served model; capacity and health are read for this model.
+        routing: ``capacity`` (weights follow spare capacity) or ``static`` (weights given).
+        regions: the regions that serve it.
+        static_weights: weight 0-255 per region, for ``routing: static``.
+        segments: client segments; a default (empty-match) segment is added if none is given.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    fqdn: str
+    zone: str
+    ttl: int = Field(default=30, ge=1, le=86400)
+    model: str | None = None
+    routing: RoutingMode = "capacity"
+    regions: tuple[str, ...] = Field(min_length=1)
+    static_weights: dict[str, int] = Field(default_factory=dict)
+    segments: tuple[Segment, ...] = ()
+
+    _fqdn = field_validator("fqdn", "zone")(classmethod(lambda cls, v: _norm_name(v)))
+
+    @model_validator(mode="after")
+    def _check(self) -> Service:
+        if self.fqdn != self.zone and not self.fqdn.endswith("." + self.zone):
+            raise ValueError(f"fqdn {self.fqdn!r} is not inside zone {self.zone!r}")
+        if len(set(self.regions)) != len(self.regions):
+            raise ValueError(f"regions listed twice: {list(self.regions)}")
+        for region, weight in self.static_weights.items():
+            if region not in self.regions:
+                raise ValueError(f"static_weights names {region!r}, which is not in regions")
+            if not 0 <= weight <= 255:
+                raise ValueError(f"static weight {weight} for {region!r} is outside 0-255")
+        if self.routing == "static" and not self.static_weights:
+            raise ValueError("routing 'static' needs static_weights")
+        names = [s.name for s in self.segments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"segment names repeat: {names}")
+        defaults = [s.name for s in self.segments if s.is_default]
+        if len(defaults) > 1:
+            raise ValueError(f"more than one catch-all segment: {defaults}")
+        for seg in self.segments:
+            for r in seg.regions or ():
+                if r not in self.regions:
+                    raise ValueError(f"segment {seg.name!r} names region {r!r}, not in regions")
+        return self
+
+    @property
+    def all_segments(self) -> tuple[Segment, ...]:
+        """The declared segments, plus a ``default`` catch-all if none was declared."""
+        if any(s.is_default for s in self.segments):
+            return self.segments
+        return (*self.segments, Segment(name="default"))
+
+
+class Zone(_Strict):
+    """A DNS zone gtm answers for (embedded server) or publishes into (providers).
+
+    Attributes:
+        name: zone apex, e.g. ``gtm.example.com``.
+        nameservers: NS host names at the apex.
+        nameserver_addresses: optional glue: NS host name → address, for in-zone NS names.
+        hostmaster: SOA RNAME as a mail address (``hostmaster@example.com``).
+        negative_ttl: SOA minimum, the TTL of NXDOMAIN/NODATA answers, seconds.
+    """
+
+    name: str
+    nameservers: tuple[str, ...] = Field(min_length=1)
+    nameserver_addresses: dict[str, str] = Field(default_factory=dict)
+    hostmaster: str = "hostmaster@example.invalid"
+    negative_ttl: int = Field(default=30, ge=0, le=86400)
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _norm_name(v)))
+
+    @field_validator("nameservers")
+    @classmethod
+    def _ns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_norm_name(n) for n in v)
+
+
+class Policy(_Strict):
+    """One policy: the whole routing intent of an installation.
+
+    Attributes:
+        name: policy name (file stem unless given).
+        zones: zones served.
+        services: services routed.
+        health: health thresholds.
+        safety: safety rules.
+    """
+
+    name: str = "default"
+    zones: tuple[Zone, ...] = Field(min_length=1)
+    services: tuple[Service, ...] = Field(min_length=1)
+    health: HealthThresholds = HealthThresholds()
+    safety: SafetyRules = SafetyRules()
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        zones = {z.name for z in self.zones}
+        names = [s.name for s in self.services]
+        fqdns = [s.fqdn for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"service names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+        if len(set(fqdns)) != len(fqdns):
+            raise ValueError(f"service fqdns repeat: {sorted(f for f in fqdns if fqdns.count(f) > 1)}")
+        for s in self.services:
+            if s.zone not in zones:
+                raise ValueError(f"service {s.name!r} is in zone {s.zone!r}, not declared in zones")
+        return self
+
+    @property
+    def region_names(self) -> frozenset[str]:
+        """Every region any service uses."""
+        return frozenset(r for s in self.services for r in s.regions)

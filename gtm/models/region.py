@@ -1,0 +1,151 @@
+"""Region inventory: one YAML file per region under ``regions/``.
+
+A region is a deployment location with a jurisdiction (for data residency), the geography
+it serves, the endpoints clients are sent to, and the fleet sources its agent scrapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FleetKind = Literal["vllm", "tgi", "sglang", "triton", "dcgm"]
+"""Kinds of fleet source an agent knows how to scrape (see ``gtm.agent.scrape``)."""
+
+CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
+"""Continent codes, as Route 53 geolocation uses them."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Endpoint(_Strict):
+    """Where clients of a region are sent: an IPv4/IPv6 address or a hostname (CNAME target)."""
+
+    address: str | None = None
+    hostname: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Endpoint:
+        if (self.address is None) == (self.hostname is None):
+            raise ValueError("give exactly one of 'address' or 'hostname'")
+        if self.address is not None:
+            ipaddress.ip_address(self.address)
+        return self
+
+    @property
+    def rdtype(self) -> str:
+        """DNS record type this endpoint renders as: ``A``, ``AAAA`` or ``CNAME``."""
+        if self.hostname is not None:
+            return "CNAME"
+        assert self.address is not None
+        return "AAAA" if ipaddress.ip_address(self.address).version == 6 else "A"
+
+    @property
+    def value(self) -> str:
+        """The record data: the address, or the hostname with a trailing dot."""
+        if self.address is not None:
+            return self.address
+        assert self.hostname is not None
+        return self.hostname if self.hostname.endswith(".") else self.hostname + "."
+
+
+class FleetSource(_Strict):
+    """One scrape target of a region's fleet.
+
+    Attributes:
+        name: unique within the region, e.g. ``vllm-a``.
+        kind: which parser to use.
+        url: base URL of the server (``http://10.0.0.5:8000``); the agent appends ``/metrics``
+            and the kind's health path. For ``dcgm`` the full metrics URL is accepted too.
+        model: the served model's name, if the server does not say it itself.
+        version: the model version this source serves (the agent reports it).
+        replicas: how many replicas stand behind this URL (1 for one server).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    kind: FleetKind
+    url: str = Field(pattern=r"^https?://")
+    model: str | None = None
+    version: str | None = None
+    replicas: int = Field(default=1, ge=1)
+
+
+class Geography(_Strict):
+    """The clients a region serves, and the client networks located there.
+
+    Attributes:
+        continent: continent code of the region's own location (``EU``, ``NA``...).
+        countries: ISO 3166-1 alpha-2 codes the region serves (informational).
+        client_networks: client prefixes located in this geography; together they form the
+            prefix→geography table the embedded DNS uses to pick a segment.
+    """
+
+    continent: str
+    countries: tuple[str, ...] = ()
+    client_networks: tuple[str, ...] = ()
+
+    @field_validator("continent")
+    @classmethod
+    def _known_continent(cls, v: str) -> str:
+        if v not in CONTINENTS:
+            raise ValueError(f"unknown continent code {v!r}; use one of {sorted(CONTINENTS)}")
+        return v
+
+    @field_validator("client_networks")
+    @classmethod
+    def _valid_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class Region(_Strict):
+    """A deployment location.
+
+    Attributes:
+        name: region name, e.g. ``eu-west-1`` (must match the file name).
+        jurisdiction: legal jurisdiction for data residency, e.g. ``EU``, ``US``.
+        geography: where the region is and which client networks it sits with.
+        endpoints: the addresses or hostnames answered for this region.
+        fleet: fleet sources the region's agent scrapes.
+        anycast_prefix: optional prefix the region announces over BGP.
+        capacity_per_replica: optional tokens/s one fully idle replica can take; when set,
+            spare capacity is reported in tokens/s instead of replica-equivalents.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    jurisdiction: str = Field(pattern=r"^[A-Z]{2,8}$")
+    geography: Geography
+    endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    fleet: tuple[FleetSource, ...] = ()
+    anycast_prefix: str | None = None
+    capacity_per_replica: float | None = Field(default=None, gt=0)
+
+    @field_validator("anycast_prefix")
+    @classmethod
+    def _valid_prefix(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_network(v, strict=True)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Region:
+        names = [s.name for s in self.fleet]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate fleet source names: {dup}")
+        return self
+
+
+class Inventory(_Strict):
+    """All regions, keyed by name."""
+
+    regions: dict[str, Region]
+
+    def jurisdiction_of(self, region: str) -> str:
+        """Jurisdiction of ``region``; raises ``KeyError`` if unknown."""
+        return self.regions[region].jurisdiction

@@ -1,0 +1,152 @@
+"""What a region agent reports to Redis on every heartbeat (and at once on a state change).
+
+Units are in the field names' docstrings: fractions are 0..1 (never percent), rates are per
+second, times are unix seconds unless a name ends in ``_ms``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CapacityUnit = Literal["replicas", "tokens/s"]
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceStatus(_Report):
+    """The outcome of scraping one fleet source.
+
+    Attributes:
+        name: the source's name from the inventory.
+        kind: ``vllm``, ``tgi``, ``sglang``, ``triton`` or ``dcgm``.
+        up: the metrics endpoint answered and parsed.
+        healthy: the source is fit to serve (health endpoint OK, not wedged, GPU not degraded).
+        reason: why not healthy; empty when healthy.
+        latency_ms: scrape wall time, milliseconds.
+    """
+
+    name: str
+    kind: str
+    up: bool
+    healthy: bool
+    reason: str = ""
+    latency_ms: float = Field(default=0.0, ge=0)
+
+
+class ModelStats(_Report):
+    """A region's serving fleet for one model, summed over its replicas.
+
+    Counters and queue gauges are summed over every series; fractions take the maximum
+    (never summed; see TELEMETRY.md).
+
+    Attributes:
+        model: served model name (vLLM/SGLang ``model_name`` label, TGI ``/info`` model_id).
+        version: model version the fleet reports it serves ("" if unknown).
+        replicas_total: replicas configured behind the region's sources.
+        replicas_healthy: replicas that passed every check.
+        running: requests in running batches.
+        waiting: queued requests (queue depth).
+        kv_cache_usage: highest KV-cache usage over healthy replicas, fraction 0..1, or None.
+        generation_tokens_total: decode-token counter summed over replicas.
+        tokens_per_s: decode tokens/s measured between the last two scrapes, or None.
+        errors_total: failed or aborted requests (counter).
+        spare_capacity: what the model's fleet can still take, in ``FleetReport.capacity_unit``.
+    """
+
+    model: str
+    version: str = ""
+    replicas_total: int = Field(ge=0)
+    replicas_healthy: int = Field(ge=0)
+    running: float = Field(default=0.0, ge=0)
+    waiting: float = Field(default=0.0, ge=0)
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+    generation_tokens_total: float = Field(default=0.0, ge=0)
+    tokens_per_s: float | None = Field(default=None, ge=0)
+    errors_total: float = Field(default=0.0, ge=0)
+    spare_capacity: float = Field(default=0.0, ge=0)
+
+
+class GpuStats(_Report):
+    """GPU telemetry from DCGM exporter (or NVML), summed over the region's GPUs.
+
+    Attributes:
+        count: GPUs seen.
+        utilization: mean busy fraction 0..1 (DCGM_FI_DEV_GPU_UTIL / 100).
+        memory_used_mib: framebuffer used, MiB (not a capacity signal for vLLM/SGLang).
+        memory_total_mib: framebuffer total, MiB.
+        degraded: GPUs with a critical XID, failed row remap or failing DCGM health watch.
+        xids: distinct critical XID codes currently reported.
+    """
+
+    count: int = Field(ge=0)
+    utilization: float | None = Field(default=None, ge=0, le=1)
+    memory_used_mib: float | None = Field(default=None, ge=0)
+    memory_total_mib: float | None = Field(default=None, ge=0)
+    degraded: int = Field(default=0, ge=0)
+    xids: tuple[int, ...] = ()
+
+
+class FleetReport(_Report):
+    """One region agent's report: the unit written to Redis.
+
+    Attributes:
+        region: region name from the inventory.
+        agent_id: unique id of the reporting agent process (host:pid or configured).
+        seq: grows by one with each check; lets the engine count checks once.
+        observed_at: when the check finished, unix seconds.
+        interval_s: the agent's heartbeat interval, seconds.
+        healthy: the agent's verdict for this check (at least one healthy replica and no
+            source failure that takes the region out).
+        consecutive_ok: consecutive healthy checks up to and including this one.
+        consecutive_fail: consecutive failed checks up to and including this one.
+        reason: why the check failed; empty when healthy.
+        models: per served model, keyed by model name.
+        gpu: GPU telemetry, when the region has a DCGM source.
+        sources: one status per fleet source scraped.
+        spare_capacity: the region's total spare capacity, in ``capacity_unit``.
+        capacity_unit: ``replicas`` (idle-replica equivalents) or ``tokens/s``.
+    """
+
+    region: str = Field(min_length=1, max_length=64)
+    agent_id: str = Field(min_length=1, max_length=200)
+    seq: int = Field(ge=0)
+    observed_at: float
+    interval_s: float = Field(gt=0)
+    healthy: bool
+    consecutive_ok: int = Field(default=0, ge=0)
+    consecutive_fail: int = Field(default=0, ge=0)
+    reason: str = ""
+    models: dict[str, ModelStats] = Field(default_factory=dict)
+    gpu: GpuStats | None = None
+    sources: tuple[SourceStatus, ...] = ()
+    spare_capacity: float = Field(default=0.0, ge=0)
+    capacity_unit: CapacityUnit = "replicas"
+
+    @field_validator("observed_at")
+    @classmethod
+    def _finite_time(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("observed_at must be a positive unix time in seconds")
+        return v
+
+    def spare_for(self, model: str | None) -> float:
+        """Spare capacity for one model (or the whole region when ``model`` is None).
+
+        A model the region does not serve has no spare capacity.
+        """
+        if model is None:
+            return self.spare_capacity
+        stats = self.models.get(model)
+        return stats.spare_capacity if stats is not None else 0.0
+
+    def serves(self, model: str | None) -> bool:
+        """Whether the region reports at least one healthy replica of ``model`` (any if None)."""
+        if model is None:
+            return any(m.replicas_healthy > 0 for m in self.models.values()) or not self.models
+        stats = self.models.get(model)
+        return stats is not None and stats.replicas_healthy > 0

@@ -1,0 +1,491 @@
+"""A fleet simulator: an HTTP server that looks like an LLM serving fleet to the region agent.
+
+It serves **real** metric samples (``gtm/sim/samples/``, provenance in ``PROVENANCE.md``) for
+one engine kind, with the model label rewritten to the configured model and the load
+series rewritten from a simulated state so the numbers are coherent:
+
+* per replica, KV usage = ``load``, running = ``round(16 × load)``, waiting =
+  ``round(50 × max(0, load − 0.8))`` (so a fully loaded replica has 10 queued, above GIE's
+  saturation threshold of 5); the fleet's series are the sums over ``replicas``;
+* the decode-token counter grows at ``tokens_per_s × load`` tokens/s (the whole fleet),
+  integrated over time, and stands still while ``dead`` or ``wedged``.
+
+Modes (``POST /_sim/state`` with JSON ``{"mode": ..., "load": 0.0-1.0}``; ``tokens_per_s``
+and ``version`` may be set too; ``GET /_sim/state`` returns the state):
+
+* ``healthy``: health 200.
+* ``dead``: health fails like the engine does when its core died — vLLM 503 (EngineDeadError,
+  PR #24897), TGI 503 ``{"error":"unhealthy","error_type":"healthcheck"}``, SGLang 503,
+  Triton 400; metrics are still served, frozen.
+* ``wedged``: health 200 (vLLM's ``/health`` does not probe generation), at least 2 requests
+  waiting per replica and the token counter frozen (vLLM issue #39863).
+* ``gpu-degraded``: serving is normal, but the DCGM sample at ``/dcgm/metrics`` reports
+  XID 79 (GPU fallen off the bus) on its first GPU.
+
+Routes: ``/metrics``, the kind's health path(s), ``/dcgm/metrics`` (DCGM exporter sample;
+GPU utilisation = ``100 × load`` %), ``/v1/models``, TGI ``/info``, ``/_sim/state``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from gtm.log import get_logger
+
+log = get_logger("sim")
+
+KINDS = ("vllm", "tgi", "sglang", "triton")
+"""Engine kinds the simulator can play."""
+
+MODES = ("healthy", "dead", "wedged", "gpu-degraded")
+"""Simulated fleet states."""
+
+SAMPLES: dict[str, tuple[str, ...]] = {
+    "vllm": ("vllm-0.4.3-plus-v1-lines-datadog-fixture.prom",),
+    "tgi": ("tgi-3.x-datadog-fixture.prom",),
+    "sglang": ("sglang-0.5.10-datadog-fixture.prom",),
+    "triton": (
+        "triton-trtllm-backend-readme-example.prom",
+        "triton-docs-queue-summary-example.prom",
+    ),
+    "dcgm": ("dcgm-exporter-mixed-t4-a10g-datadog-fixture.prom",),
+}
+"""Sample files served per kind (concatenated in this order)."""
+
+HEALTH_ROUTES: dict[str, tuple[str, ...]] = {
+    "vllm": ("/health",),
+    "tgi": ("/health",),
+    "sglang": ("/health_generate", "/health"),
+    "triton": ("/v2/health/ready", "/v2/health/live"),
+}
+
+RUNNING_PER_REPLICA = 16
+"""Running requests of one replica at load 1.0."""
+TGI_TOKEN_BUDGET = 16_000
+"""``tgi_batch_max_total_tokens`` of one simulated TGI replica, tokens."""
+TOKENS_PER_REQUEST = 100.0
+"""Mean decode tokens per request, used to advance Triton's request counters."""
+
+_LINE = re.compile(r"^(?P<head>[A-Za-z_:][A-Za-z0-9_:]*(?:\{.*\})?\s+)(?P<value>\S+)(?P<rest>.*)$")
+_MODEL_LABEL = {
+    "vllm": re.compile(r'(model_name=")(?:[^"\\]|\\.)*(")'),
+    "sglang": re.compile(r'(model_name=")(?:[^"\\]|\\.)*(")'),
+    "triton": re.compile(r'(\bmodel=")(?:[^"\\]|\\.)*(")'),
+}
+_FRACTIONS = frozenset({"kv", "util", "xid"})
+
+
+def _slot(kind: str, line: str) -> str | None:
+    """Which simulated quantity a sample line carries, or None to serve it unchanged."""
+    name = line.split("{", 1)[0].split(" ", 1)[0]
+    if kind == "vllm":
+        return {
+            "vllm:num_requests_running": "running",
+            "vllm:num_requests_waiting": "waiting",
+            "vllm:kv_cache_usage_perc": "kv",
+            "vllm:gpu_cache_usage_perc": "kv",
+            "vllm:generation_tokens_total": "tokens",
+        }.get(name)
+    if kind == "tgi":
+        return {
+            "tgi_queue_size": "waiting",
+            "tgi_batch_current_size": "running",
+            "tgi_batch_current_max_tokens": "kv_tokens",
+            "tgi_request_generated_tokens_sum": "tokens",
+        }.get(name)
+    if kind == "sglang":
+        return {
+            "sglang:num_running_reqs": "running",
+            "sglang:num_queue_reqs": "waiting",
+            "sglang:token_usage": "kv",
+            "sglang:generation_tokens_total": "tokens",
+            "sglang:gen_throughput": "rate",
+        }.get(name)
+    if kind == "triton":
+        if name == "nv_trt_llm_request_metrics":
+            if 'request_type="waiting"' in line:
+                return "waiting"
+            if 'request_type="scheduled"' in line:
+                return "running"
+            if 'request_type="active"' in line:
+                return "active"
+        if name == "nv_trt_llm_kv_cache_block_metrics" and 'type="fraction"' in line:
+            return "kv"
+        if name == "nv_trt_llm_general_metrics" and "iteration_counter" in line:
+            return "tokens"
+        if name == "nv_inference_request_success":
+            return "requests"
+        return None
+    if kind == "dcgm":
+        return {"DCGM_FI_DEV_GPU_UTIL": "util", "DCGM_FI_DEV_XID_ERRORS": "xid"}.get(name)
+    return None
+
+
+@dataclass(slots=True)
+class _Template:
+    """A sample exposition split into static text and value slots."""
+
+    parts: list[str | tuple[str, int]]
+    """Static text, or ``(slot, number of series sharing the slot)``."""
+    base: dict[str, float]
+    """Each slot's value in the original sample (summed over its series)."""
+
+
+def _compile(kind: str, text: str, model: str) -> _Template:
+    relabel = _MODEL_LABEL.get(kind)
+    raw: list[str | tuple[str, str]] = []
+    counts: dict[str, int] = {}
+    base: dict[str, float] = {}
+    for line in text.splitlines():
+        if relabel is not None and not line.startswith("#"):
+            line = relabel.sub(lambda m: m.group(1) + _escape(model) + m.group(2), line)
+        m = _LINE.match(line) if not line.startswith("#") else None
+        slot = _slot(kind, line) if m else None
+        if m is None or slot is None:
+            raw.append(line + "\n")
+            continue
+        counts[slot] = counts.get(slot, 0) + 1
+        with contextlib.suppress(ValueError):
+            base[slot] = base.get(slot, 0.0) + float(m["value"])
+        raw.append(m["head"])
+        raw.append((slot, ""))
+        raw.append(m["rest"] + "\n")
+    if kind == "tgi" and "tgi_batch_max_total_tokens" not in text:
+        raw.append(
+            "# HELP tgi_batch_max_total_tokens Maximum tokens for the current batch\n"
+            "# TYPE tgi_batch_max_total_tokens gauge\n"
+            "tgi_batch_max_total_tokens "
+        )
+        raw.append(("budget", ""))
+        raw.append("\n")
+        counts["budget"] = 1
+    parts: list[str | tuple[str, int]] = [
+        p if isinstance(p, str) else (p[0], counts[p[0]]) for p in raw
+    ]
+    return _Template(parts=parts, base=base)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+def load_sample(kind: str) -> str:
+    """The raw sample exposition served for ``kind`` (``vllm``…``triton``, ``dcgm``)."""
+    root = resources.files("gtm.sim").joinpath("samples")
+    return "".join(root.joinpath(name).read_text(encoding="utf-8") for name in SAMPLES[kind])
+
+
+@dataclass
+class FleetSim:
+    """The simulated state of one fleet (``replicas`` replicas behind one URL).
+
+    Attributes:
+        kind: engine kind played (``vllm``, ``tgi``, ``sglang``, ``triton``).
+        model: served model name written into the samples' model label.
+        version: model version (reported on ``/_sim/state``; the agent takes it from the
+            inventory's ``FleetSource.version``).
+        replicas: replicas simulated; load series are summed over them.
+        tokens_per_s: the whole fleet's decode rate at load 1.0, tokens/s.
+        mode: one of ``MODES``.
+        load: offered load per replica, 0..1.
+        clock: monotonic clock, seconds (replaceable in tests).
+        url: ``http://host:port`` once started.
+    """
+
+    kind: str
+    model: str
+    version: str = ""
+    replicas: int = 1
+    tokens_per_s: float = 1000.0
+    mode: str = "healthy"
+    load: float = 0.3
+    clock: Callable[[], float] = time.monotonic
+    url: str = ""
+    _templates: dict[str, _Template] = field(default_factory=dict, repr=False)
+    _base: dict[str, float] = field(default_factory=dict, repr=False)
+    _tokens: float = field(default=0.0, repr=False)
+    _t: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; use one of {KINDS}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {MODES}")
+        if not 0.0 <= self.load <= 1.0:
+            raise ValueError("load must be within 0..1")
+        if self.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        self._templates = {
+            self.kind: _compile(self.kind, load_sample(self.kind), self.model),
+            "dcgm": _compile("dcgm", load_sample("dcgm"), self.model),
+        }
+        self._base = dict(self._templates[self.kind].base)
+        self._tokens = self._base.get("tokens", 0.0)
+        self._t = self.clock()
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> float:
+        """Current decode rate of the fleet, tokens/s (0 while dead or wedged)."""
+        if self.mode in ("dead", "wedged"):
+            return 0.0
+        return self.tokens_per_s * self.load
+
+    @property
+    def _produced(self) -> float:
+        """Tokens generated since the simulator started."""
+        return self._tokens - self._base.get("tokens", 0.0)
+
+    def _advance(self) -> None:
+        now = self.clock()
+        self._tokens += self.rate * max(0.0, now - self._t)
+        self._t = now
+
+    def set_state(
+        self,
+        mode: str | None = None,
+        load: float | None = None,
+        tokens_per_s: float | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Change the simulated state (the token counter stays continuous).
+
+        Raises:
+            ValueError: unknown mode, load outside 0..1 or a negative rate.
+        """
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        if load is not None and not 0.0 <= load <= 1.0:
+            raise ValueError("load must be within 0..1")
+        if tokens_per_s is not None and tokens_per_s < 0:
+            raise ValueError("tokens_per_s must be >= 0")
+        self._advance()
+        if mode is not None:
+            if mode != self.mode:
+                log.info("set_state: %s fleet %s -> %s", self.kind, self.mode, mode)
+            self.mode = mode
+        if load is not None:
+            self.load = load
+        if tokens_per_s is not None:
+            self.tokens_per_s = tokens_per_s
+        if version is not None:
+            self.version = version
+
+    def state(self) -> dict[str, Any]:
+        """The state as JSON-ready data."""
+        self._advance()
+        return {
+            "kind": self.kind,
+            "model": self.model,
+            "version": self.version,
+            "replicas": self.replicas,
+            "mode": self.mode,
+            "load": self.load,
+            "tokens_per_s": self.tokens_per_s,
+            "generation_tokens_total": self._tokens,
+            "values": self.values(),
+        }
+
+    def values(self) -> dict[str, float]:
+        """Every slot's value now (fleet totals; fractions per replica)."""
+        self._advance()
+        r = self.replicas
+        running = round(RUNNING_PER_REPLICA * self.load) * r
+        waiting = round(50 * max(0.0, self.load - 0.8)) * r
+        if self.mode == "wedged":
+            waiting = max(waiting, 2 * r)
+        return {
+            "running": float(running),
+            "active": float(running),
+            "waiting": float(waiting),
+            "kv": min(1.0, self.load),
+            "kv_tokens": float(round(TGI_TOKEN_BUDGET * min(1.0, self.load)) * r),
+            "budget": float(TGI_TOKEN_BUDGET * r),
+            "tokens": float(int(self._tokens)),
+            "rate": self.rate,
+            "requests": float(
+                int(self._base.get("requests", 0.0) + self._produced / TOKENS_PER_REQUEST)
+            ),
+            "util": round(100.0 * self.load, 1) if self.mode != "dead" else 0.0,
+            "xid": 79.0 if self.mode == "gpu-degraded" else 0.0,
+        }
+
+    def render(self, which: str | None = None) -> str:
+        """The exposition served now: the engine's (default) or ``"dcgm"``."""
+        tpl = self._templates[which or self.kind]
+        vals = self.values()
+        out: list[str] = []
+        for p in tpl.parts:
+            if isinstance(p, str):
+                out.append(p)
+                continue
+            slot, n = p
+            v = vals[slot]
+            out.append(_fmt(v if slot in _FRACTIONS else v / n))
+        return "".join(out)
+
+    @property
+    def healthy_status(self) -> int:
+        """HTTP status the health endpoint answers now."""
+        if self.mode != "dead":
+            return 200
+        return 400 if self.kind == "triton" else 503
+
+
+# -- HTTP app -------------------------------------------------------------------------------
+
+SIM_KEY: web.AppKey[FleetSim] = web.AppKey("sim", FleetSim)
+
+_TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    return web.Response(body=sim.render().encode(), headers={"Content-Type": _TEXT_FORMAT})
+
+
+async def _dcgm(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    return web.Response(body=sim.render("dcgm").encode(), headers={"Content-Type": _TEXT_FORMAT})
+
+
+async def _health(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    status = sim.healthy_status
+    if status == 200:
+        return web.Response(status=200)
+    if sim.kind == "tgi":
+        return web.json_response({"error": "unhealthy", "error_type": "healthcheck"}, status=status)
+    return web.Response(status=status)
+
+
+async def _models(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": sim.model, "object": "model", "root": sim.model, "owned_by": sim.kind}],
+        }
+    )
+
+
+async def _info(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    return web.json_response(
+        {
+            "model_id": sim.model,
+            "model_sha": None,
+            "max_concurrent_requests": 128 * sim.replicas,
+            "max_total_tokens": 512,
+            "router": "text-generation-router",
+            "version": "3.3.5",
+        }
+    )
+
+
+async def _get_state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM_KEY].state())
+
+
+async def _post_state(request: web.Request) -> web.Response:
+    sim = request.app[SIM_KEY]
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        unknown = set(body) - {"mode", "load", "tokens_per_s", "version"}
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}")
+        load = body.get("load")
+        tps = body.get("tokens_per_s")
+        sim.set_state(
+            mode=body.get("mode"),
+            load=None if load is None else float(load),
+            tokens_per_s=None if tps is None else float(tps),
+            version=body.get("version"),
+        )
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(sim.state())
+
+
+def make_app(sim: FleetSim) -> web.Application:
+    """The aiohttp application serving ``sim``."""
+    app = web.Application()
+    app[SIM_KEY] = sim
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/dcgm/metrics", _dcgm)
+    for path in HEALTH_ROUTES[sim.kind]:
+        app.router.add_get(path, _health)
+    app.router.add_get("/v1/models", _models)
+    if sim.kind == "tgi":
+        app.router.add_get("/info", _info)
+    app.router.add_get("/_sim/state", _get_state)
+    app.router.add_post("/_sim/state", _post_state)
+    return app
+
+
+async def start_fleet(
+    kind: str,
+    host: str,
+    port: int,
+    model: str,
+    version: str = "",
+    replicas: int = 1,
+    *,
+    tokens_per_s: float = 1000.0,
+    load: float = 0.3,
+    mode: str = "healthy",
+) -> tuple[web.AppRunner, FleetSim]:
+    """Start a simulated fleet in this process.
+
+    Args:
+        kind: ``vllm``, ``tgi``, ``sglang`` or ``triton``.
+        host: address to listen on.
+        port: TCP port; 0 picks a free one (read it from ``sim.url``).
+        model: served model name.
+        version: model version.
+        replicas: replicas behind the URL.
+        tokens_per_s: the fleet's decode rate at load 1.0, tokens/s.
+        load: initial load per replica, 0..1.
+        mode: initial mode, one of ``MODES``.
+
+    Returns:
+        ``(runner, sim)``; stop it with ``await runner.cleanup()``.
+    """
+    sim = FleetSim(
+        kind=kind,
+        model=model,
+        version=version,
+        replicas=replicas,
+        tokens_per_s=tokens_per_s,
+        load=load,
+        mode=mode,
+    )
+    runner = web.AppRunner(make_app(sim), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = port
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            bound = int(addr[1])
+            break
+    shown = f"[{host}]" if ":" in host else host
+    sim.url = f"http://{shown}:{bound}"
+    log.info("start_fleet: %s fleet %s (%d replicas) at %s", kind, model, replicas, sim.url)
+    return runner, sim

@@ -1,0 +1,79 @@
+"""Every Redis key gtm uses, in one place.
+
+``{ns}`` is a hash tag, so one Redis Cluster slot holds one installation's keys.
+
+| key | type | holds |
+| --- | --- | --- |
+| ``gtm:{ns}:report:<region>`` | string (JSON), EX = report TTL | latest FleetReport |
+| ``gtm:{ns}:reports`` | stream, MAXLEN ~ | report history (state changes only) |
+| ``gtm:{ns}:override:<region>`` | string (JSON) | drain / cordon |
+| ``gtm:{ns}:desired`` | string (JSON) | last DesiredState with its generation |
+| ``gtm:{ns}:applied:<provider>`` | string (JSON) | generation and digest last applied |
+| ``gtm:{ns}:leader`` / ``gtm:{ns}:epoch`` | SET NX PX / INCR | leader lease / fencing token |
+| ``gtm:{ns}:audit`` | stream, MAXLEN ~ | every change: what, why, policy digest, fencing token |
+| ``gtm:{ns}:rejected`` | hash | malformed reports rejected, by region |
+| ``gtm:{ns}:events`` | pub/sub channel | wake-ups; polling remains the fallback |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REPORT_STREAM_MAXLEN = 10_000
+AUDIT_STREAM_MAXLEN = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one installation namespace."""
+
+    ns: str = "default"
+
+    @property
+    def prefix(self) -> str:
+        return f"gtm:{{{self.ns}}}:"
+
+    def report(self, region: str) -> str:
+        return f"{self.prefix}report:{region}"
+
+    @property
+    def report_pattern(self) -> str:
+        return f"{self.prefix}report:*"
+
+    @property
+    def reports_stream(self) -> str:
+        return f"{self.prefix}reports"
+
+    def override(self, region: str) -> str:
+        return f"{self.prefix}override:{region}"
+
+    @property
+    def override_pattern(self) -> str:
+        return f"{self.prefix}override:*"
+
+    @property
+    def desired(self) -> str:
+        return f"{self.prefix}desired"
+
+    def applied(self, provider: str) -> str:
+        return f"{self.prefix}applied:{provider}"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}leader"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.prefix}rejected"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"

@@ -1,0 +1,361 @@
+"""The Redis store: reports, overrides, desired state, audit, leader lease and wake-up events.
+
+Works against a real Redis server (redis-py asyncio) and, for the zero-setup embedded mode,
+against fakeredis in-process. Neither mode depends on keyspace notifications or ACLs: agents
+publish explicit events, and freshness is judged from report timestamps, not key expiry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gtm.errors import LeaseLostError, StoreError
+from gtm.log import get_logger
+from gtm.models.override import Override
+from gtm.models.plan import DesiredState
+from gtm.models.report import FleetReport
+from gtm.store.keys import AUDIT_STREAM_MAXLEN, REPORT_STREAM_MAXLEN, Keys
+
+log = get_logger("store")
+
+EMBEDDED_URL = "embedded://"
+"""The URL that selects the in-process fakeredis server (zero-setup mode)."""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_FENCED_SET_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def connect(url: str, *, ns: str = "default", timeout_s: float = 2.0) -> Store:
+    """Build a store for ``url``.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or
+            ``embedded://`` for an in-process fakeredis server.
+        ns: installation namespace (the ``{ns}`` hash tag in every key).
+        timeout_s: socket connect and read timeout, seconds.
+
+    The password in ``url`` is never logged.
+    """
+    if url.startswith("embedded://"):
+        import fakeredis
+
+        client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    else:
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=10,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+    return Store(client, Keys(ns))
+
+
+class Store:
+    """Typed access to gtm's keys. Every method raises ``StoreError`` when Redis fails."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def ping(self) -> float:
+        """Round trip to Redis, milliseconds."""
+        t0 = time.perf_counter()
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            raise StoreError(f"redis unreachable: {exc}") from exc
+        return (time.perf_counter() - t0) * 1000
+
+    # -- reports -------------------------------------------------------------------------
+
+    async def put_report(self, report: FleetReport, ttl_s: float, *, changed: bool) -> None:
+        """Write a region's latest report with an expiry that acts as the heartbeat.
+
+        One ``SET EX`` in steady state; when ``changed`` (health or capacity moved) the report
+        is also appended to the history stream and a wake-up event is published, in the same
+        transaction.
+
+        Args:
+            report: the report.
+            ttl_s: key expiry, seconds (rounded up to whole milliseconds).
+            changed: whether this report changes the region's state.
+        """
+        data = report.model_dump_json()
+        try:
+            if not changed:
+                await self.client.set(self.keys.report(report.region), data, px=int(ttl_s * 1000))
+                return
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.report(report.region), data, px=int(ttl_s * 1000))
+                pipe.xadd(
+                    self.keys.reports_stream,
+                    {"region": report.region, "report": data},
+                    maxlen=REPORT_STREAM_MAXLEN,
+                    approximate=True,
+                )
+                pipe.publish(self.keys.events, f"report:{report.region}")
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"writing report for {report.region}: {exc}") from exc
+
+    async def get_reports(self, regions: list[str]) -> tuple[dict[str, FleetReport], list[str]]:
+        """Latest reports for ``regions``.
+
+        Returns:
+            ``(reports, rejected)``: valid reports by region, and one message per malformed
+            report (rejected, counted under ``gtm:{ns}:rejected``, never raised).
+        """
+        if not regions:
+            return {}, []
+        try:
+            raw = await self.client.mget([self.keys.report(r) for r in regions])
+        except RedisError as exc:
+            raise StoreError(f"reading reports: {exc}") from exc
+        reports: dict[str, FleetReport] = {}
+        rejected: list[str] = []
+        for region, text in zip(regions, raw, strict=True):
+            if text is None:
+                continue
+            try:
+                rep = FleetReport.model_validate_json(text)
+                if rep.region != region:
+                    raise ValueError(f"report under key of {region!r} names region {rep.region!r}")
+            except (ValidationError, ValueError) as exc:
+                msg = f"rejected report for {region}: {_first_line(exc)}"
+                rejected.append(msg)
+                log.warning("get_reports: %s", msg)
+                with contextlib.suppress(RedisError):
+                    await self.client.hincrby(self.keys.rejected, region, 1)
+                continue
+            reports[region] = rep
+        return reports, rejected
+
+    async def rejected_counts(self) -> dict[str, int]:
+        """How many malformed reports were rejected, by region."""
+        try:
+            raw = await self.client.hgetall(self.keys.rejected)
+        except RedisError as exc:
+            raise StoreError(f"reading rejected counts: {exc}") from exc
+        return {k: int(v) for k, v in raw.items()}
+
+    # -- overrides -----------------------------------------------------------------------
+
+    async def put_override(self, override: Override) -> None:
+        """Set (or replace) a region's override and wake the controller."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.override(override.region), override.model_dump_json())
+                pipe.publish(self.keys.events, f"override:{override.region}")
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"writing override for {override.region}: {exc}") from exc
+
+    async def delete_override(self, region: str) -> bool:
+        """Remove a region's override; returns whether one existed."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.override(region))
+                pipe.publish(self.keys.events, f"override:{region}")
+                n, _ = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"deleting override for {region}: {exc}") from exc
+        return bool(n)
+
+    async def get_overrides(self) -> dict[str, Override]:
+        """Every override, by region; malformed ones are logged and skipped."""
+        out: dict[str, Override] = {}
+        try:
+            keys = [k async for k in self.client.scan_iter(match=self.keys.override_pattern)]
+            values = await self.client.mget(keys) if keys else []
+        except RedisError as exc:
+            raise StoreError(f"reading overrides: {exc}") from exc
+        for key, text in zip(keys, values, strict=True):
+            if text is None:
+                continue
+            try:
+                ov = Override.model_validate_json(text)
+            except ValidationError as exc:
+                log.warning("get_overrides: skipping malformed %s: %s", key, _first_line(exc))
+                continue
+            out[ov.region] = ov
+        return out
+
+    # -- desired / applied state ---------------------------------------------------------
+
+    async def put_desired(self, state: DesiredState, *, lease_value: str | None = None) -> None:
+        """Store the desired state; with ``lease_value`` only while that lease is held.
+
+        Raises:
+            LeaseLostError: ``lease_value`` no longer matches the leader key (fencing).
+            StoreError: Redis failed.
+        """
+        data = state.to_json()
+        try:
+            if lease_value is None:
+                await self.client.set(self.keys.desired, data)
+                return
+            ok = await self.client.eval(
+                _FENCED_SET_LUA, 2, self.keys.leader, self.keys.desired, lease_value, data
+            )
+        except RedisError as exc:
+            raise StoreError(f"writing desired state: {exc}") from exc
+        if not ok:
+            raise LeaseLostError("leader lease lost; desired state not written")
+
+    async def get_desired(self) -> DesiredState | None:
+        """The last stored desired state, or None (also when it cannot be parsed)."""
+        try:
+            text = await self.client.get(self.keys.desired)
+        except RedisError as exc:
+            raise StoreError(f"reading desired state: {exc}") from exc
+        if text is None:
+            return None
+        try:
+            return DesiredState.from_json(text)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("get_desired: stored desired state unreadable: %s", exc)
+            return None
+
+    async def put_applied(self, provider: str, info: dict[str, Any]) -> None:
+        """Record what a provider last applied (generation, digest, time, error)."""
+        try:
+            await self.client.set(self.keys.applied(provider), json.dumps(info, sort_keys=True))
+        except RedisError as exc:
+            raise StoreError(f"writing applied state: {exc}") from exc
+
+    async def get_applied(self, provider: str) -> dict[str, Any] | None:
+        try:
+            text = await self.client.get(self.keys.applied(provider))
+        except RedisError as exc:
+            raise StoreError(f"reading applied state: {exc}") from exc
+        return None if text is None else dict(json.loads(text))
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def append_audit(self, entry: dict[str, Any]) -> str:
+        """Append one audit entry (values are JSON-encoded); returns its stream id."""
+        fields = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in entry.items()}
+        try:
+            return str(
+                await self.client.xadd(
+                    self.keys.audit, fields, maxlen=AUDIT_STREAM_MAXLEN, approximate=True
+                )
+            )
+        except RedisError as exc:
+            raise StoreError(f"appending audit entry: {exc}") from exc
+
+    async def read_audit(self, count: int = 50) -> list[tuple[str, dict[str, str]]]:
+        """The newest ``count`` audit entries, newest first."""
+        try:
+            rows = await self.client.xrevrange(self.keys.audit, count=count)
+        except RedisError as exc:
+            raise StoreError(f"reading audit: {exc}") from exc
+        return [(str(i), dict(f)) for i, f in rows]
+
+    # -- leader lease and fencing --------------------------------------------------------
+
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> tuple[str, int] | None:
+        """Try to become leader.
+
+        Returns:
+            ``(lease_value, fencing_token)`` when acquired, else None. The token grows with
+            each new leader (INCR), so writes from an older leader can be refused.
+        """
+        try:
+            token = int(await self.client.incr(self.keys.epoch))
+            value = f"{owner}|{token}"
+            ok = await self.client.set(self.keys.leader, value, nx=True, px=ttl_ms)
+        except RedisError as exc:
+            raise StoreError(f"acquiring lease: {exc}") from exc
+        return (value, token) if ok else None
+
+    async def renew_lease(self, lease_value: str, ttl_ms: int) -> None:
+        """Extend the lease. Raises ``LeaseLostError`` if another owner holds it now."""
+        try:
+            ok = await self.client.eval(_RENEW_LUA, 1, self.keys.leader, lease_value, ttl_ms)
+        except RedisError as exc:
+            raise StoreError(f"renewing lease: {exc}") from exc
+        if not ok:
+            raise LeaseLostError("leader lease lost")
+
+    async def release_lease(self, lease_value: str) -> None:
+        """Give the lease up if still held."""
+        try:
+            await self.client.eval(_RELEASE_LUA, 1, self.keys.leader, lease_value)
+        except RedisError as exc:
+            raise StoreError(f"releasing lease: {exc}") from exc
+
+    async def leader(self) -> str | None:
+        """The current lease value (``owner|token``), or None."""
+        try:
+            v = await self.client.get(self.keys.leader)
+        except RedisError as exc:
+            raise StoreError(f"reading leader: {exc}") from exc
+        return None if v is None else str(v)
+
+    # -- events --------------------------------------------------------------------------
+
+    async def publish(self, event: str) -> None:
+        """Publish a wake-up event (``report:<region>``, ``override:<region>``...)."""
+        try:
+            await self.client.publish(self.keys.events, event)
+        except RedisError as exc:
+            raise StoreError(f"publishing event: {exc}") from exc
+
+    async def events(self) -> AsyncIterator[str]:
+        """Yield wake-up events until cancelled. Raises ``StoreError`` if the connection drops."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.events)
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None and msg.get("type") == "message":
+                    yield str(msg["data"])
+        except RedisError as exc:
+            raise StoreError(f"event subscription: {exc}") from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(text[:3]) if text else type(exc).__name__
