@@ -101,6 +101,7 @@ class Step:
     us: dict[str, float]
     took_s: float | None = None
     note: str = ""
+    health: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,9 +145,10 @@ class Demo:
             await asyncio.sleep(0.02)
         return None
 
-    async def record(self, title: str, n: int, took: float | None = None, note: str = "") -> Step:
+    async def record(self, title: str, n: int, took: float | None = None, note: str = "",
+                     health: dict[str, str] | None = None) -> Step:
         step = Step(time.monotonic() - self.t0, title, await self.shares(EU_CLIENT, n),
-                    await self.shares(US_CLIENT, n), took, note)
+                    await self.shares(US_CLIENT, n), took, note, health or {})
         self.steps.append(step)
         return step
 
@@ -158,7 +160,7 @@ class Demo:
 
 
 def _fmt(shares: dict[str, float]) -> str:
-    return "  ".join(f"{r} {v:4.0%}" for r, v in shares.items())
+    return " · ".join(f"{r} {v:.0%}" for r, v in shares.items())
 
 
 async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False) -> bool:
@@ -184,6 +186,15 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     tasks.append(asyncio.create_task(ctl.run(stop), name="controller"))
     addr_to_region = {r[4]: r[0] for r in _REGIONS}
     demo = Demo(dns, addr_to_region, ports)
+
+    def health() -> dict[str, str]:
+        st = ctl.state
+        if st is None:
+            return {}
+        out = {}
+        for r, rs in st.regions.items():
+            out[r] = rs.state + (f" ({rs.override})" if rs.override else "")
+        return out
     ok = True
     problems: list[str] = []
     if not json_out:
@@ -193,12 +204,15 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     def say(step: Step) -> None:
         if json_out:
             return
-        took = f" (shift took {step.took_s:.2f}s)" if step.took_s is not None else ""
-        console.print(f"[bold]+{step.t:5.1f}s[/] {step.title}{took}")
-        console.print(f"         EU clients: {_fmt(step.eu)}")
-        console.print(f"         US clients: {_fmt(step.us)}")
+        took = f" [cyan](shift took {step.took_s:.2f}s)[/]" if step.took_s is not None else ""
+        console.print(f"[bold]+{step.t:5.1f}s[/] {step.title}{took}", soft_wrap=True)
+        console.print(f"         EU clients: {_fmt(step.eu)}", soft_wrap=True, highlight=False)
+        console.print(f"         US clients: {_fmt(step.us)}", soft_wrap=True, highlight=False)
+        if step.health:
+            hl = " · ".join(f"{r} {h}" for r, h in sorted(step.health.items()))
+            console.print(f"         health:     {hl}", soft_wrap=True, highlight=False)
         if step.note:
-            console.print(f"         {step.note}")
+            console.print(f"         {step.note}", soft_wrap=True, highlight=False)
 
     def expect(cond: bool, what: str) -> None:
         nonlocal ok
@@ -212,7 +226,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         # 1. steady state
         took = await demo.wait_for(US_CLIENT, lambda s: len([r for r in s if r not in ("none",)]) >= 3, 20)
         expect(took is not None, "steady state reached with regions answering")
-        say(await demo.record("steady state: all four regions healthy", queries, took))
+        say(await demo.record("steady state: all four regions healthy", queries, took, health=health()))
 
         # 2. a fleet fails
         failed = "eu-west-1"
@@ -220,7 +234,8 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(failed, 0) == 0 and s.get("none", 0) == 0, 15)
         expect(took is not None, f"{failed} excluded after its fleet failed")
         st = await demo.record(f"{failed} fleet fails (vLLM /health 503) → failover", queries, took,
-                               note=f"reason: {ctl.state.regions[failed].reason if ctl.state else '?'}")
+                               note=f"reason: {ctl.state.regions[failed].reason if ctl.state else '?'}",
+                               health=health())
         expect(st.eu.get(failed, 0) == 0 and st.us.get(failed, 0) == 0, f"{failed} share is 0 %")
         say(st)
 
@@ -228,9 +243,10 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         await demo.set_fleet(failed, "healthy")
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(failed, 0) > 0, 15)
         expect(took is not None, f"{failed} takes traffic again after recovery")
-        say(await demo.record(f"{failed} recovers (rise 3 checks) → ramping back in planned steps", queries, took))
+        say(await demo.record(f"{failed} recovers (rise 3 checks) → ramping back in planned steps", queries, took,
+                              health=health()))
         await asyncio.sleep(1.0 if fast else 4.5)
-        st = await demo.record(f"{failed} back at full weight", queries)
+        st = await demo.record(f"{failed} back at full weight", queries, health=health())
         expect(st.eu.get(failed, 0) > 0.2, f"{failed} back to a real share")
         say(st)
 
@@ -240,7 +256,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
                                           actor="demo-operator", since=time.time()))
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) == 0, 15)
         expect(took is not None, f"{drained} drained to 0 %")
-        st = await demo.record(f"operator drains {drained} (step 64 per 1s)", queries, took)
+        st = await demo.record(f"operator drains {drained} (step 64 per 1s)", queries, took, health=health())
         expect(st.eu.get(drained, 0) == 0 and st.us.get(drained, 0) == 0, f"drained {drained} at 0 %")
         say(st)
 
@@ -249,7 +265,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) > 0, 15)
         expect(took is not None, f"{drained} takes traffic after undrain")
         await asyncio.sleep(1.0 if fast else 4.5)
-        say(await demo.record(f"undrain {drained} → ramped back", queries, took))
+        say(await demo.record(f"undrain {drained} → ramped back", queries, took, health=health()))
 
         expect(demo.eu_regions_seen <= {"eu-west-1", "eu-central-1"},
                f"EU answers only ever named EU regions (saw {sorted(demo.eu_regions_seen)})")

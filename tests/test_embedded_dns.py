@@ -79,6 +79,7 @@ def make_state(
     eu: Mapping[str, int] = EU_WEIGHTS,
     default: Mapping[str, int] = DEFAULT_WEIGHTS,
     policy_digest: str = "policy-1",
+    us_east_1: tuple[tuple[str, str], ...] = (("A", "192.0.2.10"), ("AAAA", "2001:db8::10")),
 ) -> DesiredState:
     """A hand-built plan for zone gtm.example.com.
 
@@ -125,7 +126,7 @@ def make_state(
     endpoints: dict[str, tuple[tuple[str, str], ...]] = {
         r: (("A", a),) for r, a in ADDRESSES.items()
     }
-    endpoints["us-east-1"] = (("A", "192.0.2.10"), ("AAAA", "2001:db8::10"))
+    endpoints["us-east-1"] = us_east_1
     endpoints["cdn-1"] = (("CNAME", "lb.cdn.example.net."),)
     return DesiredState(
         generation=generation,
@@ -500,3 +501,15 @@ async def test_stop_is_idempotent_and_frees_the_port() -> None:
     again = EmbeddedDnsServer([ZONE], make_table())
     await again.start(HOST, port)
     await again.stop()
+
+
+async def test_udp_answer_too_big_is_truncated_and_tcp_carries_it(
+    server: EmbeddedDnsServer,
+) -> None:
+    many = tuple(("A", f"198.18.0.{i}") for i in range(1, 121))  # ~1.9 kB of answers
+    assert server.update(make_state(generation=9, us_east_1=many))
+    udp = await ask(server, GEO, client_subnet=UNKNOWN_SUBNET)  # default segment: us-east-1
+    assert udp.flags & dns.flags.TC
+    tcp = await ask(server, GEO, client_subnet=UNKNOWN_SUBNET, tcp=True)
+    assert not tcp.flags & dns.flags.TC
+    assert len(_values(tcp, dns.rdatatype.A)) == 120

@@ -137,7 +137,8 @@ def _check(
         base = raw[pick % len(raw)][0] if raw else noise
         address = _near(base, min(keep, bits), noise, bits)
         host = make((address, bits))
-        if version == 6 and host.network_address.ipv4_mapped is not None:
+        first = host.network_address
+        if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None:
             continue  # looked up as IPv4 by design (tested above)
         assert table.lookup(host.network_address) == _reference(entries, host)
         assert table.lookup(str(host.network_address)) == _reference(entries, host)

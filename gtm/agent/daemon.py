@@ -225,7 +225,8 @@ class RegionAgent:
         """Check and publish until ``stop`` is set. Never raises on a source or Redis failure.
 
         Args:
-            stop: set it to end the loop; the pending write is attempted once more.
+            stop: set it to end the loop; a report still waiting to be written is attempted
+                once more before returning.
         """
         s = self.settings
         log.info(
@@ -235,9 +236,7 @@ class RegionAgent:
             s.scrape_interval_s,
             s.heartbeat_s,
         )
-        self._writer_task = asyncio.create_task(
-            self._writer(), name=f"agent-writer-{self.region.name}"
-        )
+        self._writer_task = asyncio.create_task(self._writer(), name=f"agent-writer-{self.region.name}")
         next_at = time.monotonic()
         try:
             while not stop.is_set():
@@ -257,6 +256,7 @@ class RegionAgent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self._flush()
             await self.aclose()
             log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
 
@@ -282,14 +282,9 @@ class RegionAgent:
             ):
                 st.info_tried_at = now
                 info_for.append(src)
-                info_jobs.append(
-                    asyncio.ensure_future(fetch_tgi_model(session, src, s.scrape_timeout_s))
-                )
+                info_jobs.append(asyncio.ensure_future(fetch_tgi_model(session, src, s.scrape_timeout_s)))
         results = await asyncio.gather(
-            *(
-                scrape_source(session, src, s.scrape_timeout_s, s.health_paths)
-                for src in self.region.fleet
-            )
+            *(scrape_source(session, src, s.scrape_timeout_s, s.health_paths) for src in self.region.fleet)
         )
         for src, model in zip(info_for, await asyncio.gather(*info_jobs), strict=True):
             self._states[src.name].info_model = model
@@ -323,8 +318,7 @@ class RegionAgent:
             )
             if wedged and st.stalled_since is not None:
                 reasons.append(
-                    f"wedged: {eng.waiting:g} waiting, no progress for "
-                    f"{res.finished_at - st.stalled_since:.1f}s"
+                    f"wedged: {eng.waiting:g} waiting, no progress for {res.finished_at - st.stalled_since:.1f}s"
                 )
         healthy = res.up and res.health_ok is not False and not reasons
         model = (eng.model if eng else None) or src.model or st.last_model or st.info_model
@@ -334,12 +328,7 @@ class RegionAgent:
     def _track(st: _SourceState, eng: EngineSample, t: float) -> None:
         """Update the decode rate and stall tracking of one source."""
         st.rate = None
-        if (
-            st.prev_t is not None
-            and t > st.prev_t
-            and eng.generation_tokens is not None
-            and st.prev_tokens is not None
-        ):
+        if st.prev_t is not None and t > st.prev_t and eng.generation_tokens is not None and st.prev_tokens is not None:
             delta = eng.generation_tokens - st.prev_tokens
             st.rate = delta / (t - st.prev_t) if delta >= 0 else None  # reset: skip
         stalled = (
@@ -374,20 +363,15 @@ class RegionAgent:
             kvs = [
                 j.result.engine.kv_usage
                 for j in group
-                if j.healthy
-                and j.result.engine is not None
-                and j.result.engine.kv_usage is not None
+                if j.healthy and j.result.engine is not None and j.result.engine.kv_usage is not None
             ]
             rates = [
                 self._states[j.result.source.name].rate
                 for j in group
-                if j.result.engine is not None
-                and self._states[j.result.source.name].rate is not None
+                if j.result.engine is not None and self._states[j.result.source.name].rate is not None
             ]
             spare = sum(
-                source_spare(
-                    j.result.source.replicas, j.result.engine.kv_usage, j.result.engine.waiting
-                )
+                source_spare(j.result.source.replicas, j.result.engine.kv_usage, j.result.engine.waiting)
                 for j in group
                 if j.healthy and j.result.engine is not None
             )
@@ -415,11 +399,7 @@ class RegionAgent:
             tot = [g.memory_total_mib for g in gpus if g.memory_total_mib is not None]
             gpu = GpuStats(
                 count=sum(g.count for g in gpus),
-                utilization=(
-                    sum(u * max(c, 1) for u, c in utils if u is not None) / weight
-                    if utils
-                    else None
-                ),
+                utilization=(sum(u * max(c, 1) for u, c in utils if u is not None) / weight if utils else None),
                 memory_used_mib=sum(used) if used else None,
                 memory_total_mib=sum(tot) if tot else None,
                 degraded=sum(g.degraded for g in gpus),
@@ -487,7 +467,7 @@ class RegionAgent:
         """Hand ``report`` to the writer if it must be published now."""
         now = time.monotonic()
         s = self.settings
-        if self._prev_verdict is not None and report.healthy != self._prev_verdict:
+        if report.healthy != self._prev_verdict:  # also the very first check
             self._transition_left = s.publish_checks + 1  # this check and the next N
         self._prev_verdict = report.healthy
         changed: bool | None = None
@@ -539,6 +519,21 @@ class RegionAgent:
                     continue
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, s.retry_max_s)
+
+    async def _flush(self) -> None:
+        """One last attempt at a pending report on shutdown (errors are only logged)."""
+        if self._pending is None:
+            return
+        report, changed = self._pending
+        self._pending = None
+        try:
+            async with asyncio.timeout(self.settings.write_timeout_s):
+                await self.store.put_report(report, self.settings.report_ttl_s, changed=changed)
+        except Exception as exc:  # shutting down: never raise from here
+            log.info("flush: last report for region %s not written: %s", self.region.name, exc)
+        else:
+            self.writes += 1
+            self.writes_changed += int(changed)
 
     def _write_failed(self, report: FleetReport, changed: bool, exc: BaseException) -> None:
         self.write_failures += 1

@@ -121,9 +121,7 @@ class Exposition:
         """Every sample name with at least one usable value."""
         return self._series.keys()
 
-    def series(
-        self, name: str, where: Callable[[Labels], bool] | None = None
-    ) -> list[tuple[dict[str, str], float]]:
+    def series(self, name: str, where: Callable[[Labels], bool] | None = None) -> list[tuple[dict[str, str], float]]:
         """``(labels, value)`` rows of sample ``name`` (optionally filtered by labels)."""
         rows = self._series.get(name, [])
         return [r for r in rows if where is None or where(r[0])]
@@ -229,9 +227,7 @@ def normalise_vllm(exp: Exposition) -> EngineSample:
     if kv is None:
         kv = exp.highest("vllm:gpu_cache_usage_perc")
     gen = exp.total("vllm:generation_tokens_total")
-    model = exp.label("vllm:num_requests_running", "model_name") or _any_label(
-        exp, "vllm:", "model_name"
-    )
+    model = exp.label("vllm:num_requests_running", "model_name") or _any_label(exp, "vllm:", "model_name")
     return EngineSample(
         kind="vllm",
         model=model,
@@ -240,10 +236,7 @@ def normalise_vllm(exp: Exposition) -> EngineSample:
         kv_usage=_clamp01(kv),
         generation_tokens=gen,
         progress=_add(gen, exp.total("vllm:prompt_tokens_total")),
-        errors=exp.total(
-            "vllm:request_success_total", lambda lb: lb.get("finished_reason") == "abort"
-        )
-        or 0.0,
+        errors=exp.total("vllm:request_success_total", lambda lb: lb.get("finished_reason") == "abort") or 0.0,
     )
 
 
@@ -276,9 +269,7 @@ def normalise_sglang(exp: Exposition) -> EngineSample:
     Queue gauges are summed over ranks and ``sglang:token_usage`` is maxed.
     """
     gen = exp.total("sglang:generation_tokens_total")
-    model = exp.label("sglang:num_running_reqs", "model_name") or _any_label(
-        exp, "sglang:", "model_name"
-    )
+    model = exp.label("sglang:num_running_reqs", "model_name") or _any_label(exp, "sglang:", "model_name")
     return EngineSample(
         kind="sglang",
         model=model,
@@ -403,9 +394,7 @@ def normalise_dcgm(exp: Exposition) -> GpuSample:
             bad.setdefault(_gpu_key(lb), []).append("row remap failure")
     for lb, v in exp.series("DCGM_EXP_GPU_HEALTH_STATUS"):
         if v >= 20:
-            bad.setdefault(_gpu_key(lb), []).append(
-                f"health watch {lb.get('health_watch', '?')} FAIL"
-            )
+            bad.setdefault(_gpu_key(lb), []).append(f"health watch {lb.get('health_watch', '?')} FAIL")
     reasons = tuple(f"gpu {k or '?'}: {', '.join(sorted(set(v)))}" for k, v in sorted(bad.items()))
     return GpuSample(
         count=max(count, len(bad)),
@@ -427,9 +416,7 @@ def _any_label(exp: Exposition, prefix: str, key: str) -> str | None:
     return None
 
 
-def normalise(
-    kind: str, exp: Exposition, model_hint: str | None = None
-) -> EngineSample | GpuSample:
+def normalise(kind: str, exp: Exposition, model_hint: str | None = None) -> EngineSample | GpuSample:
     """Normalise a parsed exposition of ``kind``.
 
     Raises:
@@ -581,9 +568,7 @@ async def scrape_source(
     return res
 
 
-async def fetch_tgi_model(
-    session: aiohttp.ClientSession, source: FleetSource, timeout_s: float
-) -> str | None:
+async def fetch_tgi_model(session: aiohttp.ClientSession, source: FleetSource, timeout_s: float) -> str | None:
     """The ``model_id`` TGI reports on ``GET /info`` (TGI exports no model label), or None."""
     try:
         async with asyncio.timeout(timeout_s):

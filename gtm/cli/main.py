@@ -516,7 +516,7 @@ def demo(
     """
     from gtm.demo import run_demo
 
-    setup_logging("WARNING")
+    setup_logging("ERROR")
     ok = asyncio.run(run_demo(console, queries=queries, fast=fast, json_out=output is Output.json))
     raise typer.Exit(0 if ok else 1)
 

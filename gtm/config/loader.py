@@ -265,7 +265,9 @@ def cross_check(policy: Policy, inventory: Inventory) -> list[str]:
         for j, seg in enumerate(svc.all_segments):
             if seg.residency is None:
                 continue
-            pool = [r for r in (seg.regions or svc.regions) if r in known]
+            # As the engine does (gtm.engine.residency): an empty list means no region at all.
+            listed = seg.regions if seg.regions is not None else svc.regions
+            pool = [r for r in listed if r in known]
             eligible = [r for r in pool if known[r].jurisdiction in seg.residency.jurisdictions]
             if not eligible:
                 reasons.append(

@@ -5,8 +5,8 @@ thresholds to those counts and to its own previous verdict:
 
 - no report, or one older than ``report_timeout_s``: ``unknown`` (takes no traffic);
 - ``consecutive_fail >= fall``: ``unhealthy``;
-- a failed check below ``fall``: a serving region becomes ``degraded`` (still serving), a
-  region that was not serving stays out;
+- a failed check below ``fall``: a serving region becomes ``degraded`` (still serving, at its
+  previous weight), a region that was not serving (or is seen for the first time) stays out;
 - a good check: a serving region stays in; a region that was out comes back only once
   ``consecutive_ok >= rise``;
 - serving but impaired (some replicas down, a degraded GPU): ``degraded``.
@@ -50,15 +50,16 @@ def region_health(
         return "unknown", (
             f"last report is {age:.1f}s old (> report_timeout_s {thresholds.report_timeout_s:g}s)"
         )
+    # First sight (no previous plan) is judged like a region that was out: it must prove
+    # itself with `rise` good checks, and a failing check keeps it out.
     was_serving = previous is not None and previous.state in SERVING_STATES
-    first_sight = previous is None
     if not report.healthy:
         why = report.reason or "check failed"
         if report.consecutive_fail >= thresholds.fall:
             return "unhealthy", (
                 f"{report.consecutive_fail} consecutive failed checks (fall {thresholds.fall}): {why}"
             )
-        if was_serving or first_sight:
+        if was_serving:
             return "degraded", (
                 f"failed check {report.consecutive_fail}/{thresholds.fall} (still serving): {why}"
             )

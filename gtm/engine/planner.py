@@ -272,7 +272,7 @@ def _plan_pool(
         rep = reports.get(r)
         if st.state not in SERVING_STATES:
             out_reason[r] = f"{st.state}: {st.reason}"
-        elif rep is not None and not rep.serves(model):
+        elif rep is not None and rep.healthy and not rep.serves(model):
             out_reason[r] = f"no healthy replica of model {model!r} reported"
         else:
             available.append(r)
@@ -286,7 +286,23 @@ def _plan_pool(
         basis = "static weight"
     else:
         spare = {r: reports[r].spare_for(model) if r in reports else 0.0 for r in available}
-        weights = capacity_weights(spare, available)
+        # A drained region's target is never used (it steps down from its previous weight),
+        # and its spare capacity grows as traffic leaves it: keep it out of the normalisation,
+        # or it would shrink every other region's weight and win back traffic share.
+        # The same holds for a cordoned region, whose weight may only stay or fall.
+        drained = [r for r in available if r in overrides and overrides[r].kind == "drain"]
+        cordoned = [r for r in available if r in overrides and overrides[r].kind == "cordon"]
+        free = [r for r in available if r not in overrides]
+        top_free = max((spare[r] for r in free), default=0.0)
+        weights = {
+            **capacity_weights(spare, free),
+            **dict.fromkeys(drained, 0),
+            # On the free regions' scale, then capped at the previous weight below.
+            **{
+                r: MAX_WEIGHT if top_free <= 0 else min(MAX_WEIGHT, max(1, round(MAX_WEIGHT * spare[r] / top_free)))
+                for r in cordoned
+            },
+        }
         basis = "spare capacity"
 
     members: list[PoolMember] = []
@@ -300,6 +316,11 @@ def _plan_pool(
         elif ov is not None and ov.kind == "drain":
             w = drain_weight(prev, rules, now)
             why = f"drained by {ov.actor} ({ov.reason}): weight {prev.weight if prev else 0}→{w}"
+        elif prev is not None and r in reports and not reports[r].healthy:
+            # A failed check below `fall`: hysteresis keeps the region where it was; only
+            # `fall` consecutive failures (state unhealthy) take it out.
+            w = prev.weight
+            why = f"holding weight {w}: {statuses[r].reason}"
         else:
             target = weights[r]
             w = paced_weight(prev, target, rules, now)
@@ -349,7 +370,9 @@ def _no_region_serves(
             if p is None:
                 held.append(m)
             elif m.region in drained:
-                held.append(PoolMember(m.region, drain_weight(p, rules, now), m.reason, now))
+                w = drain_weight(p, rules, now)
+                # changed_at moves only with the weight, or the next step never comes due.
+                held.append(PoolMember(m.region, w, m.reason, now if w != p.weight else p.changed_at))
             else:
                 held.append(PoolMember(m.region, p.weight, f"fail-static hold; {m.reason}", p.changed_at))
         if any(h.weight > 0 for h in held):
@@ -360,11 +383,18 @@ def _no_region_serves(
                 mode="fail-static",
             )
     if rules.on_all_unhealthy == "fail-open":
-        opened = tuple(
-            PoolMember(m.region, 0 if m.region in drained else MAX_WEIGHT,
-                       m.reason if m.region in drained else f"fail-open; {m.reason}", now)
-            for m in members
-        )
+        prev_w = {m.region: m.weight for m in prev_pool.members} if prev_pool is not None else {}
+        cordoned = {r for r in eligible if r in overrides and overrides[r].kind == "cordon"}
+
+        def _open(m: PoolMember) -> PoolMember:
+            if m.region in drained:
+                return m
+            if m.region in cordoned:  # a cordon never gains weight, even failing open
+                w = min(MAX_WEIGHT, prev_w.get(m.region, 0))
+                return PoolMember(m.region, w, f"fail-open, cordoned: held at {w}; {m.reason}", now)
+            return PoolMember(m.region, MAX_WEIGHT, f"fail-open; {m.reason}", now)
+
+        opened = tuple(_open(m) for m in members)
         if any(m.weight > 0 for m in opened):
             return PoolPlan(
                 pool_id, segment, opened,

@@ -27,8 +27,9 @@ def paced_weight(prev: PoolMember | None, target: int, rules: SafetyRules, now: 
     """Move from the previous weight toward ``target`` within the safety rules.
 
     - no previous member (first plan): the target at once;
-    - up by more than a step: one step per interval (recovery and undrain ramps);
-    - down, or up within a step: at once;
+    - up: at most ``planned_step`` per ``step_interval_s`` (recovery and undrain ramps, and
+      capacity growth alike), so a weight never rises faster than the policy allows;
+    - down: at once (shedding load is never held back);
     - within the deadband of a non-zero weight: unchanged (no DNS churn on capacity wobble).
     """
     if prev is None:
@@ -36,6 +37,6 @@ def paced_weight(prev: PoolMember | None, target: int, rules: SafetyRules, now: 
     p = prev.weight
     if p > 0 and target > 0 and abs(target - p) < rules.weight_deadband:
         return p
-    if target > p + rules.planned_step:
+    if target > p:
         return min(target, p + rules.planned_step) if step_due(prev, rules, now) else p
     return target

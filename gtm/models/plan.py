@@ -170,7 +170,7 @@ class DesiredState:
     services: dict[str, ServicePlan]
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     decisions: tuple[Decision, ...] = ()
-    _digest: list[str] = field(default_factory=list, repr=False, compare=False)
+    _digest: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def routing_digest(self) -> str:
         """Digest of what providers publish: pools' weights, services, endpoints and policy.
@@ -186,6 +186,7 @@ class DesiredState:
                     h.update(f"{m.region}={m.weight};".encode())
             for region in sorted(self.endpoints):
                 h.update(f"{region}:{self.endpoints[region]}".encode())
+            h.update(_services_digest(self.services).encode())
             self._digest.append(h.hexdigest())
         return self._digest[0]
 
@@ -282,6 +283,31 @@ class DesiredState:
     @classmethod
     def from_json(cls, text: str) -> DesiredState:
         return cls.from_dict(json.loads(text))
+
+
+_SERVICES_DIGESTS: dict[int, tuple[dict[str, ServicePlan], str]] = {}
+
+
+def _services_digest(services: dict[str, ServicePlan]) -> str:
+    """Digest of the services (names, TTLs, segments → pools).
+
+    Plans made from the same policy share one services dict, so this is memoised on the
+    dict's identity (a handful of entries are kept; the dict is kept alive with its digest).
+    """
+    hit = _SERVICES_DIGESTS.get(id(services))
+    if hit is not None and hit[0] is services:
+        return hit[1]
+    h = hashlib.blake2b(digest_size=12)
+    for fqdn in sorted(services):
+        s = services[fqdn]
+        h.update(f"{fqdn}|{s.zone}|{s.ttl}|".encode())
+        for r in s.segments:
+            h.update(f"{r.segment}:{r.continents}:{r.countries}:{r.pool_id}:{r.jurisdictions};".encode())
+    digest = h.hexdigest()
+    if len(_SERVICES_DIGESTS) >= 8:
+        _SERVICES_DIGESTS.clear()
+    _SERVICES_DIGESTS[id(services)] = (services, digest)
+    return digest
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dns.edns
 import dns.exception
@@ -537,8 +537,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # Python 3.11's selector datagram transport does not subclass DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
@@ -585,7 +585,9 @@ def _rname(hostmaster: str) -> dns.name.Name:
 
 
 def _rrset(name: dns.name.Name, ttl: int, rdtype: int, values: Iterable[str]) -> dns.rrset.RRset:
-    return dns.rrset.from_text_list(name, ttl, dns.rdataclass.IN, rdtype, list(values))
+    return dns.rrset.from_text_list(
+        name, ttl, dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype), list(values)
+    )
 
 
 def _build_snapshot(zones: Sequence[Zone], state: DesiredState | None, *, serial: int) -> _Snapshot:

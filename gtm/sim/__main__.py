@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="llama-3.1-8b", help="served model name")
     p.add_argument("--version", default="", help="model version served")
     p.add_argument("--replicas", type=int, default=1, help="replicas behind the URL")
-    p.add_argument(
-        "--tokens-per-s", type=float, default=1000.0, help="fleet decode rate at load 1.0"
-    )
+    p.add_argument("--tokens-per-s", type=float, default=1000.0, help="fleet decode rate at load 1.0")
     p.add_argument("--load", type=float, default=0.3, help="initial load per replica, 0..1")
     p.add_argument("--mode", choices=MODES, default="healthy", help="initial mode")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")

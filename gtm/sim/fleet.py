@@ -168,9 +168,7 @@ def _compile(kind: str, text: str, model: str) -> _Template:
         raw.append(("budget", ""))
         raw.append("\n")
         counts["budget"] = 1
-    parts: list[str | tuple[str, int]] = [
-        p if isinstance(p, str) else (p[0], counts[p[0]]) for p in raw
-    ]
+    parts: list[str | tuple[str, int]] = [p if isinstance(p, str) else (p[0], counts[p[0]]) for p in raw]
     return _Template(parts=parts, base=base)
 
 
@@ -317,9 +315,7 @@ class FleetSim:
             "budget": float(TGI_TOKEN_BUDGET * r),
             "tokens": float(int(self._tokens)),
             "rate": self.rate,
-            "requests": float(
-                int(self._base.get("requests", 0.0) + self._produced / TOKENS_PER_REQUEST)
-            ),
+            "requests": float(int(self._base.get("requests", 0.0) + self._produced / TOKENS_PER_REQUEST)),
             "util": round(100.0 * self.load, 1) if self.mode != "dead" else 0.0,
             "xid": 79.0 if self.mode == "gpu-degraded" else 0.0,
         }

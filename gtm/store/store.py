@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gtm.errors import LeaseLostError, StoreError
@@ -32,29 +33,6 @@ log = get_logger("store")
 
 EMBEDDED_URL = "embedded://"
 """The URL that selects the in-process fakeredis server (zero-setup mode)."""
-
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_FENCED_SET_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"""
-
 
 def connect(url: str, *, ns: str = "default", timeout_s: float = 2.0) -> Store:
     """Build a store for ``url``.
@@ -119,12 +97,13 @@ class Store:
             changed: whether this report changes the region's state.
         """
         data = report.model_dump_json()
+        px = max(1, math.ceil(ttl_s * 1000))  # whole milliseconds, rounded up, never 0
         try:
             if not changed:
-                await self.client.set(self.keys.report(report.region), data, px=int(ttl_s * 1000))
+                await self.client.set(self.keys.report(report.region), data, px=px)
                 return
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(self.keys.report(report.region), data, px=int(ttl_s * 1000))
+                pipe.set(self.keys.report(report.region), data, px=px)
                 pipe.xadd(
                     self.keys.reports_stream,
                     {"region": report.region, "report": data},
@@ -232,13 +211,30 @@ class Store:
             if lease_value is None:
                 await self.client.set(self.keys.desired, data)
                 return
-            ok = await self.client.eval(
-                _FENCED_SET_LUA, 2, self.keys.leader, self.keys.desired, lease_value, data
-            )
+            ok = await self._if_leader(lease_value, lambda pipe: pipe.set(self.keys.desired, data))
         except RedisError as exc:
             raise StoreError(f"writing desired state: {exc}") from exc
         if not ok:
             raise LeaseLostError("leader lease lost; desired state not written")
+
+    async def _if_leader(self, lease_value: str, op: Callable[[Any], Any]) -> bool:
+        """Run ``op(pipeline)`` in a MULTI/EXEC only while ``lease_value`` holds the lease.
+
+        WATCH on the leader key makes the check and the write atomic (no Lua needed, so the
+        embedded fakeredis store behaves the same as a real server).
+        """
+        async with self.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.keys.leader)
+                if await pipe.get(self.keys.leader) != lease_value:
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                op(pipe)
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     async def get_desired(self) -> DesiredState | None:
         """The last stored desired state, or None (also when it cannot be parsed)."""
@@ -310,7 +306,7 @@ class Store:
     async def renew_lease(self, lease_value: str, ttl_ms: int) -> None:
         """Extend the lease. Raises ``LeaseLostError`` if another owner holds it now."""
         try:
-            ok = await self.client.eval(_RENEW_LUA, 1, self.keys.leader, lease_value, ttl_ms)
+            ok = await self._if_leader(lease_value, lambda pipe: pipe.pexpire(self.keys.leader, ttl_ms))
         except RedisError as exc:
             raise StoreError(f"renewing lease: {exc}") from exc
         if not ok:
@@ -319,7 +315,7 @@ class Store:
     async def release_lease(self, lease_value: str) -> None:
         """Give the lease up if still held."""
         try:
-            await self.client.eval(_RELEASE_LUA, 1, self.keys.leader, lease_value)
+            await self._if_leader(lease_value, lambda pipe: pipe.delete(self.keys.leader))
         except RedisError as exc:
             raise StoreError(f"releasing lease: {exc}") from exc
 

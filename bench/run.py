@@ -1,0 +1,46 @@
+"""``make bench``: run every benchmark and write one JSON file.
+
+Usage: python -m bench.run [--out PATH] [--trials N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import failover, plan_scale, steady
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="bench/results/latest.json")
+    ap.add_argument("--trials", type=int, default=10, help="failover trials per fault kind")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer trials")
+    args = ap.parse_args()
+    started = time.time()
+    result: dict[str, object] = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    print("bench: plan() scale ...", file=sys.stderr, flush=True)
+    result["plan_scale"] = plan_scale.run((1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))
+    print("bench: failover (killed and hung fleets) ...", file=sys.stderr, flush=True)
+    result["failover"] = failover.run(3 if args.quick else args.trials)
+    print("bench: steady state ...", file=sys.stderr, flush=True)
+    result["steady_state"] = steady.run(8 if args.quick else 20)
+    result["elapsed_s"] = round(time.time() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"bench: wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

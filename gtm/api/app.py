@@ -1,0 +1,179 @@
+"""aiohttp application served by ``gtm controller --api-listen``.
+
+| method | path | auth | what |
+| --- | --- | --- | --- |
+| GET | ``/healthz`` | none | 200 while the process runs |
+| GET | ``/v1/status`` | none | the ``gtm status -o json`` document |
+| GET | ``/metrics`` | none | Prometheus text: controller counters, region health, weights |
+| POST | ``/v1/regions/{region}/drain`` | bearer token | body ``{"reason", "actor", "kind", "expires_in"}`` |
+| DELETE | ``/v1/regions/{region}/drain`` | bearer token | lift the override |
+
+Anything that changes state needs ``Authorization: Bearer <token>``; the token comes from
+``GTM_API_TOKEN`` or the file named by ``GTM_API_TOKEN_FILE``. With no token configured, the
+state-changing endpoints answer 403: they are never open by default. Tokens are compared in
+constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from pydantic import ValidationError
+
+from gtm.config.loader import Config
+from gtm.controller.loop import Controller
+from gtm.controller.status import gather_status
+from gtm.errors import StoreError
+from gtm.models.override import Override
+from gtm.store import Store
+
+STORE_KEY = web.AppKey("store", Store)
+CONFIG_KEY = web.AppKey("config", object)
+CONTROLLER_KEY = web.AppKey("controller", object)
+TOKEN_KEY = web.AppKey("token", object)
+
+_STATES = ("healthy", "degraded", "unhealthy", "unknown")
+
+
+def api_token_from_env() -> str | None:
+    """The API token from ``GTM_API_TOKEN`` or ``GTM_API_TOKEN_FILE``; None when unset."""
+    token = os.environ.get("GTM_API_TOKEN")
+    path = os.environ.get("GTM_API_TOKEN_FILE")
+    if not token and path:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    return token or None
+
+
+def build_app(
+    store: Store,
+    config: Callable[[], Config],
+    controller: Controller | None = None,
+    token: str | None = None,
+) -> web.Application:
+    """Build the API.
+
+    Args:
+        store: the Redis store.
+        config: returns the config in force (the controller's last good one).
+        controller: the running controller, for its counters (optional).
+        token: bearer token for state-changing calls; None disables them (403).
+    """
+    app = web.Application(middlewares=[_errors])
+    app[STORE_KEY] = store
+    app[CONFIG_KEY] = config
+    app[CONTROLLER_KEY] = controller
+    app[TOKEN_KEY] = token
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/v1/regions/{region}/drain", _drain)
+    app.router.add_delete("/v1/regions/{region}/drain", _undrain)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except StoreError as exc:
+        return web.json_response({"error": "StoreError", "message": str(exc)}, status=503)
+
+
+def _authorize(request: web.Request) -> None:
+    token = request.app[TOKEN_KEY]
+    if not token:
+        raise web.HTTPForbidden(
+            text='{"error": "state-changing API disabled: set GTM_API_TOKEN or GTM_API_TOKEN_FILE"}',
+            content_type="application/json",
+        )
+    header = request.headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if not given or not hmac.compare_digest(given.encode(), str(token).encode()):
+        raise web.HTTPUnauthorized(
+            text='{"error": "missing or wrong bearer token"}', content_type="application/json",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _cfg(request: web.Request) -> Config:
+    return request.app[CONFIG_KEY]()  # type: ignore[no-any-return,operator]
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _status(request: web.Request) -> web.Response:
+    data = await gather_status(request.app[STORE_KEY], _cfg(request))
+    return web.json_response(data)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    reg = CollectorRegistry()
+    ctl: Controller | None = request.app[CONTROLLER_KEY]  # type: ignore[assignment]
+    if ctl is not None:
+        Gauge("gtm_controller_cycles", "Reconcile cycles run", registry=reg).set(ctl.stats.cycles)
+        Gauge("gtm_controller_leader", "1 when this replica holds the lease", registry=reg).set(int(ctl.is_leader))
+        Gauge("gtm_reports_rejected", "Malformed agent reports rejected", registry=reg).set(ctl.stats.rejected_reports)
+        Gauge("gtm_store_errors", "Cycles that could not reach Redis", registry=reg).set(ctl.stats.store_errors)
+        Gauge("gtm_config_errors", "Policy reloads rejected", registry=reg).set(ctl.stats.config_errors)
+        pubs = Gauge("gtm_provider_publishes", "Routing changes written", ["provider"], registry=reg)
+        for name, n in ctl.stats.publishes.items():
+            pubs.labels(name).set(n)
+        state = ctl.state
+        if state is not None:
+            Gauge("gtm_generation", "Routing generation in force", registry=reg).set(state.generation)
+            Gauge("gtm_held", "1 when static stability holds the last routing", registry=reg).set(int(state.held))
+            health = Gauge("gtm_region_health", "1 for the region's current state", ["region", "state"], registry=reg)
+            spare = Gauge("gtm_region_spare_capacity", "Reported spare capacity", ["region", "unit"], registry=reg)
+            for r, st in state.regions.items():
+                for s in _STATES:
+                    health.labels(r, s).set(int(st.state == s))
+                spare.labels(r, st.capacity_unit).set(st.spare_capacity)
+            weight = Gauge(
+                "gtm_pool_weight", "Weight 0-255 per pool member", ["pool", "segment", "region"], registry=reg
+            )
+            for pid, pool in state.pools.items():
+                for m in pool.members:
+                    weight.labels(pid, pool.segment, m.region).set(m.weight)
+    return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _drain(request: web.Request) -> web.Response:
+    _authorize(request)
+    region = request.match_info["region"]
+    if region not in _cfg(request).inventory.regions:
+        return web.json_response({"error": f"unknown region {region!r}"}, status=404)
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "body must be JSON"}, status=400)
+    if not isinstance(body, dict):
+        return web.json_response({"error": "body must be a JSON object"}, status=400)
+    now = time.time()
+    try:
+        ov = Override(
+            region=region, kind=body.get("kind", "drain"), reason=body.get("reason", ""),
+            actor=str(body.get("actor", "api")), since=now,
+            expires_at=now + float(body["expires_in"]) if body.get("expires_in") else None,
+        )
+    except (ValidationError, ValueError, TypeError) as exc:
+        return web.json_response({"error": "invalid drain request", "detail": str(exc)}, status=400)
+    await request.app[STORE_KEY].put_override(ov)
+    return web.json_response({"override": ov.model_dump()}, status=201)
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    _authorize(request)
+    region = request.match_info["region"]
+    existed = await request.app[STORE_KEY].delete_override(region)
+    if not existed:
+        return web.json_response({"error": f"{region} has no drain or cordon"}, status=404)
+    return web.json_response({"region": region, "removed": True})

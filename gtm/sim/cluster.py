@@ -1,0 +1,246 @@
+"""A whole gtm installation as separate processes: one simulated fleet, one agent per region,
+a controller with its embedded DNS, all on a real Redis. For end-to-end tests, drills and
+benchmarks; everything binds to 127.0.0.1 and is stopped by ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gtm.providers.dnsclient import query
+
+FQDN = "chat.gtm.example.com"
+EU_CLIENT = "100.96.7.0/24"
+US_CLIENT = "100.64.9.0/24"
+
+# region, jurisdiction, continent, client network, endpoint address, engine kind
+REGIONS = [
+    ("us-east-1", "US", "NA", "100.64.0.0/16", "192.0.2.10", "vllm"),
+    ("us-west-2", "US", "NA", "100.65.0.0/16", "192.0.2.20", "tgi"),
+    ("eu-west-1", "EU", "EU", "100.96.0.0/16", "192.0.2.30", "vllm"),
+    ("eu-central-1", "EU", "EU", "100.97.0.0/16", "192.0.2.40", "sglang"),
+]
+ADDRESS_TO_REGION = {r[4]: r[0] for r in REGIONS}
+
+
+def free_port() -> int:
+    """A TCP and UDP port free on 127.0.0.1 right now."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+
+
+def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
+                 planned_step: int = 255) -> tuple[Path, Path]:
+    """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
+
+    ``routing: static`` with equal weights makes the answer shares a clean signal for timing
+    (every region 25 %); ``planned_step: 255`` makes recovery immediate so trials are short.
+    Health settings are the defaults (fall 2, rise 3, report timeout 6 s).
+    """
+    regions_dir = root / "regions"
+    regions_dir.mkdir(parents=True, exist_ok=True)
+    for name, jur, cont, net, addr, kind in REGIONS:
+        doc = {
+            "name": name, "jurisdiction": jur,
+            "geography": {"continent": cont, "client_networks": [net]},
+            "endpoints": [{"address": addr}],
+            "fleet": [{"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{fleet_ports[name]}",
+                       "model": "llama-3.1-8b", "version": "v1", "replicas": 2}],
+        }
+        (regions_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    svc: dict[str, Any] = {
+        "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30, "model": "llama-3.1-8b",
+        "routing": routing, "regions": [r[0] for r in REGIONS],
+        "segments": [
+            {"name": "eu", "match": {"continents": ["EU"]}, "residency": {"jurisdictions": ["EU"]}},
+            {"name": "default"},
+        ],
+    }
+    if routing == "static":
+        svc["static_weights"] = {r[0]: 100 for r in REGIONS}
+    policy = {
+        "name": "cluster",
+        "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"]}],
+        "safety": {"planned_step": planned_step, "step_interval_s": 1.0},
+        "services": [svc],
+    }
+    policy_path = root / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return regions_dir, policy_path
+
+
+@dataclass
+class Cluster:
+    """Separate processes: fleets, agents, controller. Use as an async context manager."""
+
+    redis_url: str
+    namespace: str = field(default_factory=lambda: f"cluster-{os.getpid()}-{time.monotonic_ns()}")
+    routing: str = "static"
+    planned_step: int = 255
+    extra_agent_args: tuple[str, ...] = ()
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
+    fleet_ports: dict[str, int] = field(default_factory=dict)
+    dns_port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{key}.log", "ab")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        self.procs[key] = proc
+        return proc
+
+    def start_fleet(self, region: str) -> None:
+        kind = next(r[5] for r in REGIONS if r[0] == region)
+        self._spawn(f"fleet-{region}", [
+            sys.executable, "-m", "gtm.sim", "--kind", kind, "--host", "127.0.0.1",
+            "--port", str(self.fleet_ports[region]), "--model", "llama-3.1-8b", "--version", "v1",
+            "--replicas", "2",
+        ])
+
+    async def wait_fleet(self, region: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", self.fleet_ports[region])
+                w.close()
+                await w.wait_closed()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"fleet {region} did not start; see {self.root}/fleet-{region}.log")
+
+    async def start(self) -> None:
+        self.fleet_ports = {r[0]: free_port() for r in REGIONS}
+        self.dns_port = free_port()
+        regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
+                                           planned_step=self.planned_step)
+        for region in self.fleet_ports:
+            self.start_fleet(region)
+        for region in self.fleet_ports:
+            await self.wait_fleet(region)
+        gtm = [sys.executable, "-m", "gtm.cli.main"]
+        common = ["--redis", self.redis_url, "--ns", self.namespace]
+        for region in self.fleet_ports:
+            self._spawn(f"agent-{region}", [*gtm, "agent", "--region", region, "--regions", str(regions_dir),
+                                            *common, *self.extra_agent_args])
+        self._spawn("controller", [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
+                                   "--dns-listen", f"127.0.0.1:{self.dns_port}", *common])
+        await self.wait_shares(lambda s: len(s) == 4 and "none" not in s, timeout=30)
+
+    async def shares(self, subnet: str, n: int) -> dict[str, float]:
+        """Answer shares per region over ``n`` real UDP queries from ``subnet``."""
+        counts: dict[str, int] = {}
+        for _ in range(n):
+            region = await self.answer(subnet)
+            counts[region] = counts.get(region, 0) + 1
+        return {r: c / n for r, c in counts.items()}
+
+    async def answer(self, subnet: str) -> str:
+        """The region one real query from ``subnet`` is answered with (``none``/``error``)."""
+        try:
+            resp = await query("127.0.0.1", self.dns_port, FQDN, "A", client_subnet=subnet, timeout=0.5)
+        except Exception:
+            return "error"
+        for rrset in resp.answer:
+            for rd in rrset:
+                return ADDRESS_TO_REGION.get(rd.to_text(), "other")
+        return "none"
+
+    async def wait_shares(self, pred: Any, timeout: float, subnet: str = US_CLIENT) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if pred(await self.shares(subnet, 40)):
+                return time.monotonic() - start
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"answers did not reach the expected shares in {timeout}s; logs in {self.root}")
+
+    async def serial(self) -> int:
+        """The embedded DNS's SOA serial (grows with every applied routing change)."""
+        resp = await query("127.0.0.1", self.dns_port, "gtm.example.com", "SOA", timeout=0.5)
+        return int(resp.answer[0][0].serial)
+
+    async def time_until_excluded(self, region: str, t0: float, timeout: float = 10.0,
+                                  confirm: int = 30, subnet: str = US_CLIENT,
+                                  serial0: int | None = None) -> float:
+        """Seconds from ``t0`` (monotonic) until the DNS answers exclude ``region``.
+
+        Polls the SOA serial with real queries (about every 2 ms); at each new serial it sends
+        ``confirm`` real queries for the service and, if none names ``region``, returns the
+        time the new serial was first seen: an upper bound on the true moment, accurate to one
+        poll. (Judging by answer streaks alone would under-estimate: the last answer naming
+        the region may come well before the change.)
+        """
+        current = serial0 if serial0 is not None else await self.serial()
+        while time.monotonic() - t0 < timeout:
+            try:
+                s = await self.serial()
+            except Exception:
+                s = current
+            if s != current:
+                seen = time.monotonic()
+                answers = [await self.answer(subnet) for _ in range(confirm)]
+                if region not in answers and all(a not in ("none", "error") for a in answers):
+                    return seen - t0
+                current = s
+            await asyncio.sleep(0.002)
+        raise TimeoutError(f"{region} still answered {timeout}s after the fault; logs in {self.root}")
+
+    def signal_fleet(self, region: str, sig: signal.Signals) -> None:
+        self.procs[f"fleet-{region}"].send_signal(sig)
+
+    def kill_fleet(self, region: str) -> None:
+        p = self.procs[f"fleet-{region}"]
+        p.send_signal(signal.SIGKILL)
+        p.wait(5)
+
+    async def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGCONT)
+                    p.terminate()
+                except ProcessLookupError:
+                    pass
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    def log(self, key: str) -> str:
+        path = self.root / f"{key}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def __aenter__(self) -> Cluster:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,215 @@
+"""The controller loop against a real Redis server and the embedded fakeredis store:
+config rejection, steady state, static stability, leader lease and fencing, bad reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gtm.config.loader import Config, policy_digest
+from gtm.controller.loop import Controller, ControllerSettings
+from gtm.errors import ConfigError
+from gtm.models.plan import DesiredState
+from gtm.sim.redisproc import RedisProcess
+from gtm.store import Store, connect
+from gtm.store.keys import Keys
+from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
+
+
+class RecordingPublisher:
+    """A real in-process publisher that records what it was asked to serve."""
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
+        self.states: list[DesiredState] = []
+        self.digest: str | None = None
+
+    async def publish(self, state: DesiredState) -> bool:
+        if state.routing_digest() == self.digest:
+            return False
+        self.digest = state.routing_digest()
+        self.states.append(state)
+        return True
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_config() -> Config:
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    inv = make_inventory()
+    return Config(policy=policy, inventory=inv, digest=policy_digest(policy, inv), files=())
+
+
+@pytest.fixture(params=["redis", "embedded"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    ns = f"test-{uuid.uuid4().hex}"
+    if request.param == "redis":
+        client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+        s = Store(client, Keys(ns))
+    else:
+        s = connect("embedded://", ns=ns)
+    yield s
+    keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
+    if keys:
+        await s.client.delete(*keys)
+    await s.aclose()
+
+
+async def put_healthy(store: Store, now: float, **spare: float) -> None:
+    for region in ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"):
+        await store.put_report(make_report(region, now, spare=spare.get(region.replace("-", "_"), 10.0)),
+                               ttl_s=60, changed=True)
+
+
+async def test_plans_publishes_and_audits(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t, us_east_1=20.0)
+    state = await ctl.cycle()
+    assert state is not None and not state.held
+    assert ctl.is_leader and ctl.fencing_token is not None
+    assert len(pub.states) == 1
+    stored = await store.get_desired()
+    assert stored is not None and stored.routing_digest() == state.routing_digest()
+    audit = await store.read_audit(10)
+    assert len(audit) == 1 and audit[0][1]["fencing_token"] == str(ctl.fencing_token)
+    assert (await store.get_applied("recorder"))["generation"] == state.generation  # type: ignore[index]
+
+
+async def test_steady_state_makes_no_writes(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    await ctl.cycle()
+    for _ in range(10):
+        clock.t += 0.5
+        await put_healthy(store, clock.t)
+        await ctl.cycle()
+    assert len(pub.states) == 1, "an unchanged plan must not be published again"
+    assert len(await store.read_audit(100)) == 1, "no audit entry without a decision"
+
+
+async def test_failover_published_on_next_cycle(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    await ctl.cycle()
+    clock.t += 0.3
+    await store.put_report(make_report("eu-west-1", clock.t, healthy=False, fail=2, reason="/health 503"),
+                           ttl_s=60, changed=True)
+    state = await ctl.cycle()
+    assert state is not None
+    eu = state.pool_for("chat.gtm.example.com", "eu")
+    assert eu is not None and eu.weight_of("eu-west-1") == 0 and eu.weight_of("eu-central-1") > 0
+    assert pub.states[-1].routing_digest() == state.routing_digest()
+    assert "/health 503" in state.regions["eu-west-1"].reason
+
+
+async def test_bad_policy_keeps_last_good() -> None:
+    store = connect("embedded://", ns="cfg")
+    good = make_config()
+    calls = {"n": 0}
+
+    def loader() -> Config:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ConfigError(["policies/x.yaml:3: services[0].ttl: Input should be >= 1 (value: -5)"])
+        return good
+
+    clock = Clock()
+    ctl = Controller(store, loader, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    first = await ctl.cycle()
+    clock.t += 1
+    second = await ctl.cycle()
+    assert ctl.config is good
+    assert ctl.stats.config_errors == 1
+    assert first is not None and second is not None
+    assert second.policy_digest == good.digest and not second.held
+    await store.aclose()
+
+
+async def test_malformed_report_is_counted_not_fatal(store: Store) -> None:
+    clock = Clock()
+    ctl = Controller(store, make_config, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    await store.client.set(store.keys.report("us-west-2"), '{"region": "us-west-2", "seq": "x"}')
+    state = await ctl.cycle()
+    assert state is not None and not state.held
+    assert ctl.stats.rejected_reports == 1
+    assert state.regions["us-west-2"].state == "unknown"
+    assert (await store.rejected_counts()) == {"us-west-2": 1}
+
+
+async def test_follower_serves_leaders_state_and_stale_leader_is_fenced(store: Store) -> None:
+    clock = Clock()
+    pub_a, pub_b = RecordingPublisher("a"), RecordingPublisher("b")
+    a = Controller(store, make_config, [pub_a], ControllerSettings(owner="a"), clock=clock)
+    b = Controller(store, make_config, [pub_b], ControllerSettings(owner="b"), clock=clock)
+    await put_healthy(store, clock.t)
+    await a.cycle()
+    await b.cycle()
+    assert a.is_leader and not b.is_leader
+    assert pub_b.digest == pub_a.digest, "the follower serves the leader's routing"
+
+    # The lease expires (a paused leader) and b takes over with a newer fencing token.
+    await store.client.delete(store.keys.leader)
+    await b.cycle()
+    assert b.is_leader and b.fencing_token is not None and a.fencing_token is not None
+    assert b.fencing_token > a.fencing_token
+    # a wakes up and tries to write: refused, and it steps down.
+    clock.t += 1
+    await store.put_report(make_report("us-east-1", clock.t, healthy=False, fail=3), ttl_s=60, changed=True)
+    await a.cycle()
+    assert not a.is_leader
+    stored = await store.get_desired()
+    assert stored is not None
+    assert stored.regions["us-east-1"].state == "healthy", "the stale leader's plan was not written"
+
+
+async def test_redis_down_holds_last_good_routing() -> None:
+    with RedisProcess() as rp:
+        client = aioredis.Redis.from_url(rp.url, decode_responses=True, socket_timeout=0.5,
+                                         socket_connect_timeout=0.5)
+        store = Store(client, Keys("down"))
+        clock = Clock()
+        pub = RecordingPublisher()
+        ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+        await put_healthy(store, clock.t)
+        good = await ctl.cycle()
+        rp.stop()
+        clock.t += 30  # long past every report timeout
+        held = await ctl.cycle()
+        assert held is good, "with Redis unreachable the controller changes nothing"
+        assert ctl.stats.store_errors >= 1
+        assert len(pub.states) == 1
+        await store.aclose()
+
+
+async def test_most_reports_missing_is_static_stability(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    good = await ctl.cycle()
+    assert good is not None
+    clock.t += 7  # every report is now older than report_timeout_s (6 s)
+    await store.put_report(make_report("us-east-1", clock.t), ttl_s=60, changed=True)
+    state = await ctl.cycle()
+    assert state is not None and state.held
+    assert "static stability" in state.hold_reason
+    assert state.routing_digest() == good.routing_digest()
+    assert len(pub.states) == 1
