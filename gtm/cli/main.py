@@ -408,6 +408,11 @@ def controller(
         help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
     ),
     tick: float = typer.Option(0.5, help="Seconds between cycles when no event arrives."),
+    api_listen: str = typer.Option(
+        "127.0.0.1:9180", "--api-listen",
+        help="HTTP API host:port (status, /metrics, drain with a bearer token from GTM_API_TOKEN "
+        "or GTM_API_TOKEN_FILE); 'off' to disable.",
+    ),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
 ) -> None:
     """Run the controller: plan from Redis inputs and publish to the embedded DNS.
@@ -443,9 +448,25 @@ def controller(
             log.info("controller: embedded DNS on %s (UDP and TCP)", dns_listen)
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick))
+        runner = None
+        if api_listen != "off":
+            from aiohttp import web
+
+            from gtm.api.app import api_token_from_env, build_app
+
+            token = api_token_from_env()
+            api = build_app(store, lambda: ctl.config or cfg, ctl, token)
+            runner = web.AppRunner(api, access_log=None)
+            await runner.setup()
+            ahost, _, aport = api_listen.rpartition(":")
+            await web.TCPSite(runner, ahost or "127.0.0.1", int(aport)).start()
+            log.info("controller: HTTP API on %s (state-changing calls %s)", api_listen,
+                     "need a bearer token" if token else "disabled: no GTM_API_TOKEN")
         try:
             await ctl.run(stop)
         finally:
+            if runner is not None:
+                await runner.cleanup()
             if dns is not None:
                 await dns.stop()
             await store.aclose()

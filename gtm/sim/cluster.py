@@ -146,7 +146,7 @@ class Cluster:
             self._spawn(f"agent-{region}", [*gtm, "agent", "--region", region, "--regions", str(regions_dir),
                                             *common, *self.extra_agent_args])
         self._spawn("controller", [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
-                                   "--dns-listen", f"127.0.0.1:{self.dns_port}", *common])
+                                   "--dns-listen", f"127.0.0.1:{self.dns_port}", "--api-listen", "off", *common])
         await self.wait_shares(lambda s: len(s) == 4 and "none" not in s, timeout=30)
 
     async def shares(self, subnet: str, n: int) -> dict[str, float]:

@@ -1,0 +1,118 @@
+"""The controller's HTTP API over real HTTP (aiohttp test server) and a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from gtm.api.app import build_app
+from gtm.config.loader import Config, policy_digest
+from gtm.controller.loop import Controller, ControllerSettings
+from gtm.store import Store
+from gtm.store.keys import Keys
+from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
+
+TOKEN = "t0ken-" + uuid.uuid4().hex
+
+
+def make_config() -> Config:
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    inv = make_inventory()
+    return Config(policy=policy, inventory=inv, digest=policy_digest(policy, inv), files=())
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    ns = f"api-{uuid.uuid4().hex}"
+    s = Store(aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True), Keys(ns))
+    yield s
+    keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
+    if keys:
+        await s.client.delete(*keys)
+    await s.aclose()
+
+
+async def client_for(store: Store, token: str | None, ctl: Controller | None = None) -> TestClient:
+    client = TestClient(TestServer(build_app(store, make_config, ctl, token)))
+    await client.start_server()
+    return client
+
+
+async def test_drain_needs_the_token(store: Store) -> None:
+    client = await client_for(store, TOKEN)
+    try:
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "kernel"})
+        assert r.status == 401
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "kernel"},
+                              headers={"Authorization": "Bearer wrong"})
+        assert r.status == 401
+        assert await store.get_overrides() == {}
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "kernel", "actor": "ops"},
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 201
+        ovs = await store.get_overrides()
+        assert ovs["eu-west-1"].kind == "drain" and ovs["eu-west-1"].actor == "ops"
+        r = await client.delete("/v1/regions/eu-west-1/drain", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 200
+        assert await store.get_overrides() == {}
+    finally:
+        await client.close()
+
+
+async def test_state_changes_disabled_without_a_token(store: Store) -> None:
+    client = await client_for(store, None)
+    try:
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "x"},
+                              headers={"Authorization": "Bearer anything"})
+        assert r.status == 403
+        assert await store.get_overrides() == {}
+    finally:
+        await client.close()
+
+
+async def test_bad_drain_requests_are_rejected(store: Store) -> None:
+    client = await client_for(store, TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        assert (await client.post("/v1/regions/mars-1/drain", json={"reason": "x"}, headers=auth)).status == 404
+        assert (await client.post("/v1/regions/eu-west-1/drain", data=b"{", headers=auth)).status == 400
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": ""}, headers=auth)
+        assert r.status == 400
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "x", "kind": "evict"}, headers=auth)
+        assert r.status == 400
+        assert await store.get_overrides() == {}
+        assert (await client.delete("/v1/regions/eu-west-1/drain", headers=auth)).status == 404
+    finally:
+        await client.close()
+
+
+async def test_status_and_metrics(store: Store) -> None:
+    clock = T0
+    ctl = Controller(store, make_config, [], ControllerSettings(owner="api"), clock=lambda: clock)
+    for r in ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"):
+        await store.put_report(make_report(r, T0), ttl_s=60, changed=True)
+    await store.put_report(make_report("us-west-2", T0, healthy=False, fail=2), ttl_s=60, changed=True)
+    await ctl.cycle()
+    client = await client_for(store, TOKEN, ctl)
+    try:
+        r = await client.get("/v1/status")
+        assert r.status == 200
+        data = await r.json()
+        states = {row["region"]: row["state"] for row in data["regions"]}
+        assert states["us-west-2"] == "unhealthy" and states["eu-west-1"] == "healthy"
+        r = await client.get("/metrics")
+        text = await r.text()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        health = {(s.labels["region"], s.labels["state"]): s.value for s in fams["gtm_region_health"].samples}
+        assert health[("us-west-2", "unhealthy")] == 1.0 and health[("us-west-2", "healthy")] == 0.0
+        weights = {s.labels["region"]: s.value for s in fams["gtm_pool_weight"].samples
+                   if s.labels["segment"] == "default"}
+        assert weights["us-west-2"] == 0.0 and weights["us-east-1"] > 0
+        assert fams["gtm_controller_leader"].samples[0].value == 1.0
+    finally:
+        await client.close()

@@ -1,0 +1,108 @@
+"""The ``gtm`` command as a script sees it: exit codes, JSON output, errors on stderr.
+Runs against the real Redis on 127.0.0.1:6379 in a private namespace."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from gtm.cli.main import app
+from gtm.models.report import FleetReport, ModelStats
+from gtm.store.keys import Keys
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = f"cli-{uuid.uuid4().hex}"
+    yield name
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    keys = list(r.scan_iter(match=f"gtm:{{{name}}}:*"))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+def gtm(*args: str) -> tuple[int, str, str]:
+    res = runner.invoke(app, [*args], catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def base(ns: str) -> list[str]:
+    return ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns,
+            "--policies", str(ROOT / "policies"), "--regions", str(ROOT / "regions")]
+
+
+def test_policy_validate_ok_and_broken(tmp_path: Path) -> None:
+    code, out, _ = gtm("policy", "validate", "--regions", str(ROOT / "regions"), str(ROOT / "policies"))
+    assert code == 0 and "valid" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "policies" / "default.yaml").read_text().replace("ttl: 30", "ttl: -1", 1))
+    code, out, _err = gtm("policy", "validate", "--regions", str(ROOT / "regions"), "-o", "json", str(bad))
+    assert code == 2
+    doc = json.loads(out)
+    assert doc["valid"] is False
+    assert any(str(bad) in e and "ttl" in e and "-1" in e for e in doc["errors"]), doc["errors"]
+
+
+def test_drain_unknown_region_is_refused(ns: str) -> None:
+    code, _, err = gtm("drain", "mars-1", "--reason", "x", *base(ns))
+    assert code == 3
+    assert "unknown region" in err
+
+
+def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    now = time.time()
+    for region in ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1"):
+        rep = FleetReport(region=region, agent_id="t", seq=1, observed_at=now, interval_s=2, healthy=True,
+                          consecutive_ok=9,
+                          models={"llama-3.1-8b": ModelStats(model="llama-3.1-8b", replicas_total=2,
+                                                             replicas_healthy=2, spare_capacity=1.0)},
+                          spare_capacity=1.0)
+        r.set(keys.report(region), rep.model_dump_json(), ex=60)
+    code, out, _ = gtm("drain", "eu-west-1", "--reason", "upgrade", "--dry-run", "-o", "json", *base(ns))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["written"] is False
+    assert r.get(keys.override("eu-west-1")) is None
+    eu_pools = [shares for pid, shares in doc["projected_shares"].items() if pid.startswith("eu-")]
+    assert eu_pools and all(s == {"eu-central-1": 1.0} for s in eu_pools), doc["projected_shares"]
+
+    code, out, _ = gtm("drain", "eu-west-1", "--reason", "upgrade", "--actor", "alice", "-o", "json", *base(ns))
+    assert code == 0 and json.loads(out)["written"] is True
+    stored = json.loads(r.get(keys.override("eu-west-1")) or "{}")
+    assert stored["actor"] == "alice" and stored["reason"] == "upgrade"
+
+    code, out, _ = gtm("status", "-o", "json", *base(ns))
+    assert code == 0
+    rows = {row["region"]: row for row in json.loads(out)["regions"]}
+    assert rows["eu-west-1"]["override"] == "drain"
+
+    code, out, _ = gtm("plan", "-o", "json", *base(ns))
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["changed"] is True and plan["decisions"]
+
+    code, _, _ = gtm("undrain", "eu-west-1", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    assert code == 0 and r.get(keys.override("eu-west-1")) is None
+    code, _, _err = gtm("undrain", "eu-west-1", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    assert code == 3
+    r.close()
+
+
+def test_unreachable_redis_is_a_clear_error() -> None:
+    code, _, err = gtm("status", "--redis", "redis://127.0.0.1:1/0",
+                       "--policies", str(ROOT / "policies"), "--regions", str(ROOT / "regions"))
+    assert code == 1
+    assert "StoreError" in err and "Traceback" not in err
