@@ -4,7 +4,7 @@ and safety rules. Validated by these models; cross-file checks live in ``gtm.con
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -192,6 +192,28 @@ class Zone(_Strict):
         return tuple(_norm_name(n) for n in v)
 
 
+class ProviderConfig(BaseModel):
+    """One DNS provider the policy publishes to.
+
+    Attributes:
+        name: provider id, unique in the policy (``route53-main``).
+        kind: ``embedded``, ``route53``, ``clouddns`` or ``rfc2136``.
+        zones: zones it may change (default: every zone of the policy).
+        max_change_fraction: refuse a plan that updates/deletes more than this share (0..1)
+            of a zone's owned record sets, unless forced.
+        options: provider-specific settings (endpoints, hosted zone ids, key *file* paths or
+            env var names: never secrets themselves).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    kind: Literal["embedded", "route53", "clouddns", "rfc2136"]
+    zones: tuple[str, ...] = ()
+    max_change_fraction: float = Field(default=0.5, gt=0, le=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Policy(_Strict):
     """One policy: the whole routing intent of an installation.
 
@@ -201,6 +223,9 @@ class Policy(_Strict):
         services: services routed.
         health: health thresholds.
         safety: safety rules.
+        providers: DNS providers to publish to (the embedded server needs none here).
+        owner_id: this installation's id in ownership markers; two installations sharing a
+            zone must use different ids.
     """
 
     name: str = "default"
@@ -208,10 +233,19 @@ class Policy(_Strict):
     services: tuple[Service, ...] = Field(min_length=1)
     health: HealthThresholds = HealthThresholds()
     safety: SafetyRules = SafetyRules()
+    providers: tuple[ProviderConfig, ...] = ()
+    owner_id: str = Field(default="gtm", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @model_validator(mode="after")
     def _check(self) -> Policy:
         zones = {z.name for z in self.zones}
+        pnames = [p.name for p in self.providers]
+        if len(set(pnames)) != len(pnames):
+            raise ValueError(f"provider names repeat: {sorted(n for n in pnames if pnames.count(n) > 1)}")
+        for p in self.providers:
+            for z in p.zones:
+                if _norm_name(z) not in zones:
+                    raise ValueError(f"provider {p.name!r} names zone {z!r}, not declared in zones")
         names = [s.name for s in self.services]
         fqdns = [s.fqdn for s in self.services]
         if len(set(names)) != len(names):

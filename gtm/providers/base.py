@@ -1,15 +1,38 @@
-"""What the controller needs from a provider: publish a desired state, minimally.
+"""The provider contract: observe → plan → apply, with declared capabilities.
 
-A provider compares what it holds with the desired state and writes only the difference;
-publishing a state it already holds makes no write. Providers that need observe → plan →
-apply with typed changes (Route 53, Cloud DNS, RFC2136) build on this contract.
+Two levels:
+
+- ``Publisher``: anything the controller can hand a ``DesiredState`` to (the embedded DNS
+  server serves it directly).
+- ``Provider``: a DNS service that holds record sets (Route 53, Cloud DNS, RFC2136). It
+  declares what it supports (``SUPPORTS``), renders a state into record sets (pure),
+  ``observe``s what a zone holds, diffs the two (pure, ``gtm.providers.records.diff``) and
+  ``apply``s only the change, never touching record sets it does not own. Dry run is the
+  default of ``apply``; ``publish`` (the controller's path) applies for real.
+
+Subclasses implement ``observe``, ``render`` and ``_apply`` and set ``SUPPORTS``; they map
+their SDK's errors to ``TemporaryProviderError`` (retry later: throttling, 5xx, timeouts) or
+``PermanentProviderError`` (bad credentials, invalid change), raised ``from`` the original.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
+from gtm.errors import PermanentProviderError
+from gtm.log import get_logger
 from gtm.models.plan import DesiredState
+from gtm.providers.records import (
+    Observed,
+    Plan,
+    RecordSet,
+    diff,
+    owner_marker_name,
+    owner_marker_value,
+)
 
 
 @runtime_checkable
@@ -32,3 +55,118 @@ class Publisher(Protocol):
             ProviderError: the write failed (``TemporaryProviderError`` to retry later).
         """
         ...
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``apply`` did: API calls made and changes sent (0 and 0 on a dry run)."""
+
+    api_calls: int
+    changes: int
+    dry_run: bool
+
+
+class Provider(ABC):
+    """Base class of record-holding DNS providers.
+
+    Args:
+        name: provider id (unique in the policy).
+        owner_id: this installation's id, written in ownership markers.
+        zones: the zones this provider may change; others are never touched.
+        max_change_fraction: a plan that updates or deletes more than this share (0..1) of
+            a zone's owned record sets is refused unless forced.
+        strict: raise instead of degrading when the policy needs an unsupported capability.
+    """
+
+    SUPPORTS: ClassVar[frozenset[str]] = frozenset()
+    """Capabilities: record types (``A``, ``AAAA``, ``CNAME``) and ``WEIGHTED``, ``GEO``, ``ALIAS``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        owner_id: str,
+        zones: Sequence[str],
+        max_change_fraction: float = 0.5,
+        strict: bool = True,
+    ) -> None:
+        self.name = name
+        self.owner_id = owner_id
+        self.zones = tuple(zones)
+        self.max_change_fraction = max_change_fraction
+        self.strict = strict
+        self.log = get_logger(f"provider.{name}")
+
+    # -- to implement ------------------------------------------------------------------
+
+    @abstractmethod
+    async def observe(self, zone: str) -> Observed:
+        """What the provider holds in ``zone``, split by ownership (``split_ownership``)."""
+
+    @abstractmethod
+    def render(self, state: DesiredState, zone: str) -> list[RecordSet]:
+        """The record sets ``state`` needs in ``zone``, without ownership markers (pure)."""
+
+    @abstractmethod
+    async def _apply(self, plan: Plan) -> int:
+        """Send ``plan``'s changes; returns the number of API calls made."""
+
+    # -- provided ----------------------------------------------------------------------
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.SUPPORTS
+
+    def supports_warn_or_except(self, message: str) -> None:
+        """A capability gap: raise ``PermanentProviderError`` when strict, else log a warning."""
+        if self.strict:
+            raise PermanentProviderError(f"{self.name}: {message}")
+        self.log.warning("supports_warn_or_except: %s", message)
+
+    def with_markers(self, records: Sequence[RecordSet], ttl: int = 300) -> list[RecordSet]:
+        """``records`` plus one ownership TXT marker per distinct name."""
+        names = sorted({r.name for r in records})
+        markers = [
+            RecordSet(name=owner_marker_name(n), rdtype="TXT", ttl=ttl, values=(owner_marker_value(self.owner_id),))
+            for n in names
+        ]
+        return [*records, *markers]
+
+    def plan(self, desired: Sequence[RecordSet], observed: Observed) -> Plan:
+        """Pure diff of desired (markers included) against what is owned."""
+        return diff(self.name, observed.zone, desired, observed)
+
+    def zones_of(self, state: DesiredState) -> list[str]:
+        """Zones of ``state`` this provider manages."""
+        return sorted({s.zone for s in state.services.values()} & set(self.zones))
+
+    async def plan_state(self, state: DesiredState) -> list[Plan]:
+        """Observe each managed zone and plan the change to ``state`` (no write)."""
+        plans = []
+        for zone in self.zones_of(state):
+            observed = await self.observe(zone)
+            plans.append(self.plan(self.with_markers(self.render(state, zone)), observed))
+        return plans
+
+    async def apply(self, plan: Plan, *, dry_run: bool = True, force: bool = False) -> ApplyResult:
+        """Apply ``plan``; a dry run (the default) or an empty plan makes no API call.
+
+        Raises:
+            UnsafePlanError: the plan touches too much of the zone and ``force`` is not set.
+            ProviderError: the provider refused or failed.
+        """
+        if plan.empty or dry_run:
+            return ApplyResult(api_calls=0, changes=0 if dry_run else len(plan.changes), dry_run=dry_run)
+        plan.raise_if_unsafe(self.max_change_fraction, force=force)
+        for c in plan.conflicts:
+            self.log.warning("apply: %s", c)
+        calls = await self._apply(plan)
+        self.log.info("apply: %s %s in %d call(s)", plan.zone, plan.summary(), calls)
+        return ApplyResult(api_calls=calls, changes=len(plan.changes), dry_run=False)
+
+    async def publish(self, state: DesiredState) -> bool:
+        """``Publisher`` entry point: plan and apply for real; True if anything was written."""
+        wrote = False
+        for plan in await self.plan_state(state):
+            result = await self.apply(plan, dry_run=False)
+            wrote = wrote or result.changes > 0
+        return wrote

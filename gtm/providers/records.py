@@ -1,0 +1,256 @@
+"""Provider-neutral record sets, changes and plans (octoDNS-style), with ownership.
+
+A provider renders a ``DesiredState`` into ``RecordSet`` values, observes what the zone holds,
+and the pure ``diff()`` turns the two into an ordered ``Plan`` of ``Create``/``Update``/
+``Delete`` changes, touching only record sets gtm owns.
+
+Names are normalised once, here: lower case, no trailing dot, IDN labels as punycode, so an
+existing record is never re-created because of spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gtm.errors import PermanentProviderError
+
+OWNER_PREFIX = "_gtm-owner"
+"""Ownership markers are TXT records at ``_gtm-owner.<name>`` (ExternalDNS' TXT registry idea)."""
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, no trailing dot, IDN labels encoded as punycode (``xn--``).
+
+    Raises:
+        ValueError: a label is empty or longer than 63 octets after encoding.
+    """
+    name = name.strip().rstrip(".")
+    if not name:
+        raise ValueError("empty DNS name")
+    labels = []
+    for label in name.split("."):
+        if not label:
+            raise ValueError(f"empty label in {name!r}")
+        try:
+            label.encode("ascii")
+            enc = label.lower()
+        except UnicodeEncodeError:
+            enc = label.encode("idna").decode("ascii").lower()
+        if len(enc) > 63:
+            raise ValueError(f"label {enc!r} longer than 63 octets")
+        labels.append(enc)
+    return ".".join(labels)
+
+
+def owner_marker_name(name: str) -> str:
+    """Where the ownership TXT record for record sets at ``name`` lives."""
+    return f"{OWNER_PREFIX}.{normalize_name(name)}"
+
+
+def owner_marker_value(owner_id: str) -> str:
+    """The TXT value that marks a name as owned by installation ``owner_id``."""
+    return f'"heritage=gtm,gtm/owner={owner_id}"'
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSet:
+    """One record set as a provider holds it.
+
+    Attributes:
+        name: owner name, normalised (``normalize_name``).
+        rdtype: ``A``, ``AAAA``, ``CNAME``, ``TXT``, ...
+        ttl: seconds.
+        values: record data, sorted; TXT values quoted.
+        set_identifier: distinguishes record sets of one name and type (Route 53
+            ``SetIdentifier``), e.g. the region; None for a simple record set.
+        weight: 0-255 for a weighted record set, else None.
+        geo: ``continent:EU``, ``country:DE`` or ``*`` (default) for a geolocation record set.
+        alias_target: name of another record in the zone this one aliases (Route 53 alias);
+            ``values`` is then empty.
+    """
+
+    name: str
+    rdtype: str
+    ttl: int
+    values: tuple[str, ...] = ()
+    set_identifier: str | None = None
+    weight: int | None = None
+    geo: str | None = None
+    alias_target: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Identity within a zone: (name, type, set identifier or "")."""
+        return (self.name, self.rdtype, self.set_identifier or "")
+
+    def value_chars(self) -> int:
+        """Characters of record data (Route 53 counts these against 32,000 per request)."""
+        return sum(len(v) for v in self.values) + len(self.alias_target or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change to one record set.
+
+    Attributes:
+        action: ``create``, ``update`` or ``delete``.
+        old: the record set before (update, delete).
+        new: the record set after (create, update).
+    """
+
+    action: Literal["create", "update", "delete"]
+    old: RecordSet | None = None
+    new: RecordSet | None = None
+
+    @property
+    def record(self) -> RecordSet:
+        rs = self.new if self.new is not None else self.old
+        assert rs is not None
+        return rs
+
+    @property
+    def sort_key(self) -> tuple[int, str, str, str]:
+        """Deletes first, then updates, then creates; aliases after their targets on create."""
+        order = {"delete": 0, "update": 1, "create": 2}[self.action]
+        rs = self.record
+        alias_last = "1" if rs.alias_target else "0"
+        return (order, alias_last, rs.name, f"{rs.rdtype}/{rs.set_identifier or ''}")
+
+
+class UnsafePlanError(PermanentProviderError):
+    """A plan touches more than the allowed share of the zone's owned record sets."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordered changes one provider would make to one zone.
+
+    Attributes:
+        provider: provider id.
+        zone: zone name.
+        changes: ordered changes (see ``Change.sort_key``).
+        owned_before: record sets gtm owned in the zone before the change.
+        conflicts: foreign record sets at names gtm wants (reported, never touched).
+    """
+
+    provider: str
+    zone: str
+    changes: tuple[Change, ...]
+    owned_before: int
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def raise_if_unsafe(self, max_fraction: float, *, force: bool = False) -> None:
+        """Refuse a plan that updates or deletes more than ``max_fraction`` (0..1) of the owned
+        record sets (creates into an empty zone are always allowed).
+
+        Raises:
+            UnsafePlanError: unless ``force``.
+        """
+        if force or self.owned_before == 0:
+            return
+        touched = sum(1 for c in self.changes if c.action != "create")
+        if touched / self.owned_before > max_fraction:
+            raise UnsafePlanError(
+                f"{self.provider}: plan for {self.zone} updates/deletes {touched} of "
+                f"{self.owned_before} owned record sets (> {max_fraction:.0%}); use --force"
+            )
+
+    def summary(self) -> dict[str, int]:
+        out = {"create": 0, "update": 0, "delete": 0}
+        for c in self.changes:
+            out[c.action] += 1
+        return out
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a provider holds in one zone.
+
+    Attributes:
+        zone: zone name.
+        owned: record sets gtm owns (ownership marker present for this installation),
+            including the markers themselves.
+        foreign: record sets at names gtm manages that another owner holds.
+        other_owners: names owned by another gtm installation.
+    """
+
+    zone: str
+    owned: tuple[RecordSet, ...]
+    foreign: tuple[RecordSet, ...] = ()
+    other_owners: tuple[str, ...] = field(default=())
+
+
+def split_ownership(
+    zone: str, records: Iterable[RecordSet], owner_id: str, managed_names: Iterable[str] = ()
+) -> Observed:
+    """Sort a zone's record sets into owned and foreign by their ownership markers.
+
+    A name is owned when ``_gtm-owner.<name>`` holds this installation's marker; the marker
+    record sets themselves count as owned. Record sets at ``managed_names`` without our
+    marker are foreign (conflicts); names marked by another installation are listed in
+    ``other_owners`` and never touched.
+    """
+    records = list(records)
+    mine = owner_marker_value(owner_id)
+    owned_names: set[str] = set()
+    others: set[str] = set()
+    for rs in records:
+        if rs.rdtype == "TXT" and rs.name.startswith(OWNER_PREFIX + "."):
+            target = rs.name[len(OWNER_PREFIX) + 1 :]
+            if mine in rs.values:
+                owned_names.add(target)
+            elif any("heritage=gtm" in v for v in rs.values):
+                others.add(target)
+    managed = {normalize_name(n) for n in managed_names}
+    owned: list[RecordSet] = []
+    foreign: list[RecordSet] = []
+    for rs in records:
+        is_marker = rs.name.startswith(OWNER_PREFIX + ".")
+        target = rs.name[len(OWNER_PREFIX) + 1 :] if is_marker else rs.name
+        if target in owned_names:
+            owned.append(rs)
+        elif target in managed and not is_marker:
+            foreign.append(rs)
+    return Observed(zone=zone, owned=tuple(owned), foreign=tuple(foreign), other_owners=tuple(sorted(others)))
+
+
+def diff(
+    provider: str, zone: str, desired: Sequence[RecordSet], observed: Observed
+) -> Plan:
+    """The ordered changes that turn ``observed.owned`` into ``desired`` (pure).
+
+    Desired record sets at a name held by a foreign owner or another gtm installation are not
+    planned; they are reported in ``conflicts``. Owned record sets that are no longer desired
+    are deleted.
+    """
+    blocked = {rs.name for rs in observed.foreign} | set(observed.other_owners)
+    have = {rs.key: rs for rs in observed.owned}
+    want: dict[tuple[str, str, str], RecordSet] = {}
+    conflicts: list[str] = []
+    for rs in desired:
+        base = rs.name[len(OWNER_PREFIX) + 1 :] if rs.name.startswith(OWNER_PREFIX + ".") else rs.name
+        if base in blocked:
+            conflicts.append(f"{rs.name} {rs.rdtype}: held by another owner; left alone")
+            continue
+        want[rs.key] = rs
+    changes: list[Change] = []
+    for key, rs in want.items():
+        old = have.get(key)
+        if old is None:
+            changes.append(Change("create", new=rs))
+        elif old != rs:
+            changes.append(Change("update", old=old, new=rs))
+    for key, rs in have.items():
+        if key not in want:
+            changes.append(Change("delete", old=rs))
+    changes.sort(key=lambda c: c.sort_key)
+    return Plan(
+        provider=provider, zone=zone, changes=tuple(changes), owned_before=len(have),
+        conflicts=tuple(sorted(set(conflicts))),
+    )
