@@ -44,8 +44,11 @@ from gtm.models.plan import (
 from gtm.models.policy import Policy, Segment, Service
 from gtm.models.region import Inventory
 from gtm.models.report import FleetReport
+from gtm.models.rollout import WeightCap
 
-_PoolKey = tuple[str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...]]
+_Caps = tuple[tuple[str, float, str], ...]
+"""(region, fraction, reason) weight caps from a rollout, sorted by region; () for none."""
+_PoolKey = tuple[str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...], _Caps]
 
 
 def plan(
@@ -57,6 +60,7 @@ def plan(
     now: float,
     *,
     digest: str = "",
+    caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
 ) -> DesiredState:
     """Compute the desired routing.
 
@@ -68,6 +72,8 @@ def plan(
         previous: the previous plan, or None on the first run.
         now: the current time, unix seconds.
         digest: the policy's digest (``gtm.config.policy_digest``), recorded in the plan.
+        caps: rollout weight caps: service name → region → ``WeightCap``. A capped region
+            takes ``fraction`` of the weight it would otherwise get (0 routes it away at once).
 
     Returns:
         The desired state. Its ``generation`` grows only when the routing changes.
@@ -81,14 +87,16 @@ def plan(
     active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
     statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions)
 
+    pool_keys, services = compiled.pool_keys, compiled.services
+    if caps:
+        pool_keys, services = _with_caps(compiled, policy, caps)
     prev_pools = previous.pools if previous is not None else {}
     pools = {
         pool_id: _plan_pool(
             pool_id, key, policy, statuses, reports, active_overrides, prev_pools.get(pool_id), now
         )
-        for pool_id, key in compiled.pool_keys.items()
+        for pool_id, key in pool_keys.items()
     }
-    services = compiled.services
     endpoints = compiled.endpoints
     state = DesiredState(
         generation=0,
@@ -148,7 +156,7 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
                 if svc.routing == "static"
                 else ()
             )
-            key: _PoolKey = (seg.name, eligible, svc.model, svc.routing, static, pins)
+            key: _PoolKey = (seg.name, eligible, svc.model, svc.routing, static, pins, ())
             pool_id = key_ids.get(key)
             if pool_id is None:
                 pool_id = key_ids[key] = _pool_id(key)
@@ -173,6 +181,39 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
     _COMPILED.insert(0, (policy, inventory, comp))
     del _COMPILED[_COMPILED_MAX:]
     return comp
+
+
+def _with_caps(
+    compiled: _Compiled, policy: Policy, caps: Mapping[str, Mapping[str, WeightCap]]
+) -> tuple[dict[str, _PoolKey], dict[str, ServicePlan]]:
+    """Pools and services with rollout caps applied: a capped service gets pools of its own."""
+    pool_keys = dict(compiled.pool_keys)
+    services = dict(compiled.services)
+    by_name = {s.name: s for s in policy.services}
+    for name, region_caps in caps.items():
+        svc = by_name.get(name)
+        if svc is None or not region_caps:
+            continue
+        plan_ = services[svc.fqdn]
+        routes = []
+        for route in plan_.segments:
+            key = compiled.pool_keys[route.pool_id]
+            eligible = key[1]
+            c: _Caps = tuple(
+                (r, region_caps[r].fraction, region_caps[r].reason) for r in eligible if r in region_caps
+            )
+            if not c:
+                routes.append(route)
+                continue
+            new_key: _PoolKey = (*key[:6], c)  # type: ignore[assignment]
+            pool_id = _pool_id(new_key)
+            pool_keys[pool_id] = new_key
+            routes.append(
+                SegmentRoute(route.segment, route.continents, route.countries, pool_id, route.jurisdictions)
+            )
+        services[svc.fqdn] = ServicePlan(plan_.name, plan_.fqdn, plan_.zone, plan_.ttl, tuple(routes))
+    used = {r.pool_id for s in services.values() for r in s.segments}
+    return {k: v for k, v in pool_keys.items() if k in used}, services
 
 
 def _hold(
@@ -261,7 +302,8 @@ def _plan_pool(
     prev_pool: PoolPlan | None,
     now: float,
 ) -> PoolPlan:
-    segment, eligible, model, routing, static, _pins = key
+    segment, eligible, model, routing, static, _pins, caps = key
+    cap_of = {r: (f, why) for r, f, why in caps}
     rules = policy.safety
     prev_members = {m.region: m for m in prev_pool.members} if prev_pool is not None else {}
 
@@ -323,7 +365,19 @@ def _plan_pool(
             why = f"holding weight {w}: {statuses[r].reason}"
         else:
             target = weights[r]
-            w = paced_weight(prev, target, rules, now)
+            capped = cap_of.get(r)
+            if capped is not None:
+                fraction, cap_reason = capped
+                target = 0 if fraction <= 0 else max(1, round(target * fraction))
+            if capped is not None and target == 0:
+                w = 0  # routed away by the rollout (deploy drain or rollback): at once
+            else:
+                w = paced_weight(prev, target, rules, now)
+            if capped is not None:
+                why = f"{cap_reason}: weight {w} ({capped[0]:.0%} of {weights[r]})"
+                changed_at = now if prev is None or prev.weight != w else prev.changed_at
+                members.append(PoolMember(region=r, weight=w, reason=why, changed_at=changed_at))
+                continue
             if ov is not None and ov.kind == "cordon":
                 w = min(w, prev.weight if prev is not None else 0)
                 why = f"cordoned by {ov.actor} ({ov.reason}): weight held at {w}"

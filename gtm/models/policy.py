@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gtm.models.region import CONTINENTS
+from gtm.models.rollout import RolloutSpec
 
 RoutingMode = Literal["capacity", "static"]
 AllUnhealthy = Literal["fail-static", "fail-open"]
@@ -224,6 +225,7 @@ class Policy(_Strict):
         health: health thresholds.
         safety: safety rules.
         providers: DNS providers to publish to (the embedded server needs none here).
+        rollouts: staggered model-version rollouts (``gtm rollout start NAME``).
         owner_id: this installation's id in ownership markers; two installations sharing a
             zone must use different ids.
     """
@@ -234,6 +236,7 @@ class Policy(_Strict):
     health: HealthThresholds = HealthThresholds()
     safety: SafetyRules = SafetyRules()
     providers: tuple[ProviderConfig, ...] = ()
+    rollouts: tuple[RolloutSpec, ...] = ()
     owner_id: str = Field(default="gtm", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @model_validator(mode="after")
@@ -242,6 +245,17 @@ class Policy(_Strict):
         pnames = [p.name for p in self.providers]
         if len(set(pnames)) != len(pnames):
             raise ValueError(f"provider names repeat: {sorted(n for n in pnames if pnames.count(n) > 1)}")
+        services = {s.name: s for s in self.services}
+        rnames = [r.name for r in self.rollouts]
+        if len(set(rnames)) != len(rnames):
+            raise ValueError(f"rollout names repeat: {sorted(n for n in rnames if rnames.count(n) > 1)}")
+        for ro in self.rollouts:
+            svc = services.get(ro.service)
+            if svc is None:
+                raise ValueError(f"rollout {ro.name!r} names unknown service {ro.service!r}")
+            stray = [r for wave in ro.waves for r in wave if r not in svc.regions]
+            if stray:
+                raise ValueError(f"rollout {ro.name!r} names regions not serving {svc.name!r}: {stray}")
         for p in self.providers:
             for z in p.zones:
                 if _norm_name(z) not in zones:
