@@ -369,10 +369,8 @@ def _plan_pool(
             if capped is not None:
                 fraction, cap_reason = capped
                 target = 0 if fraction <= 0 else max(1, round(target * fraction))
-            if capped is not None and target == 0:
-                w = 0  # routed away by the rollout (deploy drain or rollback): at once
-            else:
-                w = paced_weight(prev, target, rules, now)
+            # A rollout routing a region away (deploy drain or rollback) acts at once.
+            w = 0 if capped is not None and target == 0 else paced_weight(prev, target, rules, now)
             if capped is not None:
                 why = f"{cap_reason}: weight {w} ({capped[0]:.0%} of {weights[r]})"
                 changed_at = now if prev is None or prev.weight != w else prev.changed_at
