@@ -93,7 +93,7 @@ def plan(
     prev_pools = previous.pools if previous is not None else {}
     pools = {
         pool_id: _plan_pool(
-            pool_id, key, policy, statuses, reports, active_overrides, prev_pools.get(pool_id), now
+            pool_id, key, policy, statuses, reports, active_overrides, _previous_pool(prev_pools, pool_id), now
         )
         for pool_id, key in pool_keys.items()
     }
@@ -183,6 +183,21 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
     return comp
 
 
+def _previous_pool(prev_pools: Mapping[str, PoolPlan], pool_id: str) -> PoolPlan | None:
+    """The pool's previous plan; a service entering or leaving rollout caps (``<id>.<service>``)
+    continues from the shared pool's weights, so pacing carries over."""
+    prev = prev_pools.get(pool_id)
+    if prev is not None:
+        return prev
+    base, dot, _svc = pool_id.partition(".")
+    if dot:
+        return prev_pools.get(base)
+    for pid, pool in prev_pools.items():
+        if pid.startswith(pool_id + "."):
+            return pool
+    return None
+
+
 def _with_caps(
     compiled: _Compiled, policy: Policy, caps: Mapping[str, Mapping[str, WeightCap]]
 ) -> tuple[dict[str, _PoolKey], dict[str, ServicePlan]]:
@@ -206,7 +221,8 @@ def _with_caps(
                 routes.append(route)
                 continue
             new_key: _PoolKey = (*key[:6], c)  # type: ignore[assignment]
-            pool_id = _pool_id(new_key)
+            # Stable while the caps move (canary → ramp), so pacing sees the previous weights.
+            pool_id = f"{route.pool_id}.{svc.name}"
             pool_keys[pool_id] = new_key
             routes.append(
                 SegmentRoute(route.segment, route.continents, route.countries, pool_id, route.jurisdictions)
