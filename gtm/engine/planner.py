@@ -91,9 +91,11 @@ def plan(
     if caps:
         pool_keys, services = _with_caps(compiled, policy, caps)
     prev_pools = previous.pools if previous is not None else {}
+    prev_capped = {pid.partition(".")[0]: p for pid, p in prev_pools.items() if "." in pid}
     pools = {
         pool_id: _plan_pool(
-            pool_id, key, policy, statuses, reports, active_overrides, _previous_pool(prev_pools, pool_id), now
+            pool_id, key, policy, statuses, reports, active_overrides,
+            _previous_pool(prev_pools, prev_capped, pool_id), now,
         )
         for pool_id, key in pool_keys.items()
     }
@@ -183,19 +185,16 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
     return comp
 
 
-def _previous_pool(prev_pools: Mapping[str, PoolPlan], pool_id: str) -> PoolPlan | None:
+def _previous_pool(
+    prev_pools: Mapping[str, PoolPlan], prev_capped: Mapping[str, PoolPlan], pool_id: str
+) -> PoolPlan | None:
     """The pool's previous plan; a service entering or leaving rollout caps (``<id>.<service>``)
     continues from the shared pool's weights, so pacing carries over."""
     prev = prev_pools.get(pool_id)
     if prev is not None:
         return prev
     base, dot, _svc = pool_id.partition(".")
-    if dot:
-        return prev_pools.get(base)
-    for pid, pool in prev_pools.items():
-        if pid.startswith(pool_id + "."):
-            return pool
-    return None
+    return prev_pools.get(base) if dot else prev_capped.get(pool_id)
 
 
 def _with_caps(
