@@ -112,6 +112,7 @@ def make_policy(
     step_interval_s: float = 1.0,
     weight_deadband: int = 8,
     on_all_unhealthy: str = "fail-static",
+    **safety: object,
 ) -> Policy:
     """A policy; by default one capacity-routed ``chat`` service over the four example regions
     with an EU-pinned segment and the default catch-all."""
@@ -128,6 +129,7 @@ def make_policy(
             step_interval_s=step_interval_s,
             weight_deadband=weight_deadband,
             on_all_unhealthy=on_all_unhealthy,  # type: ignore[arg-type]
+            **safety,  # type: ignore[arg-type]
         ),
     )
 

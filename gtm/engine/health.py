@@ -89,3 +89,37 @@ def _impairment(report: FleetReport) -> str:
         xids = ",".join(str(x) for x in report.gpu.xids)
         parts.append(f"{report.gpu.degraded} degraded GPU(s)" + (f" (XID {xids})" if xids else ""))
     return "; ".join(parts)
+
+
+def flap_damping(
+    previous: RegionStatus | None,
+    serving: bool,
+    threshold: int,
+    window_s: float,
+    penalty_s: float,
+    now: float,
+) -> tuple[tuple[float, ...], float]:
+    """Track in/out-of-service transitions and damp a flapping region.
+
+    Args:
+        previous: the region's previous status (transitions, damped_until), or None.
+        serving: whether the region's state now takes traffic.
+        threshold: transitions within ``window_s`` that count as flapping (0 disables).
+        window_s: seconds.
+        penalty_s: how long a flapping region stays out, seconds.
+        now: unix seconds.
+
+    Returns:
+        ``(transitions within the window, damped_until)``; the region must stay out while
+        ``now < damped_until``.
+    """
+    if previous is None:
+        return (), 0.0
+    was = previous.state in SERVING_STATES
+    times = tuple(t for t in previous.transitions if now - t <= window_s)
+    if was != serving:
+        times = (*times, now)
+    damped_until = previous.damped_until if previous.damped_until > now else 0.0
+    if threshold and len(times) >= threshold and damped_until == 0.0 and was != serving:
+        damped_until = now + penalty_s
+    return times, damped_until

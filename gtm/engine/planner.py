@@ -27,9 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
-from gtm.engine.health import is_fresh, region_health
+from gtm.engine.demand import smoothed_load
+from gtm.engine.fallback import apply_fallbacks
+from gtm.engine.health import flap_damping, is_fresh, region_health
 from gtm.engine.residency import eligible_regions
-from gtm.engine.safety import drain_weight, paced_weight
+from gtm.engine.safety import admitted_drains, drain_hold, drain_weight, paced_weight
 from gtm.models.override import Override
 from gtm.models.plan import (
     SERVING_STATES,
@@ -41,14 +43,17 @@ from gtm.models.plan import (
     SegmentRoute,
     ServicePlan,
 )
-from gtm.models.policy import Policy, Segment, Service
+from gtm.models.policy import Policy, SafetyRules, Segment, Service
 from gtm.models.region import Inventory
 from gtm.models.report import FleetReport
 from gtm.models.rollout import WeightCap
 
 _Caps = tuple[tuple[str, float, str], ...]
 """(region, fraction, reason) weight caps from a rollout, sorted by region; () for none."""
-_PoolKey = tuple[str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...], _Caps]
+_PoolKey = tuple[
+    str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...], _Caps, tuple[str, ...]
+]
+"""(segment, eligible regions, model, routing, static weights, residency pins, caps, spill regions)."""
 
 
 def plan(
@@ -86,6 +91,8 @@ def plan(
 
     active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
     statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions)
+    drains = {r: o for r, o in active_overrides.items() if o.kind == "drain"}
+    admitted = admitted_drains(drains, policy.safety.max_drained)
 
     pool_keys, services = compiled.pool_keys, compiled.services
     if caps:
@@ -94,11 +101,12 @@ def plan(
     prev_capped = {pid.partition(".")[0]: p for pid, p in prev_pools.items() if "." in pid}
     pools = {
         pool_id: _plan_pool(
-            pool_id, key, policy, statuses, reports, active_overrides,
+            pool_id, key, policy, statuses, reports, active_overrides, admitted,
             _previous_pool(prev_pools, prev_capped, pool_id), now,
         )
         for pool_id, key in pool_keys.items()
     }
+    services, fallback_decisions = apply_fallbacks(policy, inventory, services, pools)
     endpoints = compiled.endpoints
     state = DesiredState(
         generation=0,
@@ -110,7 +118,7 @@ def plan(
         pools=pools,
         services=services,
         endpoints=endpoints,
-        decisions=tuple(_decisions(previous, statuses, pools)),
+        decisions=(*_decisions(previous, statuses, pools), *fallback_decisions),
     )
     generation = _next_generation(previous, state)
     object.__setattr__(state, "generation", generation)
@@ -158,7 +166,15 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
                 if svc.routing == "static"
                 else ()
             )
-            key: _PoolKey = (seg.name, eligible, svc.model, svc.routing, static, pins, ())
+            spill = (
+                tuple(sorted(
+                    r for r in (seg.regions if seg.regions is not None else svc.regions)
+                    if r in inventory.regions and inventory.regions[r].jurisdiction in seg.spill_to
+                ))
+                if seg.on_unavailable == "spill"
+                else ()
+            )
+            key: _PoolKey = (seg.name, eligible, svc.model, svc.routing, static, pins, (), spill)
             pool_id = key_ids.get(key)
             if pool_id is None:
                 pool_id = key_ids[key] = _pool_id(key)
@@ -219,7 +235,7 @@ def _with_caps(
             if not c:
                 routes.append(route)
                 continue
-            new_key: _PoolKey = (*key[:6], c)  # type: ignore[assignment]
+            new_key: _PoolKey = (*key[:6], c, key[7])  # type: ignore[assignment]
             # Stable while the caps move (canary → ramp), so pacing sees the previous weights.
             pool_id = f"{route.pool_id}.{svc.name}"
             pool_keys[pool_id] = new_key
@@ -281,6 +297,10 @@ def _region_statuses(
         rep = reports.get(r)
         state, reason = region_health(r, prev, rep, policy.health, now)
         ov = overrides.get(r)
+        rules = policy.safety
+        transitions, damped_until = flap_damping(
+            prev, state in SERVING_STATES, rules.flap_threshold, rules.flap_window_s, rules.flap_penalty_s, now
+        )
         out[r] = RegionStatus(
             region=r,
             state=state,
@@ -292,6 +312,9 @@ def _region_statuses(
             override=ov.kind if ov is not None else None,
             override_reason=f"{ov.actor}: {ov.reason}" if ov is not None else "",
             since=prev.since if prev is not None and prev.state == state else now,
+            load=smoothed_load(prev, rep, inventory.regions[r], rules.demand_smoothing),
+            transitions=transitions,
+            damped_until=damped_until,
         )
     return out
 
@@ -314,10 +337,11 @@ def _plan_pool(
     statuses: Mapping[str, RegionStatus],
     reports: Mapping[str, FleetReport],
     overrides: Mapping[str, Override],
+    admitted: set[str],
     prev_pool: PoolPlan | None,
     now: float,
 ) -> PoolPlan:
-    segment, eligible, model, routing, static, _pins, caps = key
+    segment, eligible, model, routing, static, pins, caps, spill = key
     cap_of = {r: (f, why) for r, f, why in caps}
     rules = policy.safety
     prev_members = {m.region: m for m in prev_pool.members} if prev_pool is not None else {}
@@ -329,6 +353,11 @@ def _plan_pool(
         rep = reports.get(r)
         if st.state not in SERVING_STATES:
             out_reason[r] = f"{st.state}: {st.reason}"
+        elif st.damped_until > now:
+            out_reason[r] = (
+                f"flap damping: {len(st.transitions)} transitions within {rules.flap_window_s:g}s; "
+                f"out for {st.damped_until - now:.0f}s more"
+            )
         elif rep is not None and rep.healthy and not rep.serves(model):
             out_reason[r] = f"no healthy replica of model {model!r} reported"
         else:
@@ -370,9 +399,22 @@ def _plan_pool(
             w, why = 0, out_reason.get(r, "not available")
             if prev is not None and prev.weight > 0:
                 why = f"failover: {why}"
+        elif ov is not None and ov.kind == "drain" and r not in admitted:
+            w = prev.weight if prev is not None else 0
+            why = (
+                f"drain by {ov.actor} held: max_drained {rules.max_drained} regions already draining; "
+                f"weight kept at {w}"
+            )
         elif ov is not None and ov.kind == "drain":
-            w = drain_weight(prev, rules, now)
-            why = f"drained by {ov.actor} ({ov.reason}): weight {prev.weight if prev else 0}→{w}"
+            held = None
+            if not ov.force and prev is not None and prev.weight > 0:
+                held = _drain_hold(r, eligible, weights, overrides, admitted, statuses, rules)
+            if held is not None:
+                w, why = prev.weight, held  # type: ignore[union-attr]
+            else:
+                w = drain_weight(prev, rules, now)
+                forced = " [forced]" if ov.force else ""
+                why = f"drained by {ov.actor}{forced} ({ov.reason}): weight {prev.weight if prev else 0}→{w}"
         elif prev is not None and r in reports and not reports[r].healthy:
             # A failed check below `fall`: hysteresis keeps the region where it was; only
             # `fall` consecutive failures (state unhealthy) take it out.
@@ -409,7 +451,84 @@ def _plan_pool(
     if any(m.weight > 0 for m in members):
         n = sum(1 for m in members if m.weight > 0)
         return PoolPlan(pool_id, segment, tuple(members), f"{n}/{len(members)} regions serving")
+    all_drained = all(r in overrides and overrides[r].kind == "drain" for r in eligible)
+    if pins and not all_drained:
+        return _pinned_unavailable(pool_id, segment, pins, spill, members, statuses, reports, model, overrides, now)
     return _no_region_serves(pool_id, segment, eligible, members, prev_pool, policy, overrides, now)
+
+
+def _drain_hold(
+    region: str,
+    eligible: tuple[str, ...],
+    weights: Mapping[str, int],
+    overrides: Mapping[str, Override],
+    admitted: set[str],
+    statuses: Mapping[str, RegionStatus],
+    rules: SafetyRules,
+) -> str | None:
+    # Drains go in order (oldest first): a region counts as still serving for this drain
+    # unless its own drain comes first, so two drains in one pool never block each other.
+    def first(o: Override) -> tuple[float, str]:
+        return (o.since, o.region)
+
+    mine = first(overrides[region])
+    def draining(r: str) -> bool:
+        return r in overrides and overrides[r].kind == "drain" and r in admitted
+
+    others = [
+        r for r in eligible
+        if r != region and r in weights
+        and (first(overrides[r]) > mine if draining(r) else weights[r] > 0)
+    ]
+    units = {statuses[r].capacity_unit for r in (region, *others)}
+    unit = units.pop() if len(units) == 1 else None
+    spare = sum(statuses[r].spare_capacity for r in others)
+    return drain_hold(region, len(others), statuses[region].load, spare, unit, rules)
+
+
+def _pinned_unavailable(
+    pool_id: str,
+    segment: str,
+    pins: tuple[str, ...],
+    spill: tuple[str, ...],
+    members: list[PoolMember],
+    statuses: Mapping[str, RegionStatus],
+    reports: Mapping[str, FleetReport],
+    model: str | None,
+    overrides: Mapping[str, Override],
+    now: float,
+) -> PoolPlan:
+    """A residency-pinned segment with no eligible region: ``on_unavailable`` decides.
+
+    ``fail-closed``: explicitly dark. ``spill``: the spill regions that can serve, by spare
+    capacity, said loudly. Never a silent spill, never fail-open across the pin.
+    """
+    why = "; ".join(f"{m.region}: {m.reason}" for m in members) or "no eligible region"
+    if spill:
+        serving = [
+            r for r in spill
+            if statuses[r].state in SERVING_STATES and statuses[r].damped_until <= now
+            and not (r in overrides and overrides[r].kind == "drain")
+            and (r not in reports or not reports[r].healthy or reports[r].serves(model))
+        ]
+        if serving:
+            spare = {r: reports[r].spare_for(model) if r in reports else 0.0 for r in serving}
+            weights = capacity_weights(spare, serving)
+            spilled = tuple(
+                PoolMember(r, weights[r], f"SPILL from {'/'.join(pins)} (on_unavailable: spill)", now)
+                for r in serving
+            )
+            return PoolPlan(
+                pool_id, segment, (*members, *spilled),
+                f"SPILL: no {'/'.join(pins)} region can serve ({why}); spilling to "
+                f"{', '.join(serving)} as the policy allows (on_unavailable: spill)",
+                mode="spill",
+            )
+    return PoolPlan(
+        pool_id, segment, tuple(members),
+        f"DARK (fail-closed): no {'/'.join(pins)} region can serve and residency forbids spilling ({why})",
+        mode="dark",
+    )
 
 
 def _no_region_serves(

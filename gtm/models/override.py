@@ -22,6 +22,8 @@ class Override(BaseModel):
         actor: who asked (user name, pipeline id).
         since: unix time the override was set, seconds.
         expires_at: optional unix time after which the override no longer applies, seconds.
+        force: bypass the safety rules that would hold this drain (minimum healthy regions,
+            max drained, capacity headroom); set by ``gtm drain --force`` and audited.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,6 +34,7 @@ class Override(BaseModel):
     actor: str = "unknown"
     since: float
     expires_at: float | None = None
+    force: bool = False
 
     def active(self, now: float) -> bool:
         """Whether the override applies at ``now`` (unix seconds)."""

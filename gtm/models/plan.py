@@ -33,6 +33,10 @@ class RegionStatus:
         override: ``drain``, ``cordon`` or None.
         override_reason: the operator's reason, when overridden.
         since: when ``state`` was entered, unix seconds.
+        load: smoothed capacity in use (EWMA), in ``capacity_unit``; the region's demand.
+        transitions: times (unix seconds) the region went in or out of service, within the
+            policy's flap window.
+        damped_until: flap damping keeps the region out until this time (0 if not damped).
     """
 
     region: str
@@ -45,6 +49,9 @@ class RegionStatus:
     override: str | None = None
     override_reason: str = ""
     since: float = 0.0
+    load: float = 0.0
+    transitions: tuple[float, ...] = ()
+    damped_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +80,15 @@ class PoolPlan:
         segment: the segment name this pool serves.
         members: every eligible region, sorted by name, including those at weight 0.
         reason: summary of the pool's state; says loudly when dark or held.
-        mode: ``normal``, ``fail-static`` (held last good), ``fail-open`` or ``dark``.
+        mode: ``normal``, ``fail-static`` (held last good), ``fail-open``, ``spill`` (a pinned
+            segment explicitly allowed to spill to other jurisdictions) or ``dark``.
     """
 
     pool_id: str
     segment: str
     members: tuple[PoolMember, ...]
     reason: str
-    mode: Literal["normal", "fail-static", "fail-open", "dark"] = "normal"
+    mode: Literal["normal", "fail-static", "fail-open", "spill", "dark"] = "normal"
 
     @property
     def active(self) -> tuple[PoolMember, ...]:
@@ -110,6 +118,7 @@ class SegmentRoute:
         countries: client countries matched.
         pool_id: the pool answering these clients.
         jurisdictions: residency pin, empty if none.
+        note: set when the route is not the service's own pool (``FALLBACK ...``).
     """
 
     segment: str
@@ -117,6 +126,7 @@ class SegmentRoute:
     countries: tuple[str, ...]
     pool_id: str
     jurisdictions: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def is_default(self) -> bool:
@@ -246,7 +256,10 @@ class DesiredState:
             policy_digest=str(d["policy_digest"]),
             held=bool(d["held"]),
             hold_reason=str(d["hold_reason"]),
-            regions={k: RegionStatus(**v) for k, v in d["regions"].items()},
+            regions={
+                k: RegionStatus(**{**v, "transitions": tuple(v.get("transitions", ()))})
+                for k, v in d["regions"].items()
+            },
             pools={
                 k: PoolPlan(
                     pool_id=p["pool_id"],
@@ -270,6 +283,7 @@ class DesiredState:
                             countries=tuple(r["countries"]),
                             pool_id=r["pool_id"],
                             jurisdictions=tuple(r["jurisdictions"]),
+                            note=r.get("note", ""),
                         )
                         for r in s["segments"]
                     ),

@@ -53,7 +53,19 @@ class SafetyRules(_Strict):
         weight_deadband: capacity-driven weight changes smaller than this (0-255 scale) are
             ignored, so a wobbling fleet does not rewrite DNS every tick.
         on_all_unhealthy: when every region of a pool is unhealthy: ``fail-static`` keeps the
-            previous pool; ``fail-open`` serves all non-drained regions equally.
+            previous pool; ``fail-open`` serves all non-drained regions equally (as Envoy's
+            panic threshold and Route 53 do).
+        min_healthy_regions: a drain step that would leave a pool with fewer serving regions
+            than this is held (failures are not held: they are facts, not plans).
+        max_drained: at most this many regions drained at once; later drains are held.
+        headroom: a drain step is held unless the pool's other serving regions have spare
+            capacity ≥ the drained region's load × (1 + headroom); fraction, 0.2 = 20 %.
+        flap_threshold: health transitions (in ↔ out) within ``flap_window_s`` that mark a
+            region as flapping; it then stays out for ``flap_penalty_s``. 0 disables damping.
+        flap_window_s: the window, seconds.
+        flap_penalty_s: how long a flapping region stays out, seconds.
+        demand_smoothing: EWMA factor (0..1] applied to each region's load per new report;
+            1 means no smoothing.
     """
 
     stale_fraction: float = Field(default=0.5, ge=0, le=1)
@@ -61,6 +73,13 @@ class SafetyRules(_Strict):
     step_interval_s: float = Field(default=1.0, gt=0, le=3600)
     weight_deadband: int = Field(default=8, ge=0, le=255)
     on_all_unhealthy: AllUnhealthy = "fail-static"
+    min_healthy_regions: int = Field(default=1, ge=0, le=100)
+    max_drained: int = Field(default=2, ge=0, le=1000)
+    headroom: float = Field(default=0.2, ge=0, le=10)
+    flap_threshold: int = Field(default=4, ge=0, le=100)
+    flap_window_s: float = Field(default=300.0, gt=0)
+    flap_penalty_s: float = Field(default=600.0, ge=0)
+    demand_smoothing: float = Field(default=0.3, gt=0, le=1)
 
 
 class SegmentMatch(_Strict):
@@ -95,12 +114,28 @@ class Segment(_Strict):
         match: which clients; empty for the catch-all segment.
         residency: optional hard pin to jurisdictions.
         regions: optional subset of the service's regions for this segment.
+        on_unavailable: when a pinned segment has no eligible region that can serve:
+            ``fail-closed`` (default) leaves it explicitly dark; ``spill`` sends it to the
+            service's regions in ``spill_to`` jurisdictions, loudly. Never spills silently.
+        spill_to: jurisdictions a pinned segment may spill to (needs ``on_unavailable: spill``).
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     match: SegmentMatch = SegmentMatch()
     residency: Residency | None = None
     regions: tuple[str, ...] | None = None
+    on_unavailable: Literal["fail-closed", "spill"] = "fail-closed"
+    spill_to: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _spill(self) -> Segment:
+        if self.on_unavailable == "spill" and not self.spill_to:
+            raise ValueError("on_unavailable 'spill' needs spill_to jurisdictions")
+        if self.spill_to and self.on_unavailable != "spill":
+            raise ValueError("spill_to is set but on_unavailable is not 'spill'")
+        if self.spill_to and self.residency is None:
+            raise ValueError("spill_to only applies to a segment with a residency pin")
+        return self
 
     @property
     def is_default(self) -> bool:
@@ -121,6 +156,8 @@ class Service(_Strict):
         regions: the regions that serve it.
         static_weights: weight 0-255 per region, for ``routing: static``.
         segments: client segments; a default (empty-match) segment is added if none is given.
+        fallback: another service (e.g. a smaller distilled model) whose pool answers a
+            segment when no region of this service can serve it, within the same residency.
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -132,6 +169,7 @@ class Service(_Strict):
     regions: tuple[str, ...] = Field(min_length=1)
     static_weights: dict[str, int] = Field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
+    fallback: str | None = None
 
     _fqdn = field_validator("fqdn", "zone")(classmethod(lambda cls, v: _norm_name(v)))
 
@@ -246,6 +284,12 @@ class Policy(_Strict):
         if len(set(pnames)) != len(pnames):
             raise ValueError(f"provider names repeat: {sorted(n for n in pnames if pnames.count(n) > 1)}")
         services = {s.name: s for s in self.services}
+        for s in self.services:
+            if s.fallback is not None:
+                if s.fallback not in services:
+                    raise ValueError(f"service {s.name!r} falls back to unknown service {s.fallback!r}")
+                if s.fallback == s.name or services[s.fallback].fallback is not None:
+                    raise ValueError(f"service {s.name!r}: a fallback service must not fall back itself")
         rnames = [r.name for r in self.rollouts]
         if len(set(rnames)) != len(rnames):
             raise ValueError(f"rollout names repeat: {sorted(n for n in rnames if rnames.count(n) > 1)}")

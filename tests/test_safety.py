@@ -1,0 +1,193 @@
+"""Safety rules, panic/dark states, spill, fallback services, flap damping and demand."""
+
+from __future__ import annotations
+
+from gtm.engine import plan
+from gtm.models.override import Override
+from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy, Segment, SegmentMatch
+from gtm.models.report import FleetReport
+from tests.factories import (
+    T0,
+    eu_segment,
+    make_inventory,
+    make_override,
+    make_policy,
+    make_report,
+    make_service,
+    weights,
+)
+
+CHAT = "chat.gtm.example.com"
+INV = make_inventory()
+ALL = ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2")
+
+
+def reps(now: float, spare: dict[str, float] | None = None, replicas: int = 4, seq: int = 1,
+         **fail: int) -> dict[str, FleetReport]:
+    spare = spare or {}
+    out = {}
+    for r in ALL:
+        nfail = fail.get(r.replace("-", "_"), 0)
+        out[r] = make_report(r, now, spare=spare.get(r, 2.0), replicas=(replicas, replicas), seq=seq,
+                             healthy=nfail == 0, fail=nfail or None, ok=None if nfail else 10)
+    return out
+
+
+def step(policy: Policy, state: DesiredState | None, now: float, reports: dict[str, FleetReport],
+         ovs: dict[str, Override] | None = None) -> DesiredState:
+    return plan(policy, INV, reports, ovs or {}, state, now)
+
+
+def test_headroom_holds_a_drain_with_numbers() -> None:
+    policy = make_policy(headroom=0.2, max_drained=4, min_healthy_regions=1)
+    # us-east-1 carries 4 - 0.5 = 3.5 replicas of load; others have 0.5 + 0.5 + 0.5 = 1.5 spare.
+    spare = {"us-east-1": 0.5, "us-west-2": 0.5, "eu-west-1": 0.5, "eu-central-1": 0.5}
+    state = step(policy, None, T0, reps(T0, spare))
+    before = weights(state, CHAT, "default")["us-east-1"]
+    ovs = {"us-east-1": make_override("us-east-1")}
+    for i in range(1, 4):
+        state = step(policy, state, T0 + i, reps(T0 + i, spare, seq=1 + i), ovs)
+    pool = state.pool_for(CHAT, "default")
+    assert pool is not None
+    member = next(m for m in pool.members if m.region == "us-east-1")
+    assert member.weight == before, "the drain must be held, not executed"
+    assert "held" in member.reason and "3.50 replicas" in member.reason and "1.50" in member.reason
+    assert "4.20 needed" in member.reason and "20%" in member.reason
+
+
+def test_forced_drain_bypasses_headroom() -> None:
+    policy = make_policy(headroom=0.2, max_drained=4)
+    spare = {"us-east-1": 0.5, "us-west-2": 0.5, "eu-west-1": 0.5, "eu-central-1": 0.5}
+    state = step(policy, None, T0, reps(T0, spare))
+    ovs = {"us-east-1": Override(region="us-east-1", reason="fire", actor="oncall", since=T0, force=True)}
+    for i in range(1, 6):
+        state = step(policy, state, T0 + i, reps(T0 + i, spare, seq=1 + i), ovs)
+    assert weights(state, CHAT, "default")["us-east-1"] == 0
+    pool = state.pool_for(CHAT, "default")
+    assert pool is not None
+    member = next(m for m in pool.members if m.region == "us-east-1")
+    assert "[forced]" in member.reason
+
+
+def test_drain_proceeds_with_enough_headroom() -> None:
+    policy = make_policy(headroom=0.2)
+    state = step(policy, None, T0, reps(T0))  # every region 2.0 spare of 4: load 2.0
+    ovs = {"us-west-2": make_override("us-west-2")}
+    for i in range(1, 6):
+        state = step(policy, state, T0 + i, reps(T0 + i, seq=1 + i), ovs)
+    assert weights(state, CHAT, "default")["us-west-2"] == 0
+
+
+def test_min_healthy_regions_holds_the_last_drain() -> None:
+    policy = make_policy(min_healthy_regions=1, headroom=0.0, max_drained=4)
+    state = step(policy, None, T0, reps(T0))
+    ovs = {r: make_override(r, since=T0 + i) for i, r in enumerate(("eu-west-1", "eu-central-1"))}
+    for i in range(1, 8):
+        state = step(policy, state, T0 + i, reps(T0 + i, seq=1 + i), ovs)
+    eu = weights(state, CHAT, "eu")
+    assert sorted(eu.values())[0] == 0 and sorted(eu.values())[1] > 0, eu
+    pool = state.pool_for(CHAT, "eu")
+    assert pool is not None
+    held = [m for m in pool.members if m.weight > 0]
+    assert "min_healthy_regions 1" in held[0].reason
+
+
+def test_max_drained_holds_later_drains() -> None:
+    policy = make_policy(max_drained=1, headroom=0.0)
+    state = step(policy, None, T0, reps(T0))
+    ovs = {"us-east-1": make_override("us-east-1", since=T0), "us-west-2": make_override("us-west-2", since=T0 + 5)}
+    for i in range(1, 6):
+        state = step(policy, state, T0 + i, reps(T0 + i, seq=1 + i), ovs)
+    w = weights(state, CHAT, "default")
+    assert w["us-east-1"] == 0
+    assert w["us-west-2"] > 0
+    pool = state.pool_for(CHAT, "default")
+    assert pool is not None
+    assert "max_drained 1" in next(m.reason for m in pool.members if m.region == "us-west-2")
+
+
+def test_flapping_region_is_damped() -> None:
+    policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1)
+    state = step(policy, None, T0, reps(T0))
+    now = T0
+    seq = 1
+    for bad in (True, False, True, False):
+        now += 1
+        seq += 1
+        state = step(policy, state, now, reps(now, seq=seq, us_west_2=1 if bad else 0))
+    # Four transitions (out, in, out, in): damped at the third; healthy now but kept out.
+    assert state.regions["us-west-2"].state == "healthy"
+    assert state.regions["us-west-2"].damped_until > now
+    assert weights(state, CHAT, "default")["us-west-2"] == 0
+    pool = state.pool_for(CHAT, "default")
+    assert pool is not None
+    assert "flap damping" in next(m.reason for m in pool.members if m.region == "us-west-2")
+    later = now + 101
+    state = step(policy, state, later, reps(later, seq=seq + 1))
+    assert weights(state, CHAT, "default")["us-west-2"] > 0
+
+
+def _spill_policy() -> Policy:
+    seg = Segment(name="eu", match=SegmentMatch(continents=("EU",)),
+                  residency=eu_segment().residency, on_unavailable="spill", spill_to=("US",))
+    return make_policy([make_service(segments=[seg])])
+
+
+def test_spill_only_when_the_policy_says_so_and_loudly() -> None:
+    policy = _spill_policy()
+    r = reps(T0, eu_west_1=2, eu_central_1=2)
+    state = step(policy, None, T0, r)
+    eu = state.pool_for(CHAT, "eu")
+    assert eu is not None and eu.mode == "spill"
+    assert "SPILL" in eu.reason and "on_unavailable: spill" in eu.reason
+    active = {m.region for m in eu.active}
+    assert active == {"us-east-1", "us-west-2"}
+    # Without the explicit spill, the same failure leaves the segment dark.
+    state = step(make_policy(), None, T0, r)
+    eu = state.pool_for(CHAT, "eu")
+    assert eu is not None and eu.mode == "dark" and not eu.active
+
+
+def test_fallback_service_answers_a_dark_segment_within_residency() -> None:
+    small = make_service("chat-small", regions=("eu-central-1", "us-east-1"), segments=[eu_segment()], model="small")
+    main = make_service(segments=[eu_segment()], regions=("eu-west-1", "us-west-2")).model_copy(
+        update={"fallback": "chat-small"}
+    )
+    policy = make_policy([main, small])
+    r = {k: make_report(k, T0, models={"llama": 2.0, "small": 2.0}) for k in ALL}
+    r["eu-west-1"] = make_report("eu-west-1", T0, healthy=False, fail=3, models={"llama": 0.0, "small": 0.0})
+    state = step(policy, None, T0, r)
+    route = next(x for x in state.services[CHAT].segments if x.segment == "eu")
+    assert route.note.startswith("FALLBACK")
+    pool = state.pools[route.pool_id]
+    assert {m.region for m in pool.active} == {"eu-central-1"}
+    assert any("fallback chat-small" in d.action for d in state.decisions)
+    # The default segment still has us-west-2 of its own: no fallback there.
+    default = next(x for x in state.services[CHAT].segments if x.segment == "default")
+    assert default.note == ""
+
+
+def test_fallback_refused_when_it_would_break_residency() -> None:
+    small = make_service("chat-small", regions=("us-east-1",), model="small")
+    main = make_service(segments=[eu_segment()], regions=("eu-west-1", "us-west-2")).model_copy(
+        update={"fallback": "chat-small"}
+    )
+    policy = make_policy([main, small])
+    r = {k: make_report(k, T0, models={"llama": 2.0, "small": 2.0}) for k in ALL}
+    r["eu-west-1"] = make_report("eu-west-1", T0, healthy=False, fail=3)
+    state = step(policy, None, T0, r)
+    route = next(x for x in state.services[CHAT].segments if x.segment == "eu")
+    assert route.note == ""
+    assert state.pools[route.pool_id].dark
+    assert any("not used" in d.action and "us-east-1" in d.reason for d in state.decisions)
+
+
+def test_demand_is_smoothed_per_new_report() -> None:
+    policy = make_policy(demand_smoothing=0.5)
+    state = step(policy, None, T0, reps(T0, {"us-east-1": 3.0}))  # load 4 - 3 = 1
+    assert state.regions["us-east-1"].load == 1.0
+    state = step(policy, state, T0 + 1, reps(T0 + 1, {"us-east-1": 1.0}, seq=2))  # instant load 3
+    assert state.regions["us-east-1"].load == 2.0
+    state = step(policy, state, T0 + 2, reps(T0 + 2, {"us-east-1": 1.0}, seq=2))  # same report
+    assert state.regions["us-east-1"].load == 2.0
