@@ -19,6 +19,7 @@ demo: $(STAMP)
 ## services: install/start the real components the tests need (redis-server, ...)
 services:
 	bash scripts/ensure-services.sh
+	bash scripts/ensure-bind.sh
 
 ## test: lint + the whole suite against real Redis, real DNS sockets and real processes
 test: $(STAMP) services

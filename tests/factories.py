@@ -186,7 +186,7 @@ def make_report(
 
 
 def healthy_reports(
-    now: float, spare: Mapping[str, float] | Iterable[str] = FOUR_REGIONS
+    now: float, spare: Mapping[str, float] | Iterable[str] = tuple(FOUR_REGIONS)
 ) -> dict[str, FleetReport]:
     """Fresh healthy reports: ``spare`` maps region → spare capacity (or lists regions: 10 each)."""
     if not isinstance(spare, Mapping):

@@ -60,17 +60,39 @@ def test_drain_unknown_region_is_refused(ns: str) -> None:
     assert "unknown region" in err
 
 
-def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    keys = Keys(ns)
+def put_reports(r: redis.Redis, keys: Keys, spare: float, replicas: int = 4) -> None:
     now = time.time()
     for region in ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1"):
         rep = FleetReport(region=region, agent_id="t", seq=1, observed_at=now, interval_s=2, healthy=True,
                           consecutive_ok=9,
-                          models={"llama-3.1-8b": ModelStats(model="llama-3.1-8b", replicas_total=2,
-                                                             replicas_healthy=2, spare_capacity=1.0)},
-                          spare_capacity=1.0)
+                          models={"llama-3.1-8b": ModelStats(model="llama-3.1-8b", replicas_total=replicas,
+                                                             replicas_healthy=replicas, spare_capacity=spare)},
+                          spare_capacity=spare)
         r.set(keys.report(region), rep.model_dump_json(), ex=60)
+
+
+def test_drain_refused_by_headroom_then_forced(ns: str) -> None:
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    put_reports(r, keys, spare=1.0, replicas=4)  # load 3.0 each; the EU peer has only 1.0 spare
+    code, out, err = gtm("drain", "eu-west-1", "--reason", "upgrade", *base(ns))
+    assert code == 3
+    assert "held" in err and "3.00 replicas" in err and "3.60 needed" in err
+    assert r.get(keys.override("eu-west-1")) is None, "a refused drain writes nothing"
+    code, out, _ = gtm("drain", "eu-west-1", "--reason", "upgrade", "--force", "-o", "json", *base(ns))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["written"] is True and doc["held_by_safety"]
+    assert json.loads(r.get(keys.override("eu-west-1")) or "{}")["force"] is True
+    audit = r.xrevrange(keys.audit, count=1)
+    assert audit and audit[0][1]["action"] == "drain --force" and audit[0][1]["region"] == "eu-west-1"
+    r.close()
+
+
+def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    put_reports(r, keys, spare=3.0, replicas=4)  # load 1.0 each: plenty of headroom
     code, out, _ = gtm("drain", "eu-west-1", "--reason", "upgrade", "--dry-run", "-o", "json", *base(ns))
     assert code == 0
     doc = json.loads(out)

@@ -31,6 +31,15 @@ region's sums its models. ``tokens_per_s`` is the decode-token counter's delta o
 time between two scrapes (a counter that goes down, i.e. a restart, yields no rate for that
 interval).
 
+Canary signals (``ttft_s``, ``itl_s``, ``requests_per_s``, ``error_rate``; see
+``gtm.agent.scrape`` for the metrics per engine): per source, the deltas of each histogram's
+``_sum`` and ``_count`` and of the request / error counters between two consecutive scrapes;
+a model's value is the count-weighted mean over its healthy sources (error rate: Δerrors /
+Δrequests summed over the sources that export an error counter). An interval in which no
+request finished gives None, and so does a counter that went down (a restart). The served
+version is the one the engine exports (``gtm_served_version_info``), else the inventory's;
+``replicas_by_version`` counts healthy replicas per version.
+
 Wedge heuristic (vLLM issue #39863: EngineCore hung while HTTP answers 200): a source with
 ``waiting > 0`` whose progress counter (decode + prefill tokens, see ``gtm.agent.scrape``) has
 not grown over ``wedge_checks`` consecutive scrapes spanning at least ``wedge_min_s`` seconds
@@ -145,6 +154,17 @@ class _SourceState:
     stalled_checks: int = 0
     stalled_since: float | None = None
     rate: float | None = None
+    prev_requests: float | None = None
+    prev_errors: float | None = None
+    prev_ttft: tuple[tuple[float, float], ...] = ()
+    prev_itl: tuple[float, float] | None = None
+    # Over the last interval: mean TTFT / ITL (seconds) with the observations behind them,
+    # requests/s, and the request / error deltas.
+    ttft: tuple[float, float] | None = None
+    itl: tuple[float, float] | None = None
+    req_rate: float | None = None
+    req_delta: float | None = None
+    err_delta: float | None = None
 
 
 @dataclass(slots=True)
@@ -306,6 +326,9 @@ class RegionAgent:
             return _Judged(res, healthy, "; ".join(reasons), None)
         if eng is None:
             st.prev_t = st.prev_tokens = st.prev_progress = st.rate = None
+            st.prev_requests = st.prev_errors = st.prev_itl = None
+            st.prev_ttft = ()
+            st.ttft = st.itl = st.req_rate = st.req_delta = st.err_delta = None
             st.stalled_checks, st.stalled_since = 0, None
         else:
             self._track(st, eng, res.finished_at)
@@ -331,6 +354,7 @@ class RegionAgent:
         if st.prev_t is not None and t > st.prev_t and eng.generation_tokens is not None and st.prev_tokens is not None:
             delta = eng.generation_tokens - st.prev_tokens
             st.rate = delta / (t - st.prev_t) if delta >= 0 else None  # reset: skip
+        RegionAgent._track_latency(st, eng, t)
         stalled = (
             eng.waiting > 0
             and eng.progress is not None
@@ -344,6 +368,35 @@ class RegionAgent:
         else:
             st.stalled_checks, st.stalled_since = 0, None
         st.prev_t, st.prev_tokens, st.prev_progress = t, eng.generation_tokens, eng.progress
+
+    @staticmethod
+    def _track_latency(st: _SourceState, eng: EngineSample, t: float) -> None:
+        """Interval TTFT / ITL means, request rate and error share from counter deltas."""
+        st.ttft = st.itl = st.req_rate = st.req_delta = st.err_delta = None
+        first = st.prev_t is None or t <= st.prev_t
+        if not first and eng.requests is not None and st.prev_requests is not None:
+            d = eng.requests - st.prev_requests
+            if d >= 0:
+                assert st.prev_t is not None
+                st.req_delta, st.req_rate = d, d / (t - st.prev_t)
+                if eng.has_errors and st.prev_errors is not None and eng.errors >= st.prev_errors:
+                    st.err_delta = min(eng.errors - st.prev_errors, d)
+        if not first and eng.ttft and len(eng.ttft) == len(st.prev_ttft):
+            means, n = [], 0.0
+            for i, ((s1, c1), (s0, c0)) in enumerate(zip(eng.ttft, st.prev_ttft, strict=True)):
+                if c1 - c0 <= 0 or s1 < s0:
+                    break
+                means.append((s1 - s0) / (c1 - c0))
+                if i == 0:
+                    n = c1 - c0
+            else:
+                st.ttft = (sum(means), n)
+        if not first and eng.itl is not None and st.prev_itl is not None:
+            dc, ds = eng.itl[1] - st.prev_itl[1], eng.itl[0] - st.prev_itl[0]
+            if dc > 0 and ds >= 0:
+                st.itl = (ds / dc, dc)
+        st.prev_requests, st.prev_errors = eng.requests, eng.errors
+        st.prev_ttft, st.prev_itl = eng.ttft, eng.itl
 
     def _build(self, results: Sequence[ScrapeResult]) -> FleetReport:
         judged = [self._judge(r) for r in results]
@@ -375,7 +428,13 @@ class RegionAgent:
                 for j in group
                 if j.healthy and j.result.engine is not None
             )
-            versions = sorted({j.result.source.version for j in group if j.result.source.version})
+            versions = sorted({v for j in group if (v := _version(j))})
+            by_version: dict[str, int] = {}
+            for j in group:
+                v = _version(j)
+                if j.healthy and v:
+                    by_version[v] = by_version.get(v, 0) + j.result.source.replicas
+            live = [self._states[j.result.source.name] for j in group if j.healthy and j.result.engine is not None]
             models[name] = ModelStats(
                 model=name,
                 version=",".join(versions),
@@ -388,6 +447,11 @@ class RegionAgent:
                 tokens_per_s=sum(r for r in rates if r is not None) if rates else None,
                 errors_total=sum(e.errors for e in up),
                 spare_capacity=spare * scale,
+                ttft_s=_weighted([st.ttft for st in live]),
+                itl_s=_weighted([st.itl for st in live]),
+                requests_per_s=_sum_or_none([st.req_rate for st in live]),
+                error_rate=_error_rate(live),
+                replicas_by_version=by_version if versions else None,
             )
 
         gpus = [j.result.gpu for j in judged if j.result.gpu is not None]
@@ -548,6 +612,33 @@ class RegionAgent:
             self._pending = (report, changed)
         else:
             self._pending = (self._pending[0], self._pending[1] or changed)
+
+
+def _version(j: _Judged) -> str:
+    """The version a source serves: what the engine says, else the inventory's."""
+    eng = j.result.engine
+    return (eng.version if eng is not None and eng.version else None) or j.result.source.version or ""
+
+
+def _weighted(values: Sequence[tuple[float, float] | None]) -> float | None:
+    """Observation-weighted mean of ``(mean, observations)`` pairs, or None."""
+    pairs = [v for v in values if v is not None and v[1] > 0]
+    n = sum(c for _, c in pairs)
+    return sum(m * c for m, c in pairs) / n if n > 0 else None
+
+
+def _sum_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _error_rate(states: Sequence[_SourceState]) -> float | None:
+    """Errors / requests finished over the last interval, from sources with an error counter."""
+    with_errors = [st for st in states if st.err_delta is not None and st.req_delta is not None]
+    requests = sum(st.req_delta or 0.0 for st in with_errors)
+    if requests <= 0:
+        return None
+    return min(1.0, max(0.0, sum(st.err_delta or 0.0 for st in with_errors) / requests))
 
 
 def _healthy_replicas(report: FleetReport) -> int:

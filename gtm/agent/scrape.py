@@ -38,6 +38,27 @@ usage fraction 0..1, tokens = decode-token counter, errors = failed/aborted requ
   ``DCGM_FI_DEV_FB_USED``/``_FREE`` MiB, degraded on a critical XID or
   ``DCGM_FI_DEV_ROW_REMAP_FAILURE`` == 1.
 
+Latency, request and version signals (canary gates; ``ModelStats.ttft_s`` / ``itl_s`` /
+``requests_per_s`` / ``error_rate``): each sample carries histogram ``(_sum, _count)`` pairs and
+counters; the agent divides the deltas between two scrapes.
+
+* ``vllm``: TTFT ``vllm:time_to_first_token_seconds``; ITL ``vllm:inter_token_latency_seconds``
+  (PR #24110), else the old ``vllm:time_per_output_token_seconds``; requests: every
+  ``vllm:request_success_total`` series (``finished_reason`` stop/length/abort).
+* ``sglang``: TTFT ``sglang:time_to_first_token_seconds``; ITL
+  ``sglang:inter_token_latency_seconds`` (else ``time_per_output_token_seconds``); requests
+  ``sglang:num_requests_total``; errors ``sglang:num_aborted_requests_total`` where exported
+  (newer releases; without it there is no error rate).
+* ``tgi``: TTFT is not exported; approximated as mean queue time
+  (``tgi_request_queue_duration``) + mean prefill forward time
+  (``tgi_batch_forward_duration{method="prefill"}``); ITL
+  ``tgi_request_mean_time_per_token_duration``; requests ``tgi_request_count``.
+* ``triton``: TTFT ``nv_inference_first_response_histogram_ms`` (opt-in, ms → s); requests
+  ``nv_inference_request_success`` + ``nv_inference_request_failure``; no ITL.
+* Served version: an info gauge ``gtm_served_version_info{version="..."} 1`` when the
+  serving wrapper (or the simulator) exports one, else Triton's ``version`` label; otherwise
+  the agent falls back to the inventory's ``FleetSource.version``.
+
 Health endpoints (``HEALTH_PATHS``): vLLM ``/health`` (200 ok; 503 = ``EngineDeadError``
 since PR #24897 ~v0.11, 500 on older releases; not a generation probe), TGI ``/health``
 (503 ``{"error":"unhealthy"}``), SGLang ``/health_generate`` (runs a 1-token generation,
@@ -78,6 +99,9 @@ HEALTH_PATHS: Mapping[str, str] = {
     "triton": "/v2/health/ready",
 }
 """Default health path per engine kind (``dcgm`` has none: a good scrape is its health)."""
+
+SERVED_VERSION_METRIC = "gtm_served_version_info"
+"""Info gauge (value 1) whose ``version`` label names the model version a fleet serves."""
 
 PARSE_IN_THREAD_BYTES = 64 * 1024
 """Expositions larger than this many bytes are parsed in a worker thread (TGI's is ~100 KB,
@@ -171,6 +195,12 @@ class EngineSample:
             tokens, or forward passes / completed requests where tokens are not exported),
             or None.
         errors: failed or aborted requests (counter, summed).
+        has_errors: whether the engine exports an error counter at all (else no error rate).
+        requests: finished requests, failed ones included (counter, summed), or None.
+        ttft: TTFT histogram ``(sum seconds, count)`` pairs; the TTFT of an interval is the sum
+            of each pair's mean over it (one pair, or TGI's queue + prefill); () if none.
+        itl: inter-token latency histogram ``(sum seconds, count)``, or None.
+        version: model version the fleet says it serves, or None.
     """
 
     kind: str
@@ -181,6 +211,11 @@ class EngineSample:
     generation_tokens: float | None = None
     progress: float | None = None
     errors: float = 0.0
+    has_errors: bool = True
+    requests: float | None = None
+    ttft: tuple[tuple[float, float], ...] = ()
+    itl: tuple[float, float] | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +252,29 @@ def _add(*values: float | None) -> float | None:
     return sum(present) if present else None
 
 
+def _hist(
+    exp: Exposition, name: str, where: Callable[[Labels], bool] | None = None, scale: float = 1.0
+) -> tuple[float, float] | None:
+    """``(sum × scale, count)`` of histogram ``name`` summed over series, or None."""
+    total = exp.total(name + "_sum", where)
+    count = exp.total(name + "_count", where)
+    if total is None or count is None:
+        return None
+    return total * scale, count
+
+
+def _first_hist(exp: Exposition, *names: str) -> tuple[float, float] | None:
+    for n in names:
+        h = _hist(exp, n)
+        if h is not None:
+            return h
+    return None
+
+
+def _served_version(exp: Exposition) -> str | None:
+    return exp.label(SERVED_VERSION_METRIC, "version")
+
+
 def normalise_vllm(exp: Exposition) -> EngineSample:
     """vLLM (V0 and V1). KV usage: ``kv_cache_usage_perc``, else ``gpu_cache_usage_perc``.
 
@@ -237,6 +295,10 @@ def normalise_vllm(exp: Exposition) -> EngineSample:
         generation_tokens=gen,
         progress=_add(gen, exp.total("vllm:prompt_tokens_total")),
         errors=exp.total("vllm:request_success_total", lambda lb: lb.get("finished_reason") == "abort") or 0.0,
+        requests=exp.total("vllm:request_success_total"),
+        ttft=tuple(h for h in [_hist(exp, "vllm:time_to_first_token_seconds")] if h is not None),
+        itl=_first_hist(exp, "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        version=_served_version(exp),
     )
 
 
@@ -260,7 +322,18 @@ def normalise_tgi(exp: Exposition) -> EngineSample:
         generation_tokens=gen,
         progress=_add(gen, exp.total("tgi_batch_inference_count")),
         errors=exp.total("tgi_request_failure") or 0.0,
+        requests=exp.total("tgi_request_count"),
+        ttft=_tgi_ttft(exp),
+        itl=_hist(exp, "tgi_request_mean_time_per_token_duration"),
+        version=_served_version(exp),
     )
+
+
+def _tgi_ttft(exp: Exposition) -> tuple[tuple[float, float], ...]:
+    """TGI exports no TTFT: queue time + prefill forward time, both as histogram pairs."""
+    queue = _hist(exp, "tgi_request_queue_duration")
+    prefill = _hist(exp, "tgi_batch_forward_duration", lambda lb: lb.get("method") == "prefill")
+    return (queue, prefill) if queue is not None and prefill is not None else ()
 
 
 def normalise_sglang(exp: Exposition) -> EngineSample:
@@ -278,7 +351,12 @@ def normalise_sglang(exp: Exposition) -> EngineSample:
         kv_usage=_clamp01(exp.highest("sglang:token_usage")),
         generation_tokens=gen,
         progress=_add(gen, exp.total("sglang:prompt_tokens_total")),
-        errors=0.0,
+        errors=exp.total("sglang:num_aborted_requests_total") or 0.0,
+        has_errors=exp.has("sglang:num_aborted_requests_total"),
+        requests=exp.total("sglang:num_requests_total"),
+        ttft=tuple(h for h in [_hist(exp, "sglang:time_to_first_token_seconds")] if h is not None),
+        itl=_first_hist(exp, "sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
+        version=_served_version(exp),
     )
 
 
@@ -331,6 +409,10 @@ def normalise_triton(exp: Exposition, model_hint: str | None = None) -> EngineSa
         generation_tokens=None,
         progress=progress,
         errors=exp.total("nv_inference_request_failure", only) or 0.0,
+        has_errors=exp.has("nv_inference_request_failure"),
+        requests=_add(exp.total("nv_inference_request_success", only), exp.total("nv_inference_request_failure", only)),
+        ttft=tuple(h for h in [_hist(exp, "nv_inference_first_response_histogram_ms", only, 0.001)] if h is not None),
+        version=_served_version(exp),
     )
 
 

@@ -5,6 +5,8 @@ Exit codes (scripts can trust them):
   1  error (Redis unreachable, provider failure, ...), printed as ``ErrorType: message``
   2  usage error (bad flags), or a policy/inventory that does not validate
   3  refused: the request is valid but unsafe or impossible now (e.g. unknown region)
+  4  differs: ``gtm plan --candidate ... --exit-code`` found a routing difference (distinct from
+     1 so that CI can tell "this change moves traffic" from "the check could not run")
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ NsOpt = typer.Option("default", "--namespace", "--ns", envvar="GTM_NAMESPACE", h
 PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help="Policy file or directory.")
 RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
 OutputOpt = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
+PoliciesGitOpt = typer.Option(
+    None, "--policies-git", envvar="GTM_POLICIES_GIT",
+    help="Read the policy in force from Git instead of --policies: REPO[@REF], REPO a local repository or a "
+    "URL (cloned under $GTM_GIT_CACHE or ~/.cache/gtm/git). Only committed files are read.",
+)
+PoliciesPathOpt = typer.Option(
+    "policies", "--policies-path", help="Policy file or directory inside the Git repository (with Git refs)."
+)
+GitRegionsPathOpt = typer.Option(
+    None, "--git-regions-path",
+    help="Region inventory directory inside the Git repository; default: --regions on local disk.",
+)
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
 
 
@@ -85,6 +99,23 @@ def _run(coro_fn: Callable[[], Awaitable[T]], debug: bool) -> T:
 def _config(policies: str, regions: str, debug: bool) -> Config:
     try:
         return load_config(policies, regions)
+    except ConfigError as exc:
+        _fail(exc, debug, 2)
+    raise AssertionError("unreachable")
+
+
+def _config_in_force(
+    policies: str, regions: str, policies_git: str | None, policies_path: str, git_regions_path: str | None,
+    debug: bool,
+) -> Config:
+    """--policies files, or the commit --policies-git REPO[@REF] names (exit 2 if it does not validate)."""
+    if not policies_git:
+        return _config(policies, regions, debug)
+    from gtm.config.git import load_git_spec, parse_git_spec
+
+    try:
+        return load_git_spec(parse_git_spec(policies_git), policies_path=policies_path, regions_dir=regions,
+                             regions_path=git_regions_path)
     except ConfigError as exc:
         _fail(exc, debug, 2)
     raise AssertionError("unreachable")
@@ -142,17 +173,43 @@ def plan_cmd(
     regions: str = RegionsOpt,
     output: Output = OutputOpt,
     debug: bool = DebugOpt,
+    candidate: str | None = typer.Option(
+        None, "--candidate",
+        help="Show the routing diff from the policy in force (--policies or --policies-git) to this candidate: "
+        "a policy file/directory, or a Git ref [REPO@]REF (REPO defaults to '.'; 'git:' forces Git).",
+    ),
+    policies_git: str | None = PoliciesGitOpt,
+    policies_path: str = PoliciesPathOpt,
+    git_regions_path: str | None = GitRegionsPathOpt,
+    assume_healthy: bool = typer.Option(
+        False, "--assume-healthy",
+        help="With --candidate: plan as if every region were healthy with equal spare capacity "
+        "(no Redis needed; for CI).",
+    ),
+    exit_code: bool = typer.Option(
+        False, "--exit-code", help="With --candidate: exit 4 when the routing differs (like git diff --exit-code)."
+    ),
 ) -> None:
     """Show what the controller would decide now, and why (a dry run: writes nothing).
 
     Runs the policy engine on the reports and overrides in Redis and the policy files given,
     against the desired state in force. Exit 0 whether or not there are changes.
+
+    With --candidate: plans the policy in force and the candidate from the same inputs and shows
+    the routing diff a reviewer needs: per service/segment the regions whose weight changes
+    (before → after, with traffic shares), services/segments/pools added or removed, residency
+    pins, client matches and pool modes changed. Exit 0 (or 4 with --exit-code when it differs),
+    2 if the candidate does not validate, 1 if the inputs in Redis are stale.
     """
+    if candidate is not None:
+        _plan_candidate(redis, ns, policies, regions, output, debug, candidate, policies_git, policies_path,
+                        git_regions_path, assume_healthy, exit_code)
+        return
     from gtm.cli.render import render_plan
     from gtm.controller.status import plan_now, pools_with_services
     from gtm.store import connect
 
-    cfg = _config(policies, regions, debug)
+    cfg = _config_in_force(policies, regions, policies_git, policies_path, git_regions_path, debug)
 
     async def go() -> Any:
         store = connect(_store_url(redis), ns=ns)
@@ -185,6 +242,47 @@ def plan_cmd(
         console.print(f"planned in {ms:.1f} ms (including Redis reads)")
 
 
+def _plan_candidate(
+    redis: str | None, ns: str, policies: str, regions: str, output: Output, debug: bool, candidate: str,
+    policies_git: str | None, policies_path: str, git_regions_path: str | None, assume_healthy: bool,
+    exit_code: bool,
+) -> None:
+    from gtm.config.git import load_candidate
+    from gtm.controller.routing_diff import candidate_states, diff_report, render_lines, routing_diff
+    from gtm.store import connect
+
+    cfg = _config_in_force(policies, regions, policies_git, policies_path, git_regions_path, debug)
+    try:
+        cand = load_candidate(candidate, policies_path=policies_path, regions_dir=regions,
+                              regions_path=git_regions_path)
+    except ConfigError as exc:
+        _fail(exc, debug, 2)
+
+    async def go() -> Any:
+        if assume_healthy:
+            return await candidate_states(None, cfg, cand, time.time())
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            return await candidate_states(store, cfg, cand, time.time())
+        finally:
+            await store.aclose()
+
+    before, after = _run(go, debug)
+    if before.held or after.held:
+        err_console.print(f"[red]StaleInputs[/]: {before.hold_reason or after.hold_reason}; a routing diff would "
+                          "be meaningless (use --assume-healthy to compare without a live fleet)", highlight=False)
+        raise typer.Exit(1)
+    changes = routing_diff(before, after)
+    doc = diff_report(cfg, cand, before, after, changes)
+    if output is Output.json:
+        _print_json(doc)
+    else:
+        for line in render_lines(doc):
+            console.print(line, highlight=False, soft_wrap=True)
+    if exit_code and changes:
+        raise typer.Exit(4)
+
+
 # -- drain / undrain ----------------------------------------------------------------------
 
 
@@ -197,6 +295,9 @@ def drain(
     expires_in: float | None = typer.Option(
         None, "--expires-in", help="Lift the override by itself after this many seconds."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Drain even when safety rules (headroom, min healthy, max drained) hold it; audited."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
@@ -207,10 +308,13 @@ def drain(
 ) -> None:
     """Drain a region: step its weight down to 0 (planned steps), and hold it there.
 
-    The controller steps the weight down by the policy's planned_step every step_interval_s.
-    Undo with `gtm undrain REGION`. Exit 3 if the region is unknown.
+    First plays the drain forward with the current reports and shows where the traffic goes
+    and the load the other regions would take. If the safety rules would hold it (capacity
+    headroom, min_healthy_regions, max_drained) it refuses with the numbers and exits 3,
+    unless --force (written to the audit stream). Undo with `gtm undrain REGION`.
+    Exit 3 also for an unknown region.
     """
-    from gtm.engine import plan as engine_plan
+    from gtm.controller.drain import project_drain
     from gtm.models.override import Override
     from gtm.store import connect
 
@@ -222,7 +326,7 @@ def drain(
     now = time.time()
     ov = Override(
         region=region, kind="cordon" if cordon else "drain", reason=reason, actor=actor,
-        since=now, expires_at=now + expires_in if expires_in else None,
+        since=now, expires_at=now + expires_in if expires_in else None, force=force,
     )
 
     async def go() -> dict[str, Any]:
@@ -232,45 +336,66 @@ def drain(
             reports, _ = await store.get_reports(names)
             overrides = await store.get_overrides()
             previous = await store.get_desired()
-            overrides[region] = ov
-            # Project the drain to completion: where the region's share goes.
-            state = previous
-            t = now
-            for _ in range(300 // 1):
-                state = engine_plan(cfg.policy, cfg.inventory, reports, overrides, state, t, digest=cfg.digest)
-                if all(p.weight_of(region) == 0 for p in state.pools.values()) or cordon:
-                    break
-                t += cfg.policy.safety.step_interval_s
-            projection = _shares(state) if state is not None else {}
-            if not dry_run:
+            proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now)
+            refused = bool(proj.held) and not force
+            written = not dry_run and not refused
+            if written:
                 await store.put_override(ov)
-            return {"override": ov.model_dump(), "written": not dry_run, "projected_shares": projection}
+                if force:
+                    await store.append_audit({
+                        "ts": now, "action": f"{ov.kind} --force", "region": region, "actor": actor,
+                        "reason": reason, "overridden_safety": proj.held,
+                    })
+            return {
+                "override": ov.model_dump(), "written": written, "refused": refused,
+                "held_by_safety": proj.held, "projected_shares": proj.shares,
+                "projected_load": proj.loads, "capacity_unit": proj.unit, "steps": proj.steps,
+            }
         finally:
             await store.aclose()
 
     data = _run(go, debug)
     if output is Output.json:
         _print_json(data)
-        return
-    verb = "would cordon" if dry_run and cordon else "would drain" if dry_run else "cordoned" if cordon else "drained"
-    console.print(f"{verb} [bold]{region}[/] ({reason}) by {actor}")
+    else:
+        _print_drain(data, region, reason, actor, cordon, dry_run, cfg)
+    if data["refused"]:
+        raise typer.Exit(3)
+
+
+def _print_drain(
+    data: dict[str, Any], region: str, reason: str, actor: str, cordon: bool, dry_run: bool, cfg: Config
+) -> None:
+    kind = "cordon" if cordon else "drain"
+    if data["refused"]:
+        err_console.print(f"[red]RefusedError[/]: {kind} of {region} would be held by the safety rules:")
+        for h in data["held_by_safety"]:
+            err_console.print(f"  - {h}", highlight=False)
+        err_console.print("nothing written; use --force --reason '...' to drain anyway (audited)")
+    elif dry_run:
+        console.print(f"would {kind} [bold]{region}[/] ({reason}) by {actor}")
+    else:
+        console.print(f"{kind}ed [bold]{region}[/] ({reason}) by {actor}" if cordon else
+                      f"drained [bold]{region}[/] ({reason}) by {actor}")
+        if data["held_by_safety"]:
+            console.print("[yellow]--force: safety rules overridden (audited):[/]")
+            for h in data["held_by_safety"]:
+                console.print(f"  - {h}", highlight=False)
     for pool, shares in data["projected_shares"].items():
         txt = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "DARK"
-        console.print(f"  projected {pool}: {txt}")
-    if not dry_run and not cordon:
+        console.print(f"  projected {pool}: {txt}", highlight=False)
+    unit = data["capacity_unit"]
+    for r, v in data["projected_load"].items():
+        console.print(
+            f"  {r}: load {v['load']:.2f} {unit}, spare {v['spare']:.2f} → takes +{v['extra']:.2f}, "
+            f"spare after {v['spare_after']:.2f}", highlight=False,
+        )
+    if data["written"] and not cordon:
         rules = cfg.policy.safety
         console.print(
             f"the controller steps the weight down by {rules.planned_step} every {rules.step_interval_s:g}s; "
             f"watch with `gtm status`"
         )
-
-
-def _shares(state: Any) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for pid, pool in sorted(state.pools.items()):
-        total = sum(m.weight for m in pool.members)
-        out[pid] = {m.region: m.weight / total for m in pool.members if m.weight > 0} if total else {}
-    return out
 
 
 @app.command()
@@ -339,6 +464,61 @@ def policy_validate(
         )
 
 
+@policy_app.command("verify")
+def policy_verify(
+    paths: list[str] = typer.Argument(None, help="Policy files or directories (default: --policies)."),
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    load: float = typer.Option(0.5, min=0.0, max=1.0, help="Assumed load per replica, fraction 0..1."),
+    max_exhaustive: int = typer.Option(16, min=1, max=20, help="Plan every failure subset up to this many regions."),
+    max_rows: int = typer.Option(40, help="Rows of the table at most (JSON lists them all)."),
+    output: Output = OutputOpt,
+) -> None:
+    """Plan every combination of region failures (and each region drained) and check the invariants.
+
+    Prints which combinations leave a segment dark, over capacity, or relying on fail-open /
+    fail-static / spill / a fallback service. Exit 0 when every invariant holds (residency,
+    failover, drains never gain weight, determinism), 1 when one breaks, 2 for an invalid policy.
+    Every subset up to 16 regions (65,536 plans); past that, all subsets of up to k failures.
+    """
+    from rich.table import Table
+
+    from gtm.engine.verify import verify
+
+    try:
+        cfg = load_config(paths or [policies], regions)
+    except ConfigError as exc:
+        _fail(exc, False, 2)
+    res = verify(cfg.policy, cfg.inventory, load=load, max_exhaustive=max_exhaustive)
+    if output is Output.json:
+        _print_json({
+            "regions": list(res.regions), "exhaustive": res.exhaustive, "max_failures": res.max_failures,
+            "scenarios": res.scenarios, "broken": res.broken, "seconds": round(res.seconds, 3),
+            "notable": [sc.__dict__ for sc in res.notable],
+        })
+    else:
+        scope = "every combination" if res.exhaustive else f"every combination of up to {res.max_failures} failures"
+        console.print(
+            f"{len(res.regions)} regions, {scope}: {res.scenarios} plans in {res.seconds:.2f}s; "
+            f"{len(res.notable)} notable, {res.broken} breaking an invariant"
+        )
+        t = Table()
+        for col in ("failed / drained", "dark", "over capacity", "relies on", "INVARIANT BROKEN"):
+            t.add_column(col, overflow="fold")
+        rows = sorted(res.notable, key=lambda s: (not s.broken, s.drained is not None, len(s.failed)))
+        for sc in rows[:max_rows]:
+            label = f"drain {sc.drained}" if sc.drained else (", ".join(sc.failed) or "(none)")
+            t.add_row(label, "\n".join(sc.dark), "\n".join(sc.over_capacity), "\n".join(sc.relies_on),
+                      "[red]" + "\n".join(sc.broken) + "[/]" if sc.broken else "")
+        if rows:
+            console.print(t)
+        if len(rows) > max_rows:
+            console.print(f"... {len(rows) - max_rows} more (use -o json for all)")
+        console.print("[red]invariants broken[/]" if res.broken else "[green]every invariant holds[/]")
+    if res.broken:
+        raise typer.Exit(1)
+
+
 # -- daemons ------------------------------------------------------------------------------
 
 
@@ -399,10 +579,15 @@ def agent(
 
 @app.command()
 def controller(
+    ctx: typer.Context,
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     policies: str = PoliciesOpt,
     regions: str = RegionsOpt,
+    policies_git: str | None = PoliciesGitOpt,
+    policies_path: str = PoliciesPathOpt,
+    git_regions_path: str | None = GitRegionsPathOpt,
+    git_refresh: float = typer.Option(30.0, "--git-refresh", help="Seconds between fetches / ref checks."),
     dns_listen: str = typer.Option(
         "127.0.0.1:5353", "--dns-listen",
         help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
@@ -427,7 +612,20 @@ def controller(
     from gtm.store import connect
 
     setup_logging(log_level)
-    loader = file_config_loader(policies, regions)
+    loader: Callable[[], Config] = file_config_loader(policies, regions)
+    if policies_git:
+        from gtm.config.git import GitPolicySource, parse_git_spec
+
+        given = ctx.get_parameter_source("policies")
+        if given is not None and given.name == "COMMANDLINE":
+            err_console.print("[red]UsageError[/]: --policies and --policies-git are mutually exclusive")
+            raise typer.Exit(2)
+        try:
+            spec = parse_git_spec(policies_git)
+            loader = GitPolicySource(spec.repo, spec.ref, policies_path=policies_path, regions_path=git_regions_path,
+                                     regions_dir=regions, refresh_s=git_refresh)
+        except ConfigError as exc:
+            _fail(exc, False, 2)
     try:
         cfg = loader()
     except ConfigError as exc:
@@ -447,6 +645,8 @@ def controller(
             publishers.append(dns)
             log.info("controller: embedded DNS on %s (UDP and TCP)", dns_listen)
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
+        if cfg.commit:
+            log.info("controller: policies from %s at commit %s", policies_git, cfg.commit)
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick))
         runner = None
         if api_listen != "off":

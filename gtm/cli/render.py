@@ -26,6 +26,10 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     if state and state.get("held"):
         head += f"   [bold red]HELD: {state['hold_reason']}[/]"
     console.print(head)
+    loaded, planned = status.get("policy_commit") or "", (state or {}).get("policy_commit") or ""
+    if loaded or planned:
+        extra = f" (routing in force planned at {planned})" if loaded and planned and planned != loaded else ""
+        console.print(f"policy commit: {loaded or planned}{extra}", highlight=False)
     t = Table(title="regions", show_lines=False)
     for col in ("region", "jurisdiction", "health", "spare", "report age", "override", "reason"):
         t.add_column(col)

@@ -33,12 +33,19 @@ class Config:
         inventory: the regions.
         digest: ``sha256:<hex>`` of the policy and inventory as parsed (canonical JSON).
         files: the files read.
+        source: where it came from: ``git:<commit sha>`` (``gtm.config.git``), else ``""`` (files).
     """
 
     policy: Policy
     inventory: Inventory
     digest: str
     files: tuple[str, ...]
+    source: str = ""
+
+    @property
+    def commit(self) -> str:
+        """The Git commit id the policy was read from, or ``""`` when not read from Git."""
+        return self.source.removeprefix("git:") if self.source.startswith("git:") else ""
 
 
 def _yaml_files(path: Path) -> list[Path]:

@@ -82,12 +82,14 @@ class Controller:
         publishers: Sequence[Publisher],
         settings: ControllerSettings | None = None,
         clock: Callable[[], float] = time.time,
+        caps_provider: Callable[..., Any] | None = None,  # async (controller, reports, now) -> caps
     ) -> None:
         self.store = store
         self.config_loader = config_loader
         self.publishers = list(publishers)
         self.settings = settings or ControllerSettings()
         self.clock = clock
+        self.caps_provider = caps_provider
         self.stats = ControllerStats()
         self.config: Config | None = None
         self.state: DesiredState | None = None
@@ -159,9 +161,10 @@ class Controller:
                 log.error("_reload_config: %s (%d problem(s))", msg, len(exc.reasons))
                 self.stats.last_error = msg
             return
-        if self.config is None or cfg.digest != self.config.digest:
+        if self.config is None or cfg.digest != self.config.digest or cfg.source != self.config.source:
             if self.config is not None:
-                log.info("_reload_config: policy %s now in force", cfg.digest[:19])
+                log.info("_reload_config: policy %s %snow in force", cfg.digest[:19],
+                         f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
 
     async def cycle(self) -> DesiredState | None:
@@ -191,9 +194,10 @@ class Controller:
         self.stats.rejected_reports += len(rejected)
         previous = self.state
         now = self.clock()
+        caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
         new = plan(
             self.config.policy, self.config.inventory, reports, overrides, previous, now,
-            digest=self.config.digest,
+            digest=self.config.digest, caps=caps,
         )
         self.stats.plans += 1
         self.state = new
@@ -229,6 +233,7 @@ class Controller:
                 "ts": state.generated_at,
                 "generation": state.generation,
                 "policy_digest": state.policy_digest,
+                "policy_commit": self.config.commit if self.config is not None else "",
                 "fencing_token": self.lease[1],
                 "held": state.held,
                 "decisions": [

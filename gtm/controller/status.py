@@ -24,6 +24,11 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
     desired = await store.get_desired()
     leader = await store.leader()
     rejected = await store.rejected_counts()
+    newest = await store.read_audit(1)
+    # The newest audit entry is written with the desired state (controller ``_persist``).
+    audited = newest[0][1] if newest and desired is not None else {}
+    same = desired is not None and audited.get("generation") == str(desired.generation)
+    desired_commit = audited.get("policy_commit", "") if same else ""
     providers = {}
     for name in ("embedded-dns",):
         info = await store.get_applied(name)
@@ -58,6 +63,7 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
         "now": now,
         "leader": leader,
         "policy_digest": config.digest,
+        "policy_commit": config.commit,
         "desired": (
             {
                 "generation": desired.generation,
@@ -65,6 +71,7 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
                 "held": desired.held,
                 "hold_reason": desired.hold_reason,
                 "policy_digest": desired.policy_digest,
+                "policy_commit": desired_commit,
                 "routing_digest": desired.routing_digest(),
             }
             if desired is not None

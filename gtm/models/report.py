@@ -56,6 +56,15 @@ class ModelStats(_Report):
         tokens_per_s: decode tokens/s measured between the last two scrapes, or None.
         errors_total: failed or aborted requests (counter).
         spare_capacity: what the model's fleet can still take, in ``FleetReport.capacity_unit``.
+        ttft_s: mean time to first token over the last scrape interval, seconds (Δ``_sum`` /
+            Δ``_count`` of the engine's TTFT histogram; TGI: queue + prefill approximation), or
+            None when no request finished in the interval or the engine does not export it.
+        itl_s: mean inter-token latency over the last scrape interval, seconds, or None.
+        requests_per_s: finished requests per second over the last scrape interval, or None.
+        error_rate: failed or aborted share of the requests finished in the last scrape
+            interval, fraction 0..1, or None (no request finished, or no error counter).
+        replicas_by_version: healthy replicas per model version they serve (versions the
+            engine reports, else the inventory's), or None when no version is known.
     """
 
     model: str
@@ -69,6 +78,18 @@ class ModelStats(_Report):
     tokens_per_s: float | None = Field(default=None, ge=0)
     errors_total: float = Field(default=0.0, ge=0)
     spare_capacity: float = Field(default=0.0, ge=0)
+    ttft_s: float | None = Field(default=None, ge=0)
+    itl_s: float | None = Field(default=None, ge=0)
+    requests_per_s: float | None = Field(default=None, ge=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    replicas_by_version: dict[str, int] | None = None
+
+    def healthy_on(self, version: str) -> int:
+        """Healthy replicas serving ``version`` (from ``replicas_by_version`` when reported,
+        else all healthy replicas when ``version`` is the only one reported)."""
+        if self.replicas_by_version is not None:
+            return self.replicas_by_version.get(version, 0)
+        return self.replicas_healthy if self.version == version else 0
 
 
 class GpuStats(_Report):

@@ -26,6 +26,7 @@ from gtm.errors import PermanentProviderError
 from gtm.log import get_logger
 from gtm.models.plan import DesiredState
 from gtm.providers.records import (
+    OWNER_PREFIX,
     Observed,
     Plan,
     RecordSet,
@@ -100,8 +101,14 @@ class Provider(ABC):
     # -- to implement ------------------------------------------------------------------
 
     @abstractmethod
-    async def observe(self, zone: str) -> Observed:
-        """What the provider holds in ``zone``, split by ownership (``split_ownership``)."""
+    async def observe(self, zone: str, managed_names: Sequence[str] = ()) -> Observed:
+        """What the provider holds in ``zone``, split by ownership (``split_ownership``).
+
+        Args:
+            zone: the zone.
+            managed_names: names gtm wants to write; record sets there that another owner
+                holds are reported as ``foreign`` (conflicts).
+        """
 
     @abstractmethod
     def render(self, state: DesiredState, zone: str) -> list[RecordSet]:
@@ -140,11 +147,14 @@ class Provider(ABC):
         return sorted({s.zone for s in state.services.values()} & set(self.zones))
 
     async def plan_state(self, state: DesiredState) -> list[Plan]:
-        """Observe each managed zone and plan the change to ``state`` (no write)."""
+        """Render first, then observe each managed zone with the rendered names (so foreign
+        record sets at those names are reported and left alone), and plan (no write)."""
         plans = []
         for zone in self.zones_of(state):
-            observed = await self.observe(zone)
-            plans.append(self.plan(self.with_markers(self.render(state, zone)), observed))
+            desired = self.with_markers(self.render(state, zone))
+            names = sorted({r.name for r in desired if not r.name.startswith(OWNER_PREFIX + ".")})
+            observed = await self.observe(zone, managed_names=names)
+            plans.append(self.plan(desired, observed))
         return plans
 
     async def apply(self, plan: Plan, *, dry_run: bool = True, force: bool = False) -> ApplyResult:

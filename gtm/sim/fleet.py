@@ -10,8 +10,18 @@ series rewritten from a simulated state so the numbers are coherent:
 * the decode-token counter grows at ``tokens_per_s × load`` tokens/s (the whole fleet),
   integrated over time, and stands still while ``dead`` or ``wedged``.
 
-Modes (``POST /_sim/state`` with JSON ``{"mode": ..., "load": 0.0-1.0}``; ``tokens_per_s``
-and ``version`` may be set too; ``GET /_sim/state`` returns the state):
+* requests finish at ``tokens_per_s × load / TOKENS_PER_REQUEST`` per second; a share
+  ``error_rate`` of them fails (vLLM ``request_success_total{finished_reason="abort"}``, SGLang
+  ``num_aborted_requests_total``, TGI ``tgi_request_failure``); every finished request adds one
+  observation of ``ttft_s`` / ``itl_s`` (× ``1 ± jitter``, drawn per scrape interval from a
+  seeded generator) to the TTFT / ITL histograms (``_sum``, ``_count`` and cumulative
+  ``_bucket`` series stay coherent; TGI's TTFT is split between queue time and prefill);
+* the served version is exported as ``gtm_served_version_info{version="..."} 1`` so the agent
+  sees a deploy (``POST /_sim/state {"version": "v2"}``).
+
+Modes (``POST /_sim/state`` with JSON ``{"mode": ..., "load": 0.0-1.0}``; ``tokens_per_s``,
+``version``, ``error_rate`` (0..1), ``ttft_s``, ``itl_s`` (seconds) and ``jitter`` (0..1) may be
+set too; ``GET /_sim/state`` returns the state):
 
 * ``healthy``: health 200.
 * ``dead``: health fails like the engine does when its core died — vLLM 503 (EngineDeadError,
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import time
 from collections.abc import Callable
@@ -82,12 +93,54 @@ _MODEL_LABEL = {
     "triton": re.compile(r'(\bmodel=")(?:[^"\\]|\\.)*(")'),
 }
 _FRACTIONS = frozenset({"kv", "util", "xid"})
+_LE = re.compile(r'\ble="([^"]+)"')
+
+_HISTOGRAMS: dict[str, dict[str, str]] = {
+    "vllm": {
+        "vllm:time_to_first_token_seconds": "ttft",
+        "vllm:inter_token_latency_seconds": "itl",
+        "vllm:time_per_output_token_seconds": "itl",
+    },
+    "sglang": {
+        "sglang:time_to_first_token_seconds": "ttft",
+        "sglang:inter_token_latency_seconds": "itl",
+        "sglang:time_per_output_token_seconds": "itl",
+    },
+    "tgi": {
+        "tgi_request_queue_duration": "queue",
+        "tgi_batch_forward_duration": "prefill",
+        "tgi_request_mean_time_per_token_duration": "itl",
+    },
+}
+"""Latency histograms simulated per kind: family → simulated quantity (slot ``h:<qty>:<part>``)."""
+
+TGI_QUEUE_SHARE = 0.5
+"""Share of the simulated TTFT that TGI spends queued (the rest is prefill)."""
+
+
+def _hist_slot(kind: str, name: str, line: str) -> str | None:
+    for suffix in ("_sum", "_count", "_bucket"):
+        if not name.endswith(suffix):
+            continue
+        qty = _HISTOGRAMS.get(kind, {}).get(name[: -len(suffix)])
+        if qty is None or (qty == "prefill" and 'method="prefill"' not in line):
+            return None
+        if suffix == "_bucket":
+            m = _LE.search(line)
+            return f"h:{qty}:le={m.group(1)}" if m else None
+        return f"h:{qty}:{suffix[1:]}"
+    return None
 
 
 def _slot(kind: str, line: str) -> str | None:
     """Which simulated quantity a sample line carries, or None to serve it unchanged."""
     name = line.split("{", 1)[0].split(" ", 1)[0]
+    hist = _hist_slot(kind, name, line)
+    if hist is not None:
+        return hist
     if kind == "vllm":
+        if name == "vllm:request_success_total":
+            return "req_abort" if 'finished_reason="abort"' in line else "req_ok"
         return {
             "vllm:num_requests_running": "running",
             "vllm:num_requests_waiting": "waiting",
@@ -101,6 +154,9 @@ def _slot(kind: str, line: str) -> str | None:
             "tgi_batch_current_size": "running",
             "tgi_batch_current_max_tokens": "kv_tokens",
             "tgi_request_generated_tokens_sum": "tokens",
+            "tgi_request_count": "req_all",
+            "tgi_request_success": "req_ok",
+            "tgi_request_failure": "req_fail",
         }.get(name)
     if kind == "sglang":
         return {
@@ -109,6 +165,8 @@ def _slot(kind: str, line: str) -> str | None:
             "sglang:token_usage": "kv",
             "sglang:generation_tokens_total": "tokens",
             "sglang:gen_throughput": "rate",
+            "sglang:num_requests_total": "req_all",
+            "sglang:num_aborted_requests_total": "req_fail",
         }.get(name)
     if kind == "triton":
         if name == "nv_trt_llm_request_metrics":
@@ -159,6 +217,11 @@ def _compile(kind: str, text: str, model: str) -> _Template:
         raw.append(m["head"])
         raw.append((slot, ""))
         raw.append(m["rest"] + "\n")
+        if slot == "req_ok" and kind == "vllm" and 'finished_reason="abort"' not in text and "req_abort" not in counts:
+            # The sample has no aborted requests: add the series, so errors show up coherently.
+            head = re.sub(r'finished_reason="[^"]*"', 'finished_reason="abort"', m["head"])
+            raw.extend([head, ("req_abort", ""), "\n"])
+            counts["req_abort"] = 1
     if kind == "tgi" and "tgi_batch_max_total_tokens" not in text:
         raw.append(
             "# HELP tgi_batch_max_total_tokens Maximum tokens for the current batch\n"
@@ -168,8 +231,24 @@ def _compile(kind: str, text: str, model: str) -> _Template:
         raw.append(("budget", ""))
         raw.append("\n")
         counts["budget"] = 1
+    if kind == "sglang" and "sglang:num_aborted_requests_total" not in text:
+        raw.append(
+            "# HELP sglang:num_aborted_requests_total Number of requests aborted.\n"
+            "# TYPE sglang:num_aborted_requests_total counter\n"
+            f'sglang:num_aborted_requests_total{{model_name="{_escape(model)}"}} '
+        )
+        raw.append(("req_fail", ""))
+        raw.append("\n")
+        counts["req_fail"] = 1
     parts: list[str | tuple[str, int]] = [p if isinstance(p, str) else (p[0], counts[p[0]]) for p in raw]
     return _Template(parts=parts, base=base)
+
+
+def _le(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
 
 
 def _escape(value: str) -> str:
@@ -193,12 +272,17 @@ class FleetSim:
     Attributes:
         kind: engine kind played (``vllm``, ``tgi``, ``sglang``, ``triton``).
         model: served model name written into the samples' model label.
-        version: model version (reported on ``/_sim/state``; the agent takes it from the
-            inventory's ``FleetSource.version``).
+        version: model version, exported as ``gtm_served_version_info{version=...}`` (the
+            agent prefers it to the inventory's ``FleetSource.version``).
         replicas: replicas simulated; load series are summed over them.
         tokens_per_s: the whole fleet's decode rate at load 1.0, tokens/s.
         mode: one of ``MODES``.
         load: offered load per replica, 0..1.
+        error_rate: share of finished requests that fail, 0..1.
+        ttft_s: time to first token of a request, seconds.
+        itl_s: inter-token latency, seconds.
+        jitter: relative spread of the latencies per scrape interval, 0..1.
+        seed: seed of the jitter's generator.
         clock: monotonic clock, seconds (replaceable in tests).
         url: ``http://host:port`` once started.
     """
@@ -210,12 +294,20 @@ class FleetSim:
     tokens_per_s: float = 1000.0
     mode: str = "healthy"
     load: float = 0.3
+    error_rate: float = 0.0
+    ttft_s: float = 0.2
+    itl_s: float = 0.02
+    jitter: float = 0.1
+    seed: int = 0
     clock: Callable[[], float] = time.monotonic
     url: str = ""
     _templates: dict[str, _Template] = field(default_factory=dict, repr=False)
     _base: dict[str, float] = field(default_factory=dict, repr=False)
     _tokens: float = field(default=0.0, repr=False)
     _t: float = field(default=0.0, repr=False)
+    _hist: dict[str, float] = field(default_factory=dict, repr=False)
+    _counters: dict[str, float] = field(default_factory=dict, repr=False)
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -232,6 +324,10 @@ class FleetSim:
         }
         self._base = dict(self._templates[self.kind].base)
         self._tokens = self._base.get("tokens", 0.0)
+        self._hist = {k: v for k, v in self._base.items() if k.startswith("h:")}
+        self._counters = {k: self._base.get(k, 0.0) for k in ("req_ok", "req_all", "req_abort", "req_fail")}
+        self._rng = random.Random(self.seed)
+        self._check_quality(self.error_rate, self.ttft_s, self.itl_s, self.jitter)
         self._t = self.clock()
 
     # -- state ----------------------------------------------------------------------------
@@ -250,8 +346,46 @@ class FleetSim:
 
     def _advance(self) -> None:
         now = self.clock()
-        self._tokens += self.rate * max(0.0, now - self._t)
+        dt = max(0.0, now - self._t)
+        self._tokens += self.rate * dt
         self._t = now
+        requests = self.rate * dt / TOKENS_PER_REQUEST
+        if requests <= 0:
+            return
+        failed = requests * self.error_rate
+        c = self._counters
+        c["req_all"] += requests
+        c["req_ok"] += requests - failed
+        c["req_abort"] += failed
+        c["req_fail"] += failed
+        spread = 1.0 + self.jitter * self._rng.uniform(-1.0, 1.0)
+        ttft = self.ttft_s * spread
+        observed = {
+            "ttft": ttft,
+            "queue": ttft * TGI_QUEUE_SHARE,
+            "prefill": ttft * (1 - TGI_QUEUE_SHARE),
+            "itl": self.itl_s * spread,
+        }
+        for qty, value in observed.items():
+            # Each finished request is one observation (TGI counts prefill batches; one per
+            # request here). Buckets are cumulative: every bucket with le >= value grows.
+            prefix = f"h:{qty}:"
+            for key in [k for k in self._hist if k.startswith(prefix)]:
+                part = key[len(prefix):]
+                if part == "sum":
+                    self._hist[key] += value * requests
+                elif part == "count" or (part.startswith("le=") and _le(part[3:]) >= value):
+                    self._hist[key] += requests
+
+    @staticmethod
+    def _check_quality(error_rate: float | None, ttft_s: float | None, itl_s: float | None,
+                       jitter: float | None) -> None:
+        if error_rate is not None and not 0.0 <= error_rate <= 1.0:
+            raise ValueError("error_rate must be within 0..1")
+        if jitter is not None and not 0.0 <= jitter <= 1.0:
+            raise ValueError("jitter must be within 0..1")
+        if (ttft_s is not None and ttft_s < 0) or (itl_s is not None and itl_s < 0):
+            raise ValueError("ttft_s and itl_s must be >= 0")
 
     def set_state(
         self,
@@ -259,11 +393,17 @@ class FleetSim:
         load: float | None = None,
         tokens_per_s: float | None = None,
         version: str | None = None,
+        *,
+        error_rate: float | None = None,
+        ttft_s: float | None = None,
+        itl_s: float | None = None,
+        jitter: float | None = None,
     ) -> None:
-        """Change the simulated state (the token counter stays continuous).
+        """Change the simulated state (the counters stay continuous).
 
         Raises:
-            ValueError: unknown mode, load outside 0..1 or a negative rate.
+            ValueError: unknown mode, load outside 0..1, a negative rate or latency, or an
+                error rate or jitter outside 0..1.
         """
         if mode is not None and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
@@ -271,6 +411,7 @@ class FleetSim:
             raise ValueError("load must be within 0..1")
         if tokens_per_s is not None and tokens_per_s < 0:
             raise ValueError("tokens_per_s must be >= 0")
+        self._check_quality(error_rate, ttft_s, itl_s, jitter)
         self._advance()
         if mode is not None:
             if mode != self.mode:
@@ -282,6 +423,14 @@ class FleetSim:
             self.tokens_per_s = tokens_per_s
         if version is not None:
             self.version = version
+        if error_rate is not None:
+            self.error_rate = error_rate
+        if ttft_s is not None:
+            self.ttft_s = ttft_s
+        if itl_s is not None:
+            self.itl_s = itl_s
+        if jitter is not None:
+            self.jitter = jitter
 
     def state(self) -> dict[str, Any]:
         """The state as JSON-ready data."""
@@ -294,6 +443,10 @@ class FleetSim:
             "mode": self.mode,
             "load": self.load,
             "tokens_per_s": self.tokens_per_s,
+            "error_rate": self.error_rate,
+            "ttft_s": self.ttft_s,
+            "itl_s": self.itl_s,
+            "jitter": self.jitter,
             "generation_tokens_total": self._tokens,
             "values": self.values(),
         }
@@ -318,6 +471,8 @@ class FleetSim:
             "requests": float(int(self._base.get("requests", 0.0) + self._produced / TOKENS_PER_REQUEST)),
             "util": round(100.0 * self.load, 1) if self.mode != "dead" else 0.0,
             "xid": 79.0 if self.mode == "gpu-degraded" else 0.0,
+            **self._counters,
+            **self._hist,
         }
 
     def render(self, which: str | None = None) -> str:
@@ -332,6 +487,13 @@ class FleetSim:
             slot, n = p
             v = vals[slot]
             out.append(_fmt(v if slot in _FRACTIONS else v / n))
+        if which is None and self.version:
+            label = "model" if self.kind == "triton" else "model_name"
+            out.append(
+                "# HELP gtm_served_version_info Model version this fleet serves.\n"
+                "# TYPE gtm_served_version_info gauge\n"
+                f'gtm_served_version_info{{{label}="{_escape(self.model)}",version="{_escape(self.version)}"}} 1.0\n'
+            )
         return "".join(out)
 
     @property
@@ -403,16 +565,20 @@ async def _post_state(request: web.Request) -> web.Response:
         body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"mode", "load", "tokens_per_s", "version"}
+        floats = ("load", "tokens_per_s", "error_rate", "ttft_s", "itl_s", "jitter")
+        unknown = set(body) - {"mode", "version", *floats}
         if unknown:
             raise ValueError(f"unknown fields {sorted(unknown)}")
-        load = body.get("load")
-        tps = body.get("tokens_per_s")
+        num = {k: None if body.get(k) is None else float(body[k]) for k in floats}
         sim.set_state(
             mode=body.get("mode"),
-            load=None if load is None else float(load),
-            tokens_per_s=None if tps is None else float(tps),
+            load=num["load"],
+            tokens_per_s=num["tokens_per_s"],
             version=body.get("version"),
+            error_rate=num["error_rate"],
+            ttft_s=num["ttft_s"],
+            itl_s=num["itl_s"],
+            jitter=num["jitter"],
         )
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)

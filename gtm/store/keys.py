@@ -12,6 +12,7 @@
 | ``gtm:{ns}:leader`` / ``gtm:{ns}:epoch`` | SET NX PX / INCR | leader lease / fencing token |
 | ``gtm:{ns}:audit`` | stream, MAXLEN ~ | every change: what, why, policy digest, fencing token |
 | ``gtm:{ns}:rejected`` | hash | malformed reports rejected, by region |
+| ``gtm:{ns}:rollout:<name>`` | string (JSON) | rollout state machine (``gtm.engine.rollout``) |
 | ``gtm:{ns}:events`` | pub/sub channel | wake-ups; polling remains the fallback |
 """
 
@@ -73,6 +74,9 @@ class Keys:
     @property
     def rejected(self) -> str:
         return f"{self.prefix}rejected"
+
+    def rollout(self, name: str) -> str:
+        return f"{self.prefix}rollout:{name}"
 
     @property
     def events(self) -> str:

@@ -327,6 +327,64 @@ class Store:
             raise StoreError(f"reading leader: {exc}") from exc
         return None if v is None else str(v)
 
+    # -- rollouts ------------------------------------------------------------------------
+    # Rollout state is stored as the JSON text of ``gtm.engine.rollout.RolloutState``; the
+    # store keeps no knowledge of its shape. Writes are compare-and-set against the text read
+    # before, so the controller's ticks and operators' commands never overwrite each other.
+
+    async def get_rollouts(self, names: list[str]) -> dict[str, str]:
+        """Stored rollout states (JSON text) by name; names without one are left out."""
+        if not names:
+            return {}
+        try:
+            raw = await self.client.mget([self.keys.rollout(n) for n in names])
+        except RedisError as exc:
+            raise StoreError(f"reading rollouts: {exc}") from exc
+        return {n: t for n, t in zip(names, raw, strict=True) if t is not None}
+
+    async def put_rollout(
+        self, name: str, data: str, *, expect: str | None, lease_value: str | None = None
+    ) -> bool:
+        """Write a rollout's state if the stored text is still ``expect`` (None: absent).
+
+        With ``lease_value`` the write also needs that lease to be held (fencing: a deposed
+        leader cannot record a step). Publishes ``rollout:<name>`` to wake the controller.
+
+        Returns:
+            False when the stored state changed since it was read (re-read and retry).
+
+        Raises:
+            LeaseLostError: ``lease_value`` no longer holds the lease.
+            StoreError: Redis failed.
+        """
+        key = self.keys.rollout(name)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key, *([self.keys.leader] if lease_value is not None else []))
+                    if lease_value is not None and await pipe.get(self.keys.leader) != lease_value:
+                        await pipe.unwatch()
+                        raise LeaseLostError("leader lease lost; rollout state not written")
+                    if await pipe.get(key) != expect:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.set(key, data)
+                    pipe.publish(self.keys.events, f"rollout:{name}")
+                    await pipe.execute()
+                except WatchError:
+                    return False
+        except RedisError as exc:
+            raise StoreError(f"writing rollout {name}: {exc}") from exc
+        return True
+
+    async def delete_rollout(self, name: str) -> bool:
+        """Remove a rollout's state (tests and clean-up); returns whether it existed."""
+        try:
+            return bool(await self.client.delete(self.keys.rollout(name)))
+        except RedisError as exc:
+            raise StoreError(f"deleting rollout {name}: {exc}") from exc
+
     # -- events --------------------------------------------------------------------------
 
     async def publish(self, event: str) -> None:

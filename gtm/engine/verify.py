@@ -1,0 +1,216 @@
+"""``gtm policy verify``: the plan under every combination of region failures, and each region
+drained, checked against the invariants (pure: no I/O, a synthetic clock).
+
+Scenarios: every subset of failed regions for up to ``max_exhaustive`` regions (2^n plans:
+65,536 at 16); past that, every subset of at most ``k`` failures with k the largest that keeps
+the count under 2^max_exhaustive (said in the result). Each scenario is planned from the
+all-healthy plan as previous, as the controller would meet it.
+
+Invariants (a break makes verify fail):
+- residency: a pinned segment's answers only name regions in its jurisdictions, unless the
+  policy explicitly lets it spill (reported as "relies on spill");
+- failover: a failed region takes no traffic unless its pool is held (fail-static) or opened
+  (fail-open), which are reported;
+- drains: a drained region never gains weight while draining;
+- determinism: the same inputs give the same routing digest.
+
+Findings (reported, not failures): segments left dark, pools over capacity (the pool's demand
+exceeds what its surviving regions can take), reliance on fail-open/fail-static/spill/fallback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+from gtm.engine.planner import plan
+from gtm.models.override import Override
+from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy
+from gtm.models.region import Inventory
+from gtm.models.report import FleetReport, ModelStats
+
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class Scenario:
+    """One combination and what it showed."""
+
+    failed: tuple[str, ...]
+    drained: str | None = None
+    dark: list[str] = field(default_factory=list)
+    over_capacity: list[str] = field(default_factory=list)
+    relies_on: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def notable(self) -> bool:
+        return bool(self.dark or self.over_capacity or self.relies_on or self.broken)
+
+
+@dataclass
+class VerifyResult:
+    """Everything verify found.
+
+    Attributes:
+        regions: regions considered.
+        exhaustive: whether every failure subset was planned.
+        max_failures: the largest failure set planned.
+        scenarios: how many plans were made.
+        notable: scenarios with findings or broken invariants.
+        broken: how many scenarios broke an invariant.
+        seconds: wall time.
+    """
+
+    regions: tuple[str, ...]
+    exhaustive: bool
+    max_failures: int
+    scenarios: int
+    notable: list[Scenario]
+    broken: int
+    seconds: float
+
+
+def _reports(policy: Policy, inventory: Inventory, regions: tuple[str, ...], load: float) -> tuple[
+    dict[str, FleetReport], dict[str, FleetReport]
+]:
+    models = sorted({s.model for s in policy.services if s.model is not None})
+    good: dict[str, FleetReport] = {}
+    bad: dict[str, FleetReport] = {}
+    for r in regions:
+        replicas = max(1, sum(src.replicas for src in inventory.regions[r].fleet))
+        spare = replicas * (1 - load)
+        stats = {m: ModelStats(model=m, replicas_total=replicas, replicas_healthy=replicas, spare_capacity=spare)
+                 for m in models}
+        good[r] = FleetReport(region=r, agent_id="verify", seq=1, observed_at=T0, interval_s=2.0, healthy=True,
+                              consecutive_ok=100, models=stats, spare_capacity=spare)
+        bad[r] = FleetReport(region=r, agent_id="verify", seq=2, observed_at=T0, interval_s=2.0, healthy=False,
+                             consecutive_fail=100, reason="verify: failed",
+                             models={m: ModelStats(model=m, replicas_total=replicas, replicas_healthy=0)
+                                     for m in models})
+    return good, bad
+
+
+def _check(
+    policy: Policy,
+    inventory: Inventory,
+    state: DesiredState,
+    failed: set[str],
+    sc: Scenario,
+    load_of: dict[str, float],
+    cap_of: dict[str, float],
+) -> None:
+    for svc in state.services.values():
+        for route in svc.segments:
+            pool = state.pools[route.pool_id]
+            where = f"{svc.name}/{route.segment}"
+            active = pool.active
+            if route.note:
+                sc.relies_on.append(f"fallback at {where}")
+            if pool.mode == "dark" or not active:
+                sc.dark.append(where)
+                continue
+            if pool.mode in ("fail-static", "fail-open", "spill"):
+                sc.relies_on.append(f"{pool.mode} at {where}")
+            if route.jurisdictions:
+                outside = [m.region for m in active
+                           if inventory.regions[m.region].jurisdiction not in route.jurisdictions]
+                if outside and pool.mode != "spill":
+                    sc.broken.append(f"residency: {where} pinned to {'/'.join(route.jurisdictions)} answers {outside}")
+            if pool.mode == "normal":
+                dead = [m.region for m in active if m.region in failed]
+                if dead:
+                    sc.broken.append(f"failover: {where} still sends traffic to failed {dead}")
+            if pool.mode != "fail-open":
+                demand = sum(load_of[m.region] for m in pool.members)
+                capacity = sum(cap_of[m.region] for m in active if m.region not in failed)
+                if demand > capacity + 1e-9:
+                    sc.over_capacity.append(f"{where} ({demand:.1f} > {capacity:.1f})")
+
+
+def verify(
+    policy: Policy,
+    inventory: Inventory,
+    *,
+    load: float = 0.5,
+    max_exhaustive: int = 16,
+    check_determinism_every: int = 16,
+) -> VerifyResult:
+    """Plan every failure combination (and each region drained) and check the invariants.
+
+    Args:
+        policy: the policy to verify.
+        inventory: the regions.
+        load: assumed load per replica, fraction 0..1 (spare = replicas × (1 − load)).
+        max_exhaustive: plan every subset up to this many regions (2^n plans).
+        check_determinism_every: re-plan every n-th scenario to check determinism.
+    """
+    t_start = time.perf_counter()
+    regions = tuple(sorted(policy.region_names & inventory.regions.keys()))
+    n = len(regions)
+    good, bad = _reports(policy, inventory, regions, load)
+    replicas = {r: max(1, sum(src.replicas for src in inventory.regions[r].fleet)) for r in regions}
+    load_of = {r: replicas[r] * load for r in regions}
+    cap_of = {r: float(replicas[r]) for r in regions}
+    digest = "verify"
+    baseline = plan(policy, inventory, good, {}, None, T0, digest=digest)
+    if n <= max_exhaustive:
+        max_k, exhaustive = n, True
+    else:
+        budget = 2**max_exhaustive
+        max_k, total = 0, 1
+        while max_k < n and total + math.comb(n, max_k + 1) <= budget:
+            max_k += 1
+            total += math.comb(n, max_k)
+        exhaustive = False
+    notable: list[Scenario] = []
+    count = broken = 0
+    for k in range(max_k + 1):
+        for failed in itertools.combinations(regions, k):
+            fs = set(failed)
+            reps = {r: bad[r] if r in fs else good[r] for r in regions}
+            state = plan(policy, inventory, reps, {}, baseline, T0 + 1, digest=digest)
+            sc = Scenario(failed=failed)
+            _check(policy, inventory, state, fs, sc, load_of, cap_of)
+            if count % check_determinism_every == 0:
+                again = plan(policy, inventory, reps, {}, baseline, T0 + 1, digest=digest)
+                if again.routing_digest() != state.routing_digest():
+                    sc.broken.append("determinism: the same inputs gave different routing")
+            count += 1
+            broken += bool(sc.broken)
+            if sc.notable:
+                notable.append(sc)
+    for r in regions:
+        ov = {r: Override(region=r, kind="drain", reason="verify", actor="verify", since=T0)}
+        state = baseline
+        sc = Scenario(failed=(), drained=r)
+        before = {pid: p.weight_of(r) for pid, p in state.pools.items()}
+        for i in range(1, 300):
+            nxt = plan(policy, inventory, good, ov, state, T0 + i * policy.safety.step_interval_s, digest=digest)
+            count += 1
+            for pid, p in nxt.pools.items():
+                if p.weight_of(r) > before.get(pid, p.weight_of(r)):
+                    sc.broken.append(f"drain: {r} gained weight in {pid}")
+            now_w = {pid: p.weight_of(r) for pid, p in nxt.pools.items()}
+            if now_w == before and i > 1:
+                held = sorted({m.reason for p in nxt.pools.values() for m in p.members
+                               if m.region == r and "held" in m.reason})
+                if held:
+                    rule = ("headroom" if "headroom" in held[0] else "min_healthy_regions"
+                            if "min_healthy" in held[0] else "max_drained" if "max_drained" in held[0] else "safety")
+                    sc.relies_on.append(f"drain held ({rule})")
+                    sc.details.extend(held)
+                break
+            before, state = now_w, nxt
+        _check(policy, inventory, state, set(), sc, load_of, cap_of)
+        broken += bool(sc.broken)
+        if sc.notable:
+            notable.append(sc)
+    return VerifyResult(
+        regions=regions, exhaustive=exhaustive, max_failures=max_k, scenarios=count,
+        notable=notable, broken=broken, seconds=time.perf_counter() - t_start,
+    )
