@@ -270,6 +270,8 @@ def services_for(draw: st.DrawFn, inventory: Inventory, index: int) -> Service:
     static: dict[str, int] = {}
     if routing == "static":
         static = {r: draw(st.integers(0, 255)) for r in regions}
+        if not any(static.values()):  # an all-zero static service is refused by validation
+            static[regions[0]] = draw(st.integers(1, 255))
     return make_service(
         f"svc{index}",
         regions,

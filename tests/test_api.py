@@ -114,5 +114,8 @@ async def test_status_and_metrics(store: Store) -> None:
                    if s.labels["segment"] == "default"}
         assert weights["us-west-2"] == 0.0 and weights["us-east-1"] > 0
         assert fams["gtm_controller_leader"].samples[0].value == 1.0
+        assert fams["gtm_controller_cycles"].type == "counter"
+        assert fams["gtm_controller_cycles"].samples[0].name == "gtm_controller_cycles_total"
+        assert fams["gtm_controller_cycles"].samples[0].value == 1.0
     finally:
         await client.close()

@@ -136,7 +136,48 @@ services:
     with pytest.raises(ConfigError) as exc:
         load_policy(f)
     (reason,) = reasons_of(exc)
-    assert reason.startswith(f"{f}:9: services[1]: static weight 300 for 'us-east-1' is outside 0-255")
+    # The weight is checked on the field itself: file, its own line, the exact path, the value.
+    assert reason == (
+        f"{f}:14: services[1].static_weights.us-east-1: Input should be less than or equal to 255 (value: 300)"
+    )
+
+
+def test_cross_field_error_points_at_the_item(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "policy.yaml",
+        ZONES
+        + """\
+services:
+  - name: chat
+    fqdn: chat.gtm.example.com
+    zone: gtm.example.com
+    regions: [us-east-1]
+  - name: embed
+    fqdn: embed.other.example.com
+    zone: gtm.example.com
+    regions: [us-east-1]
+""",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_policy(f)
+    (reason,) = reasons_of(exc)
+    assert reason.startswith(f"{f}:9: services[1]: fqdn 'embed.other.example.com' is not inside zone 'gtm.example.com'")
+
+
+def test_empty_binary_and_duplicate_key_files_are_clear_errors(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty.yaml", "")
+    with pytest.raises(ConfigError) as exc:
+        load_policy(empty)
+    assert reasons_of(exc) == [f"{empty}:1: the file is empty"]
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"zones:\n  - name: \xff\n")
+    with pytest.raises(ConfigError) as exc:
+        load_policy(binary)
+    assert reasons_of(exc) == [f"{binary}:2: not UTF-8 (byte 0xff at offset 17)"]
+    dup = write(tmp_path / "dup.yaml", ZONES + "services: []\nservices: []\n")
+    with pytest.raises(ConfigError) as exc:
+        load_policy(dup)
+    assert "duplicate key 'services'" in reasons_of(exc)[0]
 
 
 def test_problems_in_several_files_are_all_reported(tmp_path: Path, regions_dir: Path) -> None:
@@ -330,3 +371,29 @@ def test_policy_split_over_files_merges_and_rejects_double_settings(tmp_path: Pa
     assert reasons_of(exc) == [
         f"{d / 'b.yaml'}:5: services[0].ttl: Input should be greater than or equal to 1 (value: 0)"
     ]
+
+
+def test_overlapping_client_networks_across_continents_are_refused(regions_dir: Path) -> None:
+    f = regions_dir / "eu-west-1.yaml"
+    f.write_text(f.read_text().replace("100.96.0.0/16", "100.64.128.0/17"))  # inside us-east-1's /16
+    with pytest.raises(ConfigError) as exc:
+        load_inventory(regions_dir)
+    (reason,) = reasons_of(exc)
+    assert "100.64.128.0/17 (EU) overlaps 100.64.0.0/16 of region 'us-east-1' (NA)" in reason
+
+
+def test_glue_must_be_an_address(tmp_path: Path) -> None:
+    f = write(tmp_path / "p.yaml", """\
+zones:
+  - name: gtm.example.com
+    nameservers: [ns1.gtm.example.com]
+    nameserver_addresses: {ns1.gtm.example.com: not-an-ip}
+services:
+  - name: chat
+    fqdn: chat.gtm.example.com
+    zone: gtm.example.com
+    regions: [us-east-1]
+""")
+    with pytest.raises(ConfigError) as exc:
+        load_policy(f)
+    assert reasons_of(exc)[0].startswith(f"{f}:4: zones[0].nameserver_addresses: glue address 'not-an-ip'")

@@ -213,3 +213,52 @@ async def test_most_reports_missing_is_static_stability(store: Store) -> None:
     assert "static stability" in state.hold_reason
     assert state.routing_digest() == good.routing_digest()
     assert len(pub.states) == 1
+
+
+async def test_a_bad_report_is_counted_once_and_the_next_good_one_is_used(store: Store) -> None:
+    clock = Clock()
+    ctl = Controller(store, make_config, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    await store.client.set(store.keys.report("us-west-2"), '{"region": "us-west-2", "spare_capacity": 1e308}')
+    for _ in range(5):
+        clock.t += 0.5
+        await ctl.cycle()
+    assert ctl.stats.rejected_reports == 1
+    assert (await store.rejected_counts()) == {"us-west-2": 1}
+    await store.put_report(make_report("us-west-2", clock.t), ttl_s=60, changed=True)
+    state = await ctl.cycle()
+    assert state is not None and state.regions["us-west-2"].state == "healthy"
+
+
+async def test_fencing_token_grows_per_leader_not_per_attempt(store: Store) -> None:
+    clock = Clock()
+    a = Controller(store, make_config, [], ControllerSettings(owner="a"), clock=clock)
+    b = Controller(store, make_config, [], ControllerSettings(owner="b"), clock=clock)
+    await put_healthy(store, clock.t)
+    for _ in range(10):
+        await a.cycle()
+        await b.cycle()
+    assert a.fencing_token == 1 and not b.is_leader
+    assert int(await store.client.get(store.keys.epoch)) == 1
+    await store.client.delete(store.keys.leader)
+    await b.cycle()
+    assert b.fencing_token == 2
+
+
+async def test_engine_failure_holds_last_good_routing(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    calls = {"n": 0}
+
+    async def exploding_caps(ctl: Controller, reports: object, now: float) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("boom")
+
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock,
+                     caps_provider=exploding_caps)
+    await put_healthy(store, clock.t)
+    good = await ctl.cycle()
+    clock.t += 1
+    again = await ctl.cycle()
+    assert again is good and ctl.stats.engine_errors == 1 and len(pub.states) == 1

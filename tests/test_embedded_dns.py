@@ -10,10 +10,15 @@ from collections.abc import AsyncIterator, Mapping
 import dns.edns
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
 import pytest
 
+from gtm.config.loader import Config
+from gtm.controller.loop import Controller
 from gtm.models.plan import (
     DesiredState,
     PoolMember,
@@ -23,7 +28,7 @@ from gtm.models.plan import (
     ServicePlan,
 )
 from gtm.models.policy import Zone
-from gtm.models.region import Region
+from gtm.models.region import Inventory, Region
 from gtm.providers.dnsclient import answer_shares, query, region_of
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
@@ -141,8 +146,8 @@ def make_state(
     )
 
 
-def make_table(*extra: tuple[str, str, str | None]) -> PrefixTable:
-    regions = [
+def make_regions(networks: Mapping[str, tuple[str, str]] = NETWORKS) -> list[Region]:
+    return [
         Region.model_validate(
             {
                 "name": name,
@@ -151,9 +156,12 @@ def make_table(*extra: tuple[str, str, str | None]) -> PrefixTable:
                 "endpoints": [{"address": ADDRESSES[name]}],
             }
         )
-        for name, (continent, net) in NETWORKS.items()
+        for name, (continent, net) in networks.items()
     ]
-    table = PrefixTable.from_regions(regions)
+
+
+def make_table(*extra: tuple[str, str, str | None]) -> PrefixTable:
+    table = PrefixTable.from_regions(make_regions())
     table.add(DE_SUBNET, "EU", "DE")
     for prefix, continent, country in extra:
         table.add(prefix, continent, country)
@@ -267,13 +275,44 @@ async def test_names_outside_every_zone_are_refused(server: EmbeddedDnsServer) -
         assert response.answer == [] and response.authority == []
 
 
-async def test_before_any_update_services_do_not_exist() -> None:
+async def test_before_any_update_in_zone_queries_get_servfail_not_negative_answers() -> None:
     srv = EmbeddedDnsServer([ZONE], make_table())
     await srv.start(HOST, 0)
     try:
+        # No routing yet: nothing may be cached as nonexistent, so resolvers retry.
+        for name, rdtype in (
+            (CHAT, "A"),
+            (CHAT, "AAAA"),
+            ("nope.gtm.example.com", "A"),
+            (APEX, "MX"),
+            (APEX, "ANY"),
+            ("ns1.gtm.example.com", "AAAA"),
+        ):
+            for tcp in (False, True):
+                response = await ask(srv, name, rdtype, client_subnet=EU_SUBNET, tcp=tcp)
+                assert response.rcode() == dns.rcode.SERVFAIL, (name, rdtype, tcp)
+                assert response.answer == [] and response.authority == []
+                assert not response.flags & dns.flags.AA
+        # What the zone configuration alone says is answered: apex SOA/NS, name-server address.
         soa = await ask(srv, APEX, "SOA")
+        assert soa.rcode() == dns.rcode.NOERROR and soa.flags & dns.flags.AA
         assert soa.answer[0][0].serial == 0
-        _assert_negative(await ask(srv, CHAT), dns.rcode.NXDOMAIN)
+        assert sorted(_values(await ask(srv, APEX, "NS"), dns.rdatatype.NS)) == [
+            "ns1.gtm.example.com.",
+            "ns2.dns.example.net.",
+        ]
+        assert _values(await ask(srv, "ns1.gtm.example.com"), dns.rdatatype.A) == ["192.0.2.53"]
+        assert (await ask(srv, "example.org")).rcode() == dns.rcode.REFUSED
+        # A reconfiguration does not make the server ready; the first state does.
+        srv.reconfigure([ZONE.model_copy(update={"negative_ttl": 60})], make_table())
+        assert (await ask(srv, CHAT)).rcode() == dns.rcode.SERVFAIL
+        assert srv.update(make_state())
+        assert region_of(await ask(srv, CHAT, client_subnet=EU_SUBNET), REGION_OF) in {
+            "eu-west-1",
+            "eu-central-1",
+        }
+        nx = await ask(srv, "nope.gtm.example.com")
+        assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority[0][0].minimum == 60
     finally:
         await srv.stop()
 
@@ -459,6 +498,69 @@ async def test_unsupported_requests_get_proper_rcodes(server: EmbeddedDnsServer)
     assert dns.message.from_wire(reply).rcode() == dns.rcode.NOTIMP
 
 
+async def test_update_opcode_gets_notimp_even_when_unparsable(server: EmbeddedDnsServer) -> None:
+    plain = dns.update.UpdateMessage(APEX)
+    plain.add("x", 30, "A", "192.0.2.99")
+    signed = dns.update.UpdateMessage(  # TSIG with a key the server does not know
+        APEX, keyring=dns.tsigkeyring.from_text({"k.": "c2VjcmV0c2VjcmV0"})
+    )
+    signed.add("x", 30, "A", "192.0.2.99")
+    bad_zone = plain.to_wire()
+    bad_zone = bad_zone[: 12 + len(APEX) + 2] + b"\x00\x01\x00\x01" + bad_zone[12 + len(APEX) + 6 :]
+    for wire in (plain.to_wire(), signed.to_wire(), bad_zone):
+        for transport in ("udp", "tcp"):
+            if transport == "udp":
+                reply = await _udp_exchange(server.port, wire)
+                assert reply is not None
+            else:
+                reader, writer = await asyncio.open_connection(HOST, server.port)
+                try:
+                    reply = await _tcp_exchange(reader, writer, wire)
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+            qid, flags = struct.unpack("!HH", reply[:4])
+            assert qid == struct.unpack("!H", wire[:2])[0]
+            assert flags & dns.flags.QR
+            assert dns.opcode.from_flags(flags) == dns.opcode.UPDATE
+            assert flags & 0xF == dns.rcode.NOTIMP, transport
+    assert (await ask(server, "x.gtm.example.com")).rcode() == dns.rcode.NXDOMAIN  # nothing added
+
+
+async def test_client_subnet_with_a_nonzero_scope_is_formerr(server: EmbeddedDnsServer) -> None:
+    for scope in (1, 16, 24):
+        bad = dns.message.make_query(
+            CHAT, "A", use_edns=0, options=[dns.edns.ECSOption("100.96.5.0", 24, scope)]
+        )
+        for tcp in (False, True):
+            response = await ask_message(server, bad, tcp=tcp)
+            assert response.id == bad.id
+            assert response.rcode() == dns.rcode.FORMERR, (scope, tcp)
+            assert response.answer == []
+    good = dns.message.make_query(
+        CHAT, "A", use_edns=0, options=[dns.edns.ECSOption("100.96.5.0", 24, 0)]
+    )
+    response = await ask_message(server, good)
+    assert response.rcode() == dns.rcode.NOERROR
+    assert region_of(response, REGION_OF) in {"eu-west-1", "eu-central-1"}
+
+
+async def ask_message(
+    srv: EmbeddedDnsServer, message: dns.message.Message, *, tcp: bool = False
+) -> dns.message.Message:
+    wire = message.to_wire()
+    if not tcp:
+        reply = await _udp_exchange(srv.port, wire)
+        assert reply is not None
+        return dns.message.from_wire(reply)
+    reader, writer = await asyncio.open_connection(HOST, srv.port)
+    try:
+        return dns.message.from_wire(await _tcp_exchange(reader, writer, wire))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 # -- updates --------------------------------------------------------------------------------
 
 
@@ -513,3 +615,94 @@ async def test_udp_answer_too_big_is_truncated_and_tcp_carries_it(
     tcp = await ask(server, GEO, client_subnet=UNKNOWN_SUBNET, tcp=True)
     assert not tcp.flags & dns.flags.TC
     assert len(_values(tcp, dns.rdatatype.A)) == 120
+
+
+# -- reconfiguration (policy / inventory reload) ---------------------------------------------
+
+NEW_EU_NETWORK = "100.98.0.0/16"
+NEW_EU_SUBNET = "100.98.7.0/24"
+
+
+async def test_reconfigure_swaps_zone_and_prefix_table(server: EmbeddedDnsServer) -> None:
+    # Before: the new network is unknown, so it is answered from the default segment.
+    before = await answer_shares(HOST, server.port, CHAT, NEW_EU_SUBNET, 100, REGION_OF)
+    assert "us-east-1" in before
+    soa = (await ask(server, APEX, "SOA")).answer[0][0]
+    assert soa.minimum == 45
+    serial, applied = server.serial, server.updates_applied
+
+    zone = ZONE.model_copy(update={"negative_ttl": 120})
+    server.reconfigure([zone], make_table((NEW_EU_NETWORK, "EU", None)))
+
+    assert server.serial == serial + 1  # the answers changed
+    assert server.updates_applied == applied  # same state, no update counted
+    soa = (await ask(server, APEX, "SOA")).answer[0][0]
+    assert (soa.minimum, soa.serial) == (120, serial + 1)
+    nx = await ask(server, "nope.gtm.example.com")
+    assert nx.rcode() == dns.rcode.NXDOMAIN
+    assert nx.authority[0].ttl == 120 and nx.authority[0][0].minimum == 120
+    # The last applied state is still served, now with the new table: EU regions only.
+    after = await answer_shares(HOST, server.port, CHAT, NEW_EU_SUBNET, 200, REGION_OF)
+    assert set(after) == {"eu-west-1", "eu-central-1"}
+    shares = await answer_shares(HOST, server.port, CHAT, NA_SUBNET, 100, REGION_OF)
+    assert "us-east-1" in shares  # other clients unchanged
+
+    # The same configuration again changes nothing.
+    server.reconfigure([zone], make_table((NEW_EU_NETWORK, "EU", None)))
+    assert server.serial == serial + 1
+    # A later update still works and keeps the new configuration.
+    assert server.update(make_state(generation=3, eu={"eu-west-1": 0, "eu-central-1": 1}))
+    assert server.serial == serial + 2
+    after = await answer_shares(HOST, server.port, CHAT, NEW_EU_SUBNET, 20, REGION_OF)
+    assert after == {"eu-central-1": 1.0}
+    assert (await ask(server, APEX, "SOA")).answer[0][0].minimum == 120
+
+
+async def test_reconfigure_rejects_no_zones_and_keeps_serving(server: EmbeddedDnsServer) -> None:
+    serial = server.serial
+    with pytest.raises(ValueError):
+        server.reconfigure([], make_table())
+    bad_glue = ZONE.model_copy(update={"nameserver_addresses": {"ns1.gtm.example.com": "nope"}})
+    with pytest.raises(ValueError):
+        server.reconfigure([bad_glue], make_table())
+    assert server.serial == serial
+    assert (await ask(server, APEX, "SOA")).answer[0][0].minimum == 45
+
+
+def _config(zone: Zone, networks: Mapping[str, tuple[str, str]], digest: str) -> Config:
+    from tests.factories import make_policy
+
+    policy = make_policy().model_copy(update={"zones": (zone,)})
+    inventory = Inventory(regions={r.name: r for r in make_regions(networks)})
+    return Config(policy=policy, inventory=inventory, digest=digest, files=())
+
+
+async def test_controller_policy_reload_reconfigures_the_dns_server(
+    server: EmbeddedDnsServer,
+) -> None:
+    configs = [_config(ZONE, NETWORKS, "sha256:one")]
+    ctl = Controller(None, lambda: configs[-1], [server])  # type: ignore[arg-type]
+    ctl._reload_config()  # the initial config, equal to what the server was built with...
+    serial = server.serial
+    # (the fixture's table has an extra DE entry the inventory does not: that is the change)
+
+    networks = dict(NETWORKS)
+    networks["eu-west-1"] = ("EU", NEW_EU_NETWORK)
+    zone = ZONE.model_copy(update={"negative_ttl": 90})
+    configs.append(_config(zone, networks, "sha256:two"))
+    ctl._reload_config()
+    assert ctl.config is configs[-1]
+    assert server.serial > serial
+    assert (await ask(server, APEX, "SOA")).answer[0][0].minimum == 90
+    shares = await answer_shares(HOST, server.port, CHAT, NEW_EU_SUBNET, 100, REGION_OF)
+    assert set(shares) == {"eu-west-1", "eu-central-1"}
+
+    # Conflicting client networks: the config may come into force, the DNS keeps its own.
+    serial = server.serial
+    clash = dict(networks)
+    clash["us-east-1"] = ("NA", NEW_EU_NETWORK)
+    configs.append(_config(ZONE, clash, "sha256:three"))
+    ctl._reload_config()  # logs, does not raise
+    assert ctl.config is configs[-1]
+    assert server.serial == serial
+    assert (await ask(server, APEX, "SOA")).answer[0][0].minimum == 90

@@ -141,8 +141,15 @@ async def test_malformed_report_is_rejected_and_counted(store: Store) -> None:
     assert rejected[0].startswith("rejected report for eu-central-1")
     assert rejected[1].startswith("rejected report for eu-west-1")
     assert await store.rejected_counts() == {"eu-central-1": 1, "eu-west-1": 1}
-    await store.get_reports(regions)
-    assert await store.rejected_counts() == {"eu-central-1": 2, "eu-west-1": 2}
+    # The same bad payload read again is still left out, but counted (and logged) once.
+    reports, rejected = await store.get_reports(regions)
+    assert reports == {"us-east-1": good} and rejected == []
+    assert await store.rejected_counts() == {"eu-central-1": 1, "eu-west-1": 1}
+    # A new bad payload counts again.
+    await store.client.set(store.keys.report("eu-west-1"), "{still not json")
+    _, rejected = await store.get_reports(regions)
+    assert len(rejected) == 1
+    assert await store.rejected_counts() == {"eu-central-1": 1, "eu-west-1": 2}
 
 
 async def test_report_under_another_regions_key_is_rejected(store: Store) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from pydantic import ValidationError
 
 from gtm.config.loader import Config
@@ -119,14 +120,8 @@ async def _metrics(request: web.Request) -> web.Response:
     reg = CollectorRegistry()
     ctl: Controller | None = request.app[CONTROLLER_KEY]  # type: ignore[assignment]
     if ctl is not None:
-        Gauge("gtm_controller_cycles", "Reconcile cycles run", registry=reg).set(ctl.stats.cycles)
+        reg.register(_ControllerCounters(ctl))
         Gauge("gtm_controller_leader", "1 when this replica holds the lease", registry=reg).set(int(ctl.is_leader))
-        Gauge("gtm_reports_rejected", "Malformed agent reports rejected", registry=reg).set(ctl.stats.rejected_reports)
-        Gauge("gtm_store_errors", "Cycles that could not reach Redis", registry=reg).set(ctl.stats.store_errors)
-        Gauge("gtm_config_errors", "Policy reloads rejected", registry=reg).set(ctl.stats.config_errors)
-        pubs = Gauge("gtm_provider_publishes", "Routing changes written", ["provider"], registry=reg)
-        for name, n in ctl.stats.publishes.items():
-            pubs.labels(name).set(n)
         state = ctl.state
         if state is not None:
             Gauge("gtm_generation", "Routing generation in force", registry=reg).set(state.generation)
@@ -144,6 +139,33 @@ async def _metrics(request: web.Request) -> web.Response:
                 for m in pool.members:
                     weight.labels(pid, pool.segment, m.region).set(m.weight)
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _ControllerCounters:
+    """The controller's monotonic counters, exposed as Prometheus counters (``*_total``)."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+
+    def collect(self) -> Any:
+        st = self.ctl.stats
+        for name, doc, value in (
+            ("gtm_controller_cycles", "Reconcile cycles run", st.cycles),
+            ("gtm_controller_plans", "Plans computed", st.plans),
+            ("gtm_reports_rejected", "Malformed agent reports rejected", st.rejected_reports),
+            ("gtm_store_errors", "Cycles that could not reach Redis", st.store_errors),
+            ("gtm_config_errors", "Policy reloads rejected (last good kept)", st.config_errors),
+            ("gtm_engine_errors", "Plans that failed (last good routing kept)", st.engine_errors),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        pubs = CounterMetricFamily("gtm_provider_publishes", "Routing changes written", labels=["provider"])
+        for provider, n in sorted(st.publishes.items()):
+            pubs.add_metric([provider], n)
+        yield pubs
+        errs = CounterMetricFamily("gtm_provider_errors", "Provider writes that failed", labels=["provider"])
+        for provider, n in sorted(st.publish_errors.items()):
+            errs.add_metric([provider], n)
+        yield errs
 
 
 async def _drain(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -47,7 +48,7 @@ policy_app = typer.Typer(help="Validate policy and inventory files.", no_args_is
 app.add_typer(policy_app, name="policy")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 log = get_logger("cli")
 
 
@@ -60,7 +61,16 @@ RedisOpt = typer.Option(
     None, "--redis", envvar="GTM_REDIS_URL",
     help=f"Redis URL (redis://, rediss:// for TLS, embedded:// in-process). Default {DEFAULT_REDIS_URL}.",
 )
-NsOpt = typer.Option("default", "--namespace", "--ns", envvar="GTM_NAMESPACE", help="Installation namespace in Redis.")
+def _check_ns(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value or ""):
+        raise typer.BadParameter("1-64 characters from A-Z a-z 0-9 _ . -")
+    return value
+
+
+NsOpt = typer.Option(
+    "default", "--namespace", "--ns", envvar="GTM_NAMESPACE", callback=_check_ns,
+    help="Installation namespace in Redis (1-64 of A-Z a-z 0-9 _ . -).",
+)
 PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help="Policy file or directory.")
 RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
 OutputOpt = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
@@ -121,8 +131,33 @@ def _config_in_force(
     raise AssertionError("unreachable")
 
 
+def _config_or_warn(policies: str, regions: str) -> Config | None:
+    """The local config, or None with a warning: read-only views must work with broken files."""
+    try:
+        return load_config(policies, regions)
+    except ConfigError as exc:
+        err_console.print(
+            f"[yellow]warning[/]: local policy/inventory files do not validate ({len(exc.reasons)} problem(s); "
+            f"first: {exc.reasons[0] if exc.reasons else '?'}); showing what Redis holds. "
+            "`gtm policy validate` lists them all."
+        )
+        return None
+
+
 def _store_url(redis: str | None) -> str:
-    return Settings().resolved_redis_url(redis)
+    try:
+        return Settings().resolved_redis_url(redis)
+    except OSError as exc:
+        err_console.print(f"[red]ConfigError[/]: cannot read GTM_REDIS_PASSWORD_FILE: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+
+
+def _hostport(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        err_console.print(f"[red]UsageError[/]: {flag} wants HOST:PORT (e.g. 127.0.0.1:5353), got {value!r}")
+        raise typer.Exit(2)
+    return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
 def _print_json(data: Any) -> None:
@@ -149,7 +184,7 @@ def status(
     from gtm.controller.status import gather_status
     from gtm.store import connect
 
-    cfg = _config(policies, regions, debug)
+    cfg = _config_or_warn(policies, regions)
 
     async def go() -> dict[str, Any]:
         store = connect(_store_url(redis), ns=ns)
@@ -293,7 +328,7 @@ def drain(
     actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
     cordon: bool = typer.Option(False, "--cordon", help="Cordon instead: keep current weight, never raise it."),
     expires_in: float | None = typer.Option(
-        None, "--expires-in", help="Lift the override by itself after this many seconds."
+        None, "--expires-in", min=1, help="Lift the override by itself after this many seconds (>= 1)."
     ),
     force: bool = typer.Option(
         False, "--force", help="Drain even when safety rules (headroom, min healthy, max drained) hold it; audited."
@@ -318,11 +353,14 @@ def drain(
     from gtm.models.override import Override
     from gtm.store import connect
 
-    cfg = _config(policies, regions, debug)
-    if region not in cfg.inventory.regions:
+    cfg = _config_or_warn(policies, regions)
+    if cfg is not None and region not in cfg.inventory.regions:
         known = ", ".join(sorted(cfg.inventory.regions))
         err_console.print(f"[red]RefusedError[/]: unknown region {region!r}; known: {known}")
         raise typer.Exit(3)
+    if not reason.strip() or len(reason) > 500:
+        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is shown in status and audit)")
+        raise typer.Exit(2)
     now = time.time()
     ov = Override(
         region=region, kind="cordon" if cordon else "drain", reason=reason, actor=actor,
@@ -335,7 +373,10 @@ def drain(
             names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
             reports, _ = await store.get_reports(names)
             overrides = await store.get_overrides()
+            replaced = overrides.get(region)
             previous = await store.get_desired()
+            if cfg is None:
+                return await _drain_without_config(store, ov, previous, replaced, dry_run)
             proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now)
             refused = bool(proj.held) and not force
             written = not dry_run and not refused
@@ -350,6 +391,7 @@ def drain(
                 "override": ov.model_dump(), "written": written, "refused": refused,
                 "held_by_safety": proj.held, "projected_shares": proj.shares,
                 "projected_load": proj.loads, "capacity_unit": proj.unit, "steps": proj.steps,
+                "replaces": replaced.model_dump() if replaced is not None else None,
             }
         finally:
             await store.aclose()
@@ -357,16 +399,43 @@ def drain(
     data = _run(go, debug)
     if output is Output.json:
         _print_json(data)
-    else:
+    elif cfg is not None:
         _print_drain(data, region, reason, actor, cordon, dry_run, cfg)
+    elif data["refused"]:
+        err_console.print(f"[red]RefusedError[/]: {data['error']}")
+    else:
+        console.print(f"{'would write' if dry_run else 'wrote'} {ov.kind} of [bold]{region}[/] ({reason}) by {actor}; "
+                      "no projection (local policy files invalid): the controller still applies its safety rules")
     if data["refused"]:
         raise typer.Exit(3)
+
+
+async def _drain_without_config(
+    store: Any, ov: Any, previous: Any, replaced: Any, dry_run: bool
+) -> dict[str, Any]:
+    """Drain when the local files do not validate: check the region against what the controller
+    plans (Redis), write the override, and leave the safety rules to the controller."""
+    known = sorted(previous.regions) if previous is not None else []
+    if ov.region not in known:
+        return {"refused": True, "written": False,
+                "error": f"unknown region {ov.region!r}; the controller plans {', '.join(known) or 'nothing yet'}"}
+    if not dry_run:
+        await store.put_override(ov)
+    return {
+        "override": ov.model_dump(), "written": not dry_run, "refused": False, "held_by_safety": [],
+        "projected_shares": {}, "projected_load": {}, "capacity_unit": "", "steps": 0,
+        "replaces": replaced.model_dump() if replaced is not None else None,
+        "warning": "local policy files invalid: no projection; the controller applies its safety rules",
+    }
 
 
 def _print_drain(
     data: dict[str, Any], region: str, reason: str, actor: str, cordon: bool, dry_run: bool, cfg: Config
 ) -> None:
     kind = "cordon" if cordon else "drain"
+    if data.get("replaces"):
+        old = data["replaces"]
+        console.print(f"note: replaces the {old['kind']} by {old['actor']} ({old['reason']})", highlight=False)
     if data["refused"]:
         err_console.print(f"[red]RefusedError[/]: {kind} of {region} would be held by the safety rules:")
         for h in data["held_by_safety"]:
@@ -592,7 +661,7 @@ def controller(
         "127.0.0.1:5353", "--dns-listen",
         help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
     ),
-    tick: float = typer.Option(0.5, help="Seconds between cycles when no event arrives."),
+    tick: float = typer.Option(0.5, min=0.05, max=60, help="Seconds between cycles when no event arrives."),
     api_listen: str = typer.Option(
         "127.0.0.1:9180", "--api-listen",
         help="HTTP API host:port (status, /metrics, drain with a bearer token from GTM_API_TOKEN "
@@ -631,6 +700,8 @@ def controller(
     except ConfigError as exc:
         _fail(exc, False, 2)
     url = _store_url(redis)
+    dns_addr = _hostport(dns_listen, "--dns-listen") if dns_listen != "off" else None
+    api_addr = _hostport(api_listen, "--api-listen") if api_listen != "off" else None
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -638,10 +709,12 @@ def controller(
         store = connect(url, ns=ns)
         publishers = []
         dns = None
-        if dns_listen != "off":
-            host, _, port = dns_listen.rpartition(":")
+        if dns_addr is not None:
             dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
-            await dns.start(host or "127.0.0.1", int(port))
+            try:
+                await dns.start(*dns_addr)
+            except OSError as exc:
+                raise StartupError(f"cannot listen for DNS on {dns_listen}: {exc.strerror or exc}") from exc
             publishers.append(dns)
             log.info("controller: embedded DNS on %s (UDP and TCP)", dns_listen)
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
@@ -649,7 +722,7 @@ def controller(
             log.info("controller: policies from %s at commit %s", policies_git, cfg.commit)
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick))
         runner = None
-        if api_listen != "off":
+        if api_addr is not None:
             from aiohttp import web
 
             from gtm.api.app import api_token_from_env, build_app
@@ -658,8 +731,13 @@ def controller(
             api = build_app(store, lambda: ctl.config or cfg, ctl, token)
             runner = web.AppRunner(api, access_log=None)
             await runner.setup()
-            ahost, _, aport = api_listen.rpartition(":")
-            await web.TCPSite(runner, ahost or "127.0.0.1", int(aport)).start()
+            try:
+                await web.TCPSite(runner, *api_addr).start()
+            except OSError as exc:
+                await runner.cleanup()
+                if dns is not None:
+                    await dns.stop()
+                raise StartupError(f"cannot listen for the HTTP API on {api_listen}: {exc.strerror or exc}") from exc
             log.info("controller: HTTP API on %s (state-changing calls %s)", api_listen,
                      "need a bearer token" if token else "disabled: no GTM_API_TOKEN")
         try:
@@ -671,7 +749,15 @@ def controller(
                 await dns.stop()
             await store.aclose()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except StartupError as exc:
+        err_console.print(f"[red]StartupError[/]: {exc} (use another HOST:PORT, or 'off')")
+        raise typer.Exit(1) from None
+
+
+class StartupError(GtmError):
+    """A daemon could not start (e.g. its port is taken)."""
 
 
 @app.command()

@@ -40,7 +40,7 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             r["jurisdiction"],
             f"[{style}]{r['state']}[/]" if style else r["state"],
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
-            _age(now, r["observed_at"]),
+            _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
             f"{r['override']} ({r['override_reason']})" if r["override"] else "",
             r["reason"],
         )

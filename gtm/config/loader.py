@@ -8,6 +8,7 @@ Nothing here mutates state: a caller that gets ``ConfigError`` keeps what it had
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,15 +55,39 @@ def _yaml_files(path: Path) -> list[Path]:
     return [path]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse one file; returns (data, node tree for line lookups). Raises ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"]) from exc
+    if not text.strip():
+        raise ConfigError([f"{path}:1: the file is empty"])
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -164,9 +189,32 @@ def load_inventory(path: str | Path) -> Inventory:
         if region.name in regions:
             reasons.append(f"{f}: region {region.name!r} defined twice")
         regions[region.name] = region
+    reasons.extend(_network_conflicts(regions))
     if reasons:
         raise ConfigError(reasons)
     return Inventory(regions=regions)
+
+
+def _network_conflicts(regions: dict[str, Region]) -> list[str]:
+    """Client networks that overlap across regions on different continents.
+
+    The prefix → geography table decides which segment (and so which residency pin) a client
+    falls in; two continents claiming the same addresses would make that a coin toss.
+    """
+    nets = [
+        (ipaddress.ip_network(n, strict=False), name, r.geography.continent)
+        for name, r in sorted(regions.items())
+        for n in r.geography.client_networks
+    ]
+    out = []
+    for i, (a, ra, ca) in enumerate(nets):
+        for b, rb, cb in nets[i + 1 :]:
+            if ca != cb and a.version == b.version and a.overlaps(b):
+                out.append(
+                    f"regions/{ra}.yaml: geography.client_networks: {a} ({ca}) overlaps {b} of region "
+                    f"{rb!r} ({cb}): a client there would have no single location"
+                )
+    return out
 
 
 def load_policy(paths: str | Path | Iterable[str | Path]) -> tuple[Policy, tuple[str, ...]]:
@@ -217,6 +265,8 @@ def load_policy(paths: str | Path | Iterable[str | Path]) -> tuple[Policy, tuple
                 merged[key] = value
     if reasons:
         raise ConfigError(reasons)
+    if not per_file:
+        raise ConfigError([f"{', '.join(str(f) for f in files)}: no policy content (only comments?)"])
     try:
         policy = Policy.model_validate(merged)
     except ValidationError as exc:

@@ -54,7 +54,9 @@ def project_drain(
     last_weights: tuple[int, ...] | None = None
     for step in range(max_steps):
         t += rules.step_interval_s
-        state = plan(cfg.policy, cfg.inventory, reports, ovs, state, t, digest=cfg.digest)
+        # Today's reports, kept fresh as simulated time moves on (else they would age out).
+        fresh = {r: rep.model_copy(update={"observed_at": max(rep.observed_at, t)}) for r, rep in reports.items()}
+        state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest)
         weights = tuple(p.weight_of(region) for p in state.pools.values())
         if override.kind == "cordon" or all(w == 0 for w in weights):
             out.steps = step + 1

@@ -48,6 +48,12 @@ class ControllerSettings:
     lease_ttl_s: float = 3.0
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.tick_s <= 60:
+            raise ValueError(f"tick_s must be within 0.05-60 seconds (got {self.tick_s})")
+        if self.lease_ttl_s < 2 * self.tick_s:
+            raise ValueError(f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice tick_s ({self.tick_s})")
+
 
 @dataclass
 class ControllerStats:
@@ -60,6 +66,7 @@ class ControllerStats:
     rejected_reports: int = 0
     store_errors: int = 0
     config_errors: int = 0
+    engine_errors: int = 0
     last_error: str = ""
 
 
@@ -166,6 +173,21 @@ class Controller:
                 log.info("_reload_config: policy %s %snow in force", cfg.digest[:19],
                          f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
+            # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
+            reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
+            if reconfigurable:
+                from gtm.providers.geo import PrefixTable
+
+                try:
+                    table = PrefixTable.from_regions(cfg.inventory.regions.values())
+                except Exception as exc:  # keep the DNS config in force
+                    log.error("_reload_config: client prefixes rejected, DNS keeps its config: %s", exc)
+                    table = None
+                for pub, reconfigure in reconfigurable if table is not None else ():
+                    try:
+                        reconfigure(cfg.policy.zones, table)
+                    except Exception as exc:
+                        log.error("_reload_config: %s keeps its DNS config: %s", pub.name, exc)
 
     async def cycle(self) -> DesiredState | None:
         """One reconcile cycle. Never raises for store, provider or config trouble."""
@@ -194,15 +216,25 @@ class Controller:
         self.stats.rejected_reports += len(rejected)
         previous = self.state
         now = self.clock()
-        caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
-        new = plan(
-            self.config.policy, self.config.inventory, reports, overrides, previous, now,
-            digest=self.config.digest, caps=caps,
-        )
+        try:
+            caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
+            new = plan(
+                self.config.policy, self.config.inventory, reports, overrides, previous, now,
+                digest=self.config.digest, caps=caps,
+            )
+        except Exception:  # never make things worse: keep serving the last good routing
+            self.stats.engine_errors += 1
+            if self.stats.engine_errors == 1 or self.stats.engine_errors % 100 == 0:
+                log.exception("cycle: planning failed (%d so far); holding the last good routing",
+                              self.stats.engine_errors)
+            return self.state
         self.stats.plans += 1
         self.state = new
-        if new.held:
+        was_held = previous.held if previous is not None else False
+        if new.held and not was_held:
             log.warning("cycle: %s", new.hold_reason)
+        elif was_held and not new.held:
+            log.info("cycle: inputs fresh again; planning resumed")
         if new.decisions and not (new.held and previous is not None and previous.held):
             await self._persist(new)
         await self._publish(new)

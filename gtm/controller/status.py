@@ -11,17 +11,26 @@ from gtm.models.plan import DesiredState
 from gtm.store import Store
 
 
-async def gather_status(store: Store, config: Config, now: float | None = None) -> dict[str, Any]:
+async def gather_status(store: Store, config: Config | None, now: float | None = None) -> dict[str, Any]:
     """Everything ``gtm status`` shows, as a JSON-ready dict.
+
+    Args:
+        store: the Redis store.
+        config: the local policy and inventory; None when the files do not validate (status
+            then shows what Redis holds, so an operator is never blind during an incident).
+        now: unix seconds.
 
     Raises:
         StoreError: Redis unreachable.
     """
     now = time.time() if now is None else now
-    regions = sorted(config.inventory.regions)
-    reports, _ = await store.get_reports(regions)
     overrides = await store.get_overrides()
     desired = await store.get_desired()
+    if config is not None:
+        regions = sorted(config.inventory.regions)
+    else:
+        regions = sorted(set(desired.regions if desired is not None else ()) | set(overrides))
+    reports, _ = await store.get_reports(regions)
     leader = await store.leader()
     rejected = await store.rejected_counts()
     newest = await store.read_audit(1)
@@ -30,7 +39,8 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
     same = desired is not None and audited.get("generation") == str(desired.generation)
     desired_commit = audited.get("policy_commit", "") if same else ""
     providers = {}
-    for name in ("embedded-dns",):
+    names = ["embedded-dns", *(p.name for p in config.policy.providers)] if config is not None else ["embedded-dns"]
+    for name in names:
         info = await store.get_applied(name)
         if info is not None:
             providers[name] = info
@@ -39,21 +49,23 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
         st = desired.regions.get(r) if desired is not None else None
         rep = reports.get(r)
         ov = overrides.get(r)
+        last_seen = rep.observed_at if rep is not None else (st.observed_at if st is not None else None)
         rows.append(
             {
                 "region": r,
-                "jurisdiction": config.inventory.regions[r].jurisdiction,
+                "jurisdiction": config.inventory.regions[r].jurisdiction if config is not None else "?",
                 "state": st.state if st is not None else ("reporting" if rep else "unknown"),
                 "reason": st.reason if st is not None else "",
-                "spare_capacity": rep.spare_capacity if rep is not None else 0.0,
+                "spare_capacity": round(rep.spare_capacity, 3) if rep is not None else 0.0,
                 "capacity_unit": rep.capacity_unit if rep is not None else "replicas",
-                "observed_at": rep.observed_at if rep is not None else None,
-                "report_age_s": round(now - rep.observed_at, 3) if rep is not None else None,
+                "observed_at": last_seen,
+                "report_age_s": round(now - last_seen, 3) if last_seen is not None else None,
+                "report_expired": rep is None,
                 "healthy_check": rep.healthy if rep is not None else None,
                 "override": ov.kind if ov is not None else None,
                 "override_reason": f"{ov.actor}: {ov.reason}" if ov is not None else "",
                 "weights": (
-                    {pid: p.weight_of(r) for pid, p in desired.pools.items()}
+                    {pid: p.weight_of(r) for pid, p in desired.pools.items() if any(m.region == r for m in p.members)}
                     if desired is not None
                     else {}
                 ),
@@ -62,8 +74,8 @@ async def gather_status(store: Store, config: Config, now: float | None = None) 
     return {
         "now": now,
         "leader": leader,
-        "policy_digest": config.digest,
-        "policy_commit": config.commit,
+        "policy_digest": config.digest if config is not None else None,
+        "policy_commit": config.commit if config is not None else "",
         "desired": (
             {
                 "generation": desired.generation,

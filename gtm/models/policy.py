@@ -4,7 +4,8 @@ and safety rules. Validated by these models; cross-file checks live in ``gtm.con
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -163,13 +164,21 @@ class Service(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     fqdn: str
     zone: str
-    ttl: int = Field(default=30, ge=1, le=86400)
+    ttl: int = Field(default=30, ge=1, le=86400, strict=True)
     model: str | None = None
     routing: RoutingMode = "capacity"
     regions: tuple[str, ...] = Field(min_length=1)
-    static_weights: dict[str, int] = Field(default_factory=dict)
+    static_weights: dict[str, Annotated[int, Field(ge=0, le=255, strict=True)]] = Field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
     fallback: str | None = None
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        dup = sorted({r for r in v if v.count(r) > 1})
+        if dup:
+            raise ValueError(f"regions listed twice: {dup}")
+        return v
 
     _fqdn = field_validator("fqdn", "zone")(classmethod(lambda cls, v: _norm_name(v)))
 
@@ -177,15 +186,13 @@ class Service(_Strict):
     def _check(self) -> Service:
         if self.fqdn != self.zone and not self.fqdn.endswith("." + self.zone):
             raise ValueError(f"fqdn {self.fqdn!r} is not inside zone {self.zone!r}")
-        if len(set(self.regions)) != len(self.regions):
-            raise ValueError(f"regions listed twice: {list(self.regions)}")
-        for region, weight in self.static_weights.items():
+        for region in self.static_weights:
             if region not in self.regions:
                 raise ValueError(f"static_weights names {region!r}, which is not in regions")
-            if not 0 <= weight <= 255:
-                raise ValueError(f"static weight {weight} for {region!r} is outside 0-255")
         if self.routing == "static" and not self.static_weights:
             raise ValueError("routing 'static' needs static_weights")
+        if self.routing == "static" and not any(self.static_weights.values()):
+            raise ValueError("every static weight is 0: the service would always be dark")
         names = [s.name for s in self.segments]
         if len(set(names)) != len(names):
             raise ValueError(f"segment names repeat: {names}")
@@ -229,6 +236,18 @@ class Zone(_Strict):
     @classmethod
     def _ns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_norm_name(n) for n in v)
+
+    @field_validator("nameserver_addresses")
+    @classmethod
+    def _glue(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, addr in v.items():
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ValueError(f"glue address {addr!r} for {name!r} is not an IP address") from None
+            out[_norm_name(name)] = addr
+        return out
 
 
 class ProviderConfig(BaseModel):

@@ -13,9 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CapacityUnit = Literal["replicas", "tokens/s"]
 
+MAX_CAPACITY = 1e9
+"""Upper bound on any reported capacity (replicas or tokens/s): larger values are rejected as
+malformed, so products with the 0-255 weight scale stay finite."""
+
 
 class _Report(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and ±Inf are refused everywhere: one bad number must not poison the engine's arithmetic.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceStatus(_Report):
@@ -69,15 +74,15 @@ class ModelStats(_Report):
 
     model: str
     version: str = ""
-    replicas_total: int = Field(ge=0)
-    replicas_healthy: int = Field(ge=0)
+    replicas_total: int = Field(ge=0, le=1_000_000)
+    replicas_healthy: int = Field(ge=0, le=1_000_000)
     running: float = Field(default=0.0, ge=0)
     waiting: float = Field(default=0.0, ge=0)
     kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
     generation_tokens_total: float = Field(default=0.0, ge=0)
     tokens_per_s: float | None = Field(default=None, ge=0)
     errors_total: float = Field(default=0.0, ge=0)
-    spare_capacity: float = Field(default=0.0, ge=0)
+    spare_capacity: float = Field(default=0.0, ge=0, le=MAX_CAPACITY)
     ttft_s: float | None = Field(default=None, ge=0)
     itl_s: float | None = Field(default=None, ge=0)
     requests_per_s: float | None = Field(default=None, ge=0)
@@ -145,7 +150,7 @@ class FleetReport(_Report):
     models: dict[str, ModelStats] = Field(default_factory=dict)
     gpu: GpuStats | None = None
     sources: tuple[SourceStatus, ...] = ()
-    spare_capacity: float = Field(default=0.0, ge=0)
+    spare_capacity: float = Field(default=0.0, ge=0, le=MAX_CAPACITY)
     capacity_unit: CapacityUnit = "replicas"
 
     @field_validator("observed_at")

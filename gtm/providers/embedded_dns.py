@@ -4,6 +4,8 @@ The embedded provider needs no DNS vendor: the controller calls ``update(state)`
 query sees the new routing. Per query the server
 
 1. finds the zone (longest match among the configured zones; REFUSED outside all of them),
+   and answers SERVFAIL for anything but the zone's own apex SOA/NS and name-server addresses
+   until the first state is applied (see below),
 2. answers the apex SOA and NS (with glue for in-zone name servers) and the name servers'
    addresses,
 3. for a service name, locates the client (EDNS Client Subnet when present, else the source
@@ -19,7 +21,19 @@ another segment, because a segment's pool carries its residency pin. Names that 
 get NXDOMAIN, existing names without the asked type NODATA; both carry the SOA with TTL =
 ``Zone.negative_ttl`` (RFC 2308). The answer data is rebuilt off to the side on ``update`` and
 swapped in with one assignment, so a query sees either the old state or the new one, never a
-mix.
+mix. ``reconfigure`` swaps the zones and the prefix table the same way (policy reload) and
+rebuilds the answers from the last applied state.
+
+Before the first ``update`` the server knows no routing, so it must not claim that service names
+do not exist (resolvers would cache that NXDOMAIN for the negative TTL): every in-zone query is
+answered SERVFAIL, which resolvers do not cache for long and retry elsewhere, except the
+positive answers that come from the zone configuration alone: the apex SOA and NS and the
+in-zone name servers' own A/AAAA records (so the delegation can be checked). A negative answer
+(NXDOMAIN or NODATA) is never given before a state is applied.
+
+Requests: any opcode other than QUERY gets NOTIMP (also when the rest of the message, e.g. an
+UPDATE's zone section or TSIG, cannot be parsed); an EDNS Client Subnet option with a non-zero
+SCOPE PREFIX-LENGTH gets FORMERR (RFC 7871 §7.1.2: it must be 0 in queries).
 
 Not supported (by design, for now): zone transfers (REFUSED), DNSSEC, wildcards, delegations
 below a zone, chasing in-zone CNAME targets, and TSIG-signed queries (FORMERR).
@@ -179,7 +193,15 @@ class _Snapshot:
     generation: int | None
     digest: str | None
     zones: dict[dns.name.Name, _ZoneData]
+    config: tuple[Zone, ...]
+    table: PrefixTable
+    state: DesiredState | None = None
     services: tuple[str, ...] = field(default=())
+
+    @property
+    def ready(self) -> bool:
+        """Whether a state has been applied (before that, only config answers are given)."""
+        return self.state is not None
 
 
 class EmbeddedDnsServer:
@@ -206,10 +228,8 @@ class EmbeddedDnsServer:
         if not zones:
             raise ValueError("EmbeddedDnsServer needs at least one zone")
         self.name = name
-        self._zones = tuple(zones)
-        self._table = prefix_table
         self._rng = rng if rng is not None else random.Random()
-        self._snapshot = _build_snapshot(self._zones, None, serial=0)
+        self._snapshot = _build_snapshot(tuple(zones), prefix_table, None, serial=0)
         self._updates = 0
         self._answers: Counter[tuple[str, str, str]] = Counter()
         self._rcodes: Counter[str] = Counter()
@@ -244,7 +264,7 @@ class EmbeddedDnsServer:
             return False
         generation = state.generation & 0xFFFFFFFF
         serial = generation if generation > current.serial else (current.serial + 1) & 0xFFFFFFFF
-        snapshot = _build_snapshot(self._zones, state, serial=serial)
+        snapshot = _build_snapshot(current.config, current.table, state, serial=serial)
         self._snapshot = snapshot  # one assignment: queries see the old or the new, never a mix
         self._updates += 1
         log.info(
@@ -255,6 +275,41 @@ class EmbeddedDnsServer:
             ",".join(snapshot.services) or "-",
         )
         return True
+
+    def reconfigure(self, zones: Sequence[Zone], prefix_table: PrefixTable) -> None:
+        """Serve ``zones`` and locate clients with ``prefix_table`` from the next query on.
+
+        For a policy/inventory reload: the answers are rebuilt from the last applied state
+        (if any) and swapped in together with the new zones and table in one assignment. The
+        SOA serial grows by one when the zones or the table changed; an identical
+        configuration changes nothing. ``prefix_table`` must not be changed afterwards.
+
+        Args:
+            zones: the zones served from now on.
+            prefix_table: client network → location from now on.
+
+        Raises:
+            ValueError: ``zones`` is empty, or a zone does not render (e.g. a bad glue
+                address).
+            PermanentProviderError: the last state has a service, newly in a served zone,
+                whose endpoints do not render.
+            In both cases the previous configuration keeps being served.
+        """
+        if not zones:
+            raise ValueError("EmbeddedDnsServer needs at least one zone")
+        config = tuple(zones)
+        current = self._snapshot
+        if config == current.config and _table_key(prefix_table) == _table_key(current.table):
+            return
+        serial = (current.serial + 1) & 0xFFFFFFFF
+        snapshot = _build_snapshot(config, prefix_table, current.state, serial=serial)
+        self._snapshot = snapshot  # zones, table and answers change together
+        log.info(
+            "reconfigure: zones %s, %d client prefixes, serial %s",
+            ",".join(z.name for z in config),
+            len(prefix_table),
+            serial,
+        )
 
     async def publish(self, state: DesiredState) -> bool:
         """``Publisher`` entry point; same as ``update``."""
@@ -392,9 +447,9 @@ class EmbeddedDnsServer:
     def handle(self, wire: bytes, source: str, *, max_size: int | None = None) -> bytes | None:
         """Answer one DNS message in wire format (what the UDP and TCP listeners call).
 
-        Never raises: a message that cannot be parsed gets FORMERR when its header is
-        readable, else nothing; an internal error gets SERVFAIL. Responses (QR set) are never
-        answered.
+        Never raises: a message that cannot be parsed gets FORMERR (NOTIMP when its opcode is
+        not QUERY) when its header is readable, else nothing; an internal error gets SERVFAIL.
+        Responses (QR set) are never answered.
 
         Args:
             wire: the query message.
@@ -410,7 +465,7 @@ class EmbeddedDnsServer:
             query = dns.message.from_wire(wire)
         except Exception as exc:
             log.debug("handle: malformed message from %s: %r", source, exc)
-            return self._formerr(wire)
+            return self._header_error(wire)
         if query.flags & dns.flags.QR:
             return None
         try:
@@ -424,23 +479,30 @@ class EmbeddedDnsServer:
             max_size = min(max(query.payload, 512), EDNS_PAYLOAD) if query.edns >= 0 else 512
         return response.to_wire(max_size=max_size, prefer_truncation=True)
 
-    def _formerr(self, wire: bytes) -> bytes | None:
+    def _header_error(self, wire: bytes) -> bytes | None:
+        """A header-only reply to an unparsable message: NOTIMP for opcodes other than QUERY."""
         if len(wire) < 12:
             return None
         qid, flags = struct.unpack("!HH", wire[:4])
         if flags & dns.flags.QR:
             return None
-        flags = dns.flags.QR | (flags & (0x7800 | dns.flags.RD)) | dns.rcode.FORMERR
-        self._rcodes["FORMERR"] += 1
+        opcode = dns.opcode.from_flags(flags)
+        rcode = dns.rcode.FORMERR if opcode == dns.opcode.QUERY else dns.rcode.NOTIMP
+        flags = dns.flags.QR | (flags & (0x7800 | dns.flags.RD)) | rcode
+        self._rcodes[dns.rcode.to_text(rcode)] += 1
         return struct.pack("!HHHHHH", qid, flags, 0, 0, 0, 0)
 
     def _respond(self, query: dns.message.Message, source: str) -> dns.message.Message:
         response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
+        if query.opcode() != dns.opcode.QUERY:
+            response.set_rcode(dns.rcode.NOTIMP)
+            return response
         if query.edns > 0:
             response.set_rcode(dns.rcode.BADVERS)
             return response
-        if query.opcode() != dns.opcode.QUERY:
-            response.set_rcode(dns.rcode.NOTIMP)
+        ecs = next((o for o in query.options if isinstance(o, dns.edns.ECSOption)), None)
+        if ecs is not None and ecs.scopelen != 0:  # RFC 7871 §7.1.2: must be 0 in queries
+            response.set_rcode(dns.rcode.FORMERR)
             return response
         if len(query.question) != 1:
             response.set_rcode(dns.rcode.FORMERR)
@@ -459,9 +521,12 @@ class EmbeddedDnsServer:
         if zone is None:
             response.set_rcode(dns.rcode.REFUSED)
             return response
+        if not snapshot.ready and not _config_answer(zone, qname, qtype):
+            # No routing yet: a negative answer would be cached; SERVFAIL makes resolvers retry.
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response
         response.flags |= dns.flags.AA
 
-        ecs = next((o for o in query.options if isinstance(o, dns.edns.ECSOption)), None)
         geo = False
         service = zone.services.get(qname)
         if qname == zone.origin and qtype in (_SOA, _NS, _ANY):
@@ -472,7 +537,7 @@ class EmbeddedDnsServer:
                 response.additional.extend(zone.glue)
         elif service is not None:
             geo = service.geo
-            response.answer.extend(self._answer_service(service, qtype, ecs, source))
+            response.answer.extend(self._answer_service(service, qtype, ecs, source, snapshot.table))
         elif qname in zone.hosts:
             host = zone.hosts[qname]
             response.answer.extend(host.values() if qtype == _ANY else _one(host.get(qtype)))
@@ -498,8 +563,9 @@ class EmbeddedDnsServer:
         qtype: int,
         ecs: dns.edns.ECSOption | None,
         source: str,
+        table: PrefixTable,
     ) -> list[dns.rrset.RRset]:
-        route = service.route_for(self._locate(ecs, source) if service.geo else None)
+        route = service.route_for(_locate(table, ecs, source) if service.geo else None)
         if route is None:  # no segment takes this client and there is no default
             self._answers[(service.fqdn, "-", _NODATA)] += 1
             return []
@@ -514,19 +580,29 @@ class EmbeddedDnsServer:
             return list(records.values())
         return _one(records.get(qtype) or records.get(_CNAME))
 
-    def _locate(self, ecs: dns.edns.ECSOption | None, source: str) -> Location | None:
-        try:
-            if ecs is not None and ecs.srclen > 0:
-                return self._table.lookup(
-                    ipaddress.ip_network(f"{ecs.address}/{ecs.srclen}", strict=False)
-                )
-            # No ECS, or ECS /0 (the client opted out): locate the resolver itself.
-            return self._table.lookup(source.split("%", 1)[0])
-        except ValueError:
-            return None
-
     def _zone_names(self) -> str:
-        return ",".join(z.name for z in self._zones)
+        return ",".join(z.name for z in self._snapshot.config)
+
+
+def _locate(table: PrefixTable, ecs: dns.edns.ECSOption | None, source: str) -> Location | None:
+    try:
+        if ecs is not None and ecs.srclen > 0:
+            return table.lookup(ipaddress.ip_network(f"{ecs.address}/{ecs.srclen}", strict=False))
+        # No ECS, or ECS /0 (the client opted out): locate the resolver itself.
+        return table.lookup(source.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _config_answer(zone: _ZoneData, qname: dns.name.Name, qtype: int) -> bool:
+    """Whether the zone configuration alone gives a positive answer (apex SOA/NS, NS address)."""
+    if qname == zone.origin:
+        return qtype in (_SOA, _NS)
+    return qtype in zone.hosts.get(qname, {})
+
+
+def _table_key(table: PrefixTable) -> frozenset[tuple[Any, Location]]:
+    return frozenset(table.entries())
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -590,7 +666,13 @@ def _rrset(name: dns.name.Name, ttl: int, rdtype: int, values: Iterable[str]) ->
     )
 
 
-def _build_snapshot(zones: Sequence[Zone], state: DesiredState | None, *, serial: int) -> _Snapshot:
+def _build_snapshot(
+    zones: tuple[Zone, ...],
+    table: PrefixTable,
+    state: DesiredState | None,
+    *,
+    serial: int,
+) -> _Snapshot:
     by_origin: dict[dns.name.Name, _ZoneData] = {}
     services_by_zone: dict[dns.name.Name, list[ServicePlan]] = {}
     for zone in zones:
@@ -612,6 +694,9 @@ def _build_snapshot(zones: Sequence[Zone], state: DesiredState | None, *, serial
         generation=None if state is None else state.generation,
         digest=None if state is None else state.routing_digest(),
         zones=by_origin,
+        config=zones,
+        table=table,
+        state=state,
         services=tuple(sorted(served)),
     )
 

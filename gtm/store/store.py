@@ -68,6 +68,7 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._rejected_seen: dict[str, int] = {}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -119,8 +120,9 @@ class Store:
         """Latest reports for ``regions``.
 
         Returns:
-            ``(reports, rejected)``: valid reports by region, and one message per malformed
-            report (rejected, counted under ``gtm:{ns}:rejected``, never raised).
+            ``(reports, rejected)``: valid reports by region, and one message per newly seen
+            malformed report (rejected, counted once under ``gtm:{ns}:rejected``, never
+            raised; a bad payload still under its key is left out silently on later reads).
         """
         if not regions:
             return {}, []
@@ -138,12 +140,19 @@ class Store:
                 if rep.region != region:
                     raise ValueError(f"report under key of {region!r} names region {rep.region!r}")
             except (ValidationError, ValueError) as exc:
+                # The same bad payload stays under the key until it expires or is replaced:
+                # reject it every time, but log and count it once.
+                digest = hash(text)
+                if self._rejected_seen.get(region) == digest:
+                    continue
+                self._rejected_seen[region] = digest
                 msg = f"rejected report for {region}: {_first_line(exc)}"
                 rejected.append(msg)
                 log.warning("get_reports: %s", msg)
                 with contextlib.suppress(RedisError):
                     await self.client.hincrby(self.keys.rejected, region, 1)
                 continue
+            self._rejected_seen.pop(region, None)
             reports[region] = rep
         return reports, rejected
 
@@ -292,16 +301,33 @@ class Store:
         """Try to become leader.
 
         Returns:
-            ``(lease_value, fencing_token)`` when acquired, else None. The token grows with
-            each new leader (INCR), so writes from an older leader can be refused.
+            ``(lease_value, fencing_token)`` when acquired, else None. The token grows by one
+            with each new leader (INCR after the lease is won, never on a failed attempt), so
+            writes from an older leader can be refused.
         """
         try:
+            if await self.client.exists(self.keys.leader):
+                return None  # cheap path for followers: no token is spent on a failed attempt
+            claim = f"{owner}|claim-{time.time_ns()}"
+            if not await self.client.set(self.keys.leader, claim, nx=True, px=ttl_ms):
+                return None
             token = int(await self.client.incr(self.keys.epoch))
             value = f"{owner}|{token}"
-            ok = await self.client.set(self.keys.leader, value, nx=True, px=ttl_ms)
+            # Swap the claim for the tokened value only while the claim is still ours.
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.keys.leader)
+                    if await pipe.get(self.keys.leader) != claim:
+                        await pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.set(self.keys.leader, value, px=ttl_ms)
+                    await pipe.execute()
+                except WatchError:
+                    return None
         except RedisError as exc:
             raise StoreError(f"acquiring lease: {exc}") from exc
-        return (value, token) if ok else None
+        return value, token
 
     async def renew_lease(self, lease_value: str, ttl_ms: int) -> None:
         """Extend the lease. Raises ``LeaseLostError`` if another owner holds it now."""

@@ -1,0 +1,143 @@
+"""Route 53 provider against moto's server in a separate process, over HTTP with ``endpoint_url``.
+
+The server is moto's own ``moto.server.main`` (what the ``moto_server`` script runs), started
+with ``MOTO_FIX`` applied first (see ``test_route53``), once per module; each test resets it
+with ``POST /moto-api/reset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
+from tests.test_route53 import (
+    ADDR,
+    CHAT,
+    DEFAULT_POOL,
+    EU_POOL,
+    MOTO_FIX,
+    REGIONS,
+    Aws,
+    aws_env,  # noqa: F401 - autouse fixture: fake credentials from the environment only
+    converge,
+    engine_state,
+    make_aws,
+    measure_big_change,
+    resolve,
+    weights_at,
+)
+
+HOST = "127.0.0.1"
+SERVER = MOTO_FIX + "\nimport sys\nfrom moto.server import main\nmain(sys.argv[1:])\n"
+
+
+def _free_port() -> int:
+    """A free port below the ephemeral range."""
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    port = _free_port()
+    url = f"http://{HOST}:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, "-H", HOST, "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"moto server did not start: {err[-2000:]}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+@pytest.fixture
+def aws(moto_server: str) -> Aws:
+    req = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+    return make_aws(moto_server)
+
+
+async def test_apply_failover_steady_state_and_dry_run_over_http(aws: Aws) -> None:
+    provider = aws.provider()
+    healthy = engine_state()
+    assert await converge(provider, healthy) == 1
+    records = aws.records()
+    assert weights_at(records, EU_POOL) == {"eu-central-1": 255, "eu-west-1": 255}
+    assert resolve(records, CHAT, "A", "NA") == set(ADDR.values())
+    (plan,) = await provider.plan_state(healthy)
+    assert plan.empty and (await provider.apply(plan, dry_run=False)).api_calls == 0
+
+    failed = engine_state(unhealthy=["us-east-1"], previous=healthy, now=T0 + 1)
+    (plan,) = await provider.plan_state(failed)
+    calls = provider.api_calls
+    assert (await provider.apply(plan)).dry_run  # dry run: nothing sent
+    assert provider.api_calls == calls and aws.records() == records
+    assert (await provider.apply(plan, dry_run=False)).api_calls == 1
+    assert weights_at(aws.records(), DEFAULT_POOL) == {r: 255 for r in REGIONS if r != "us-east-1"}
+
+
+async def test_dark_eu_pool_over_http(aws: Aws) -> None:
+    provider = aws.provider()
+    await converge(provider, engine_state())
+    await converge(provider, engine_state(unhealthy=["eu-west-1", "eu-central-1"]))
+    records = aws.records()
+    assert resolve(records, CHAT, "A", "EU", "DE") == set()
+    assert resolve(records, CHAT, "A", "NA") == {ADDR["us-east-1"], ADDR["us-west-2"]}
+
+
+async def test_two_installations_over_http(aws: Aws) -> None:
+    a = aws.provider(owner_id="team-a")
+    state_a = engine_state()
+    await converge(a, state_a)
+    mine = aws.records()
+    b = aws.provider(owner_id="team-b")
+    policy_b = make_policy([make_service(segments=[eu_segment()]), make_service("batch")])
+    await converge(b, engine_state(policy_b))
+    await converge(b, engine_state(policy_b, unhealthy=["us-east-1"], now=T0 + 1), force=True)
+    after = aws.records()
+    assert [r for r in after if r in mine] == mine
+    assert "us-east-1" not in weights_at(after, f"default.pool.batch.{ZONE}")
+    (plan,) = await a.plan_state(state_a)
+    assert plan.empty
+
+
+async def test_2500_record_sets_over_http(aws: Aws, capsys: pytest.CaptureFixture[str]) -> None:
+    provider = aws.provider(max_requests_per_s=5.0)
+    figures: dict[str, Any] = await measure_big_change(provider)
+    assert figures["steady"]["apply_calls"] == 0
+    with capsys.disabled():
+        print(f"\nroute53 (moto server) 2,500-record figures: {figures}")
