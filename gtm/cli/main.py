@@ -43,6 +43,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 policy_app = typer.Typer(help="Validate policy and inventory files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -224,6 +225,11 @@ def plan_cmd(
     exit_code: bool = typer.Option(
         False, "--exit-code", help="With --candidate: exit 4 when the routing differs (like git diff --exit-code)."
     ),
+    providers: bool = typer.Option(
+        False, "--providers",
+        help="Also observe each DNS provider of the policy (Route 53, Cloud DNS, RFC2136) and show the record "
+        "changes it would make (reads the providers; writes nothing).",
+    ),
 ) -> None:
     """Show what the controller would decide now, and why (a dry run: writes nothing).
 
@@ -247,19 +253,24 @@ def plan_cmd(
     cfg = _config_in_force(policies, regions, policies_git, policies_path, git_regions_path, debug)
 
     async def go() -> Any:
+        from gtm.controller.provider_plan import plan_providers
+
         store = connect(_store_url(redis), ns=ns)
         try:
             t0 = time.perf_counter()
             state, previous = await plan_now(store, cfg)
-            return state, previous, (time.perf_counter() - t0) * 1000
+            ms = (time.perf_counter() - t0) * 1000
+            outcomes = await plan_providers(cfg.policy, state) if providers and state.services else []
+            return state, previous, ms, outcomes
         finally:
             await store.aclose()
 
-    state, previous, ms = _run(go, debug)
+    state, previous, ms, outcomes = _run(go, debug)
     changed = previous is None or previous.routing_digest() != state.routing_digest()
     if output is Output.json:
         _print_json(
             {
+                "providers": [o.to_dict() for o in outcomes],
                 "changed": changed,
                 "held": state.held,
                 "hold_reason": state.hold_reason,
@@ -275,6 +286,94 @@ def plan_cmd(
     else:
         render_plan(console, state, previous)
         console.print(f"planned in {ms:.1f} ms (including Redis reads)")
+        _render_provider_outcomes(outcomes, applied=False)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
+    for o in outcomes:
+        if o.error:
+            err_console.print(f"[red]provider {o.name} ({o.kind})[/]: {o.error}", highlight=False)
+            continue
+        for p in o.plans:
+            summ = p.summary()
+            verb = "applied" if applied else "would"
+            head = f"provider {o.name} ({o.kind}) zone {p.zone}: "
+            if p.empty:
+                console.print(head + "[green]in sync[/] (no change, no API call)")
+                continue
+            console.print(head + f"{verb} create {summ['create']}, update {summ['update']}, delete {summ['delete']} "
+                          f"of {p.owned_before} owned record sets", highlight=False)
+            for c in p.changes[:20]:
+                rs = c.record
+                sid = f" [{rs.set_identifier}]" if rs.set_identifier else ""
+                w = f" weight {rs.weight}" if rs.weight is not None else ""
+                vals = ",".join(c.new.values if c.new else c.old.values if c.old else ())
+                console.print(f"  {c.action:6} {rs.name} {rs.rdtype}{sid}{w} {vals}", highlight=False)
+            if len(p.changes) > 20:
+                console.print(f"  ... {len(p.changes) - 20} more (-o json lists them)")
+            for conflict in p.conflicts:
+                console.print(f"  [yellow]conflict[/]: {conflict}", highlight=False)
+        for a in o.applied:
+            console.print(f"  {a['zone']}: {a['changes']} change(s) in {a['api_calls']} API call(s)")
+
+
+@app.command("apply")
+def apply_cmd(
+    yes: bool = typer.Option(False, "--yes", "--doit", help="Apply for real (without it: a dry run)."),
+    force: bool = typer.Option(False, "--force", help="Apply a plan that touches more than a zone's "
+                               "max_change_fraction of owned record sets."),
+    provider: list[str] = typer.Option([], "--provider", help="Only these providers (repeatable)."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    policies: str = PoliciesOpt,
+    regions: str = RegionsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Publish the routing the engine wants now to the policy's DNS providers, out of band.
+
+    A dry run unless --yes (or --doit): shows per provider and zone the record changes. Only
+    record sets gtm owns are touched; a plan that updates/deletes more than the provider's
+    max_change_fraction is refused (exit 3) unless --force. The controller normally does this
+    by itself; use apply to bootstrap a zone or after fixing a provider. Exit 1 on a provider error.
+    """
+    from gtm.controller.provider_plan import apply_providers, plan_providers
+    from gtm.controller.status import plan_now
+    from gtm.store import connect
+
+    cfg = _config(policies, regions, debug)
+    if not [p for p in cfg.policy.providers if p.kind != "embedded"]:
+        err_console.print("the policy names no DNS providers (`providers:`); nothing to apply")
+        raise typer.Exit(0)
+
+    async def go() -> Any:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            state, _ = await plan_now(store, cfg)
+        finally:
+            await store.aclose()
+        if not state.services:
+            return state, []
+        if yes:
+            return state, await apply_providers(cfg.policy, state, force=force, names=provider)
+        return state, await plan_providers(cfg.policy, state, names=provider)
+
+    state, outcomes = _run(go, debug)
+    if not state.services:
+        err_console.print(f"[red]RefusedError[/]: nothing to publish: {state.hold_reason or 'no routing yet'}")
+        raise typer.Exit(3)
+    if output is Output.json:
+        _print_json({"dry_run": not yes, "generation": state.generation, "providers": [o.to_dict() for o in outcomes]})
+    else:
+        if not yes:
+            console.print("[bold]dry run[/]: nothing written (add --yes to apply)")
+        _render_provider_outcomes(outcomes, applied=yes)
+    if any("UnsafePlanError" in o.error for o in outcomes):
+        raise typer.Exit(3)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _plan_candidate(
@@ -662,6 +761,11 @@ def controller(
         help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
     ),
     tick: float = typer.Option(0.5, min=0.05, max=60, help="Seconds between cycles when no event arrives."),
+    provider_resync: float = typer.Option(
+        0.0, min=0.0,
+        help="Re-publish unchanged routing to the policy's DNS providers every N seconds to repair drift "
+        "(costs API calls); 0 = only on change.",
+    ),
     api_listen: str = typer.Option(
         "127.0.0.1:9180", "--api-listen",
         help="HTTP API host:port (status, /metrics, drain with a bearer token from GTM_API_TOKEN "
@@ -700,6 +804,12 @@ def controller(
     except ConfigError as exc:
         _fail(exc, False, 2)
     url = _store_url(redis)
+    from gtm.providers.registry import build_providers
+
+    try:
+        providers = build_providers(cfg.policy)
+    except ConfigError as exc:
+        _fail(exc, False, 2)
     dns_addr = _hostport(dns_listen, "--dns-listen") if dns_listen != "off" else None
     api_addr = _hostport(api_listen, "--api-listen") if api_listen != "off" else None
 
@@ -720,7 +830,10 @@ def controller(
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
         if cfg.commit:
             log.info("controller: policies from %s at commit %s", policies_git, cfg.commit)
-        ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick))
+        ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick), providers=providers,
+                         provider_resync_s=provider_resync)
+        for p in providers:
+            log.info("controller: provider %s (%s) for zones %s", p.name, type(p).__name__, ", ".join(p.zones))
         runner = None
         if api_addr is not None:
             from aiohttp import web

@@ -60,11 +60,17 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             weights, ", ".join(pool["services"]),
         )
     console.print(p)
+    current = state.get("generation") if state else None
     for name, info in status.get("providers", {}).items():
-        console.print(
-            f"provider {name}: generation {info.get('generation')} applied "
-            f"{_age(now, info.get('applied_at'))} ago"
-        )
+        gen = info.get("generation")
+        behind = f" [yellow](wants {info.get('wanted_generation')})[/]" if info.get("wanted_generation") not in (
+            None, gen) else ""
+        lagging = f" [yellow]behind generation {current}[/]" if current is not None and gen != current else ""
+        line = (f"provider {name}: generation {gen} applied {_age(now, info.get('applied_at'))} ago"
+                f" (lag {info.get('lag_s', '-')}s){behind}{lagging}")
+        if info.get("last_error"):
+            line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {info['last_error']}"
+        console.print(line, highlight=False)
     if status.get("rejected_reports"):
         console.print(f"[yellow]rejected malformed reports: {status['rejected_reports']}[/]")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtm.config.loader import Config, load_config
+from gtm.controller.provider_worker import ProviderWorker
 from gtm.engine import plan
 from gtm.errors import ConfigError, LeaseLostError, ProviderError, StoreError
 from gtm.log import get_logger
@@ -90,10 +91,19 @@ class Controller:
         settings: ControllerSettings | None = None,
         clock: Callable[[], float] = time.time,
         caps_provider: Callable[..., Any] | None = None,  # async (controller, reports, now) -> caps
+        providers: Sequence[Publisher] = (),
+        provider_resync_s: float = 0.0,
     ) -> None:
         self.store = store
         self.config_loader = config_loader
         self.publishers = list(publishers)
+        self.workers = [
+            ProviderWorker(
+                p, store, may_write=lambda: self.is_leader, fencing_token=lambda: self.fencing_token,
+                resync_s=provider_resync_s, clock=clock,
+            )
+            for p in providers
+        ]
         self.settings = settings or ControllerSettings()
         self.clock = clock
         self.caps_provider = caps_provider
@@ -119,6 +129,7 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles until ``stop`` is set; then release the lease."""
         events = asyncio.create_task(self._listen(stop), name="controller-events")
+        workers = [asyncio.create_task(w.run(stop), name=f"provider-{w.name}") for w in self.workers]
         try:
             while not stop.is_set():
                 await self.cycle()
@@ -137,6 +148,10 @@ class Controller:
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await events
+            stop.set()
+            for w in workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(w, 10)
             if self.lease is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(self.lease[0])
@@ -284,6 +299,9 @@ class Controller:
     async def _publish(self, state: DesiredState) -> None:
         if not state.services:
             return
+        if self.is_leader:  # external providers: only the lease holder writes, in the background
+            for w in self.workers:
+                w.submit(state)
         digest = state.routing_digest()
         for pub in self.publishers:
             if self._applied.get(pub.name) == digest:

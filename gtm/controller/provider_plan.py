@@ -1,0 +1,90 @@
+"""``gtm plan --providers`` / ``gtm apply``: what each DNS provider of the policy would change to
+serve a desired state, and applying it (dry run unless asked)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gtm.errors import GtmError
+from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy
+from gtm.providers.base import Provider
+from gtm.providers.records import Change, Plan
+from gtm.providers.registry import build_provider
+
+
+@dataclass
+class ProviderOutcome:
+    """One provider's plans (and results, when applied), or the error that stopped it."""
+
+    name: str
+    kind: str
+    plans: list[Plan] = field(default_factory=list)
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+    def to_dict(self, max_changes: int = 50) -> dict[str, Any]:
+        return {
+            "provider": self.name, "kind": self.kind, "error": self.error,
+            "zones": [
+                {
+                    "zone": p.zone, "summary": p.summary(), "owned_before": p.owned_before,
+                    "conflicts": list(p.conflicts),
+                    "changes": [_change(c) for c in p.changes[:max_changes]],
+                    "more_changes": max(0, len(p.changes) - max_changes),
+                }
+                for p in self.plans
+            ],
+            "applied": self.applied,
+        }
+
+
+def _change(c: Change) -> dict[str, Any]:
+    rs = c.record
+    return {
+        "action": c.action, "name": rs.name, "type": rs.rdtype, "set_identifier": rs.set_identifier,
+        "old": list(c.old.values) if c.old else None, "new": list(c.new.values) if c.new else None,
+        "weight": rs.weight, "ttl": rs.ttl,
+    }
+
+
+async def plan_providers(
+    policy: Policy, state: DesiredState, names: Sequence[str] = (), providers: Sequence[Provider] | None = None
+) -> list[ProviderOutcome]:
+    """Observe and plan every record-holding provider of ``policy`` (or only ``names``); no write."""
+    out = []
+    cfgs = [p for p in policy.providers if p.kind != "embedded" and (not names or p.name in names)]
+    built = {p.name: p for p in providers or ()}
+    for cfg in cfgs:
+        res = ProviderOutcome(cfg.name, cfg.kind)
+        try:
+            prov = built.get(cfg.name) or build_provider(cfg, policy)
+            res.plans = await prov.plan_state(state)
+        except GtmError as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+        out.append(res)
+    return out
+
+
+async def apply_providers(
+    policy: Policy, state: DesiredState, *, force: bool, names: Sequence[str] = (),
+    providers: Sequence[Provider] | None = None,
+) -> list[ProviderOutcome]:
+    """Plan and apply for real; a plan touching too much of a zone is refused unless ``force``."""
+    out = []
+    cfgs = [p for p in policy.providers if p.kind != "embedded" and (not names or p.name in names)]
+    built = {p.name: p for p in providers or ()}
+    for cfg in cfgs:
+        res = ProviderOutcome(cfg.name, cfg.kind)
+        try:
+            prov = built.get(cfg.name) or build_provider(cfg, policy)
+            res.plans = await prov.plan_state(state)
+            for plan in res.plans:
+                r = await prov.apply(plan, dry_run=False, force=force)
+                res.applied.append({"zone": plan.zone, "api_calls": r.api_calls, "changes": r.changes})
+        except GtmError as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+        out.append(res)
+    return out
