@@ -25,6 +25,7 @@ services:
 test: $(STAMP) services
 	$(BIN)/ruff check gtm tests bench
 	$(BIN)/gtm policy validate
+	$(BIN)/gtm policy verify --max-rows 5
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## bench: performance benchmarks; writes bench/results/latest.json

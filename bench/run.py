@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import failover, plan_scale, steady
+from bench import failover, plan_scale, steady, verify_scale
 
 
 def main() -> int:
@@ -29,6 +29,8 @@ def main() -> int:
     }
     print("bench: plan() scale ...", file=sys.stderr, flush=True)
     result["plan_scale"] = plan_scale.run((1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))
+    print("bench: policy verify scale ...", file=sys.stderr, flush=True)
+    result["verify_scale"] = verify_scale.run((8, 12) if args.quick else (8, 12, 16))
     print("bench: failover (killed and hung fleets) ...", file=sys.stderr, flush=True)
     result["failover"] = failover.run(3 if args.quick else args.trials)
     print("bench: steady state ...", file=sys.stderr, flush=True)
