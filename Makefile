@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean services
+.PHONY: demo test test-fast bench lint clean services drill-providers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 ## demo: the zero-setup demo (embedded store, simulated fleets, real DNS queries)
 demo: $(STAMP)
 	$(BIN)/gtm demo
+
+## drill-providers: one failover published to embedded DNS, BIND and moto's Route 53, read back from each
+drill-providers: $(STAMP) services
+	$(BIN)/gtm drill providers
 
 ## services: install/start the real components the tests need (redis-server, ...)
 services:

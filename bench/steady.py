@@ -3,7 +3,7 @@
 Runs the process cluster on a private redis-server, waits until the routing has settled,
 then measures over a window: the embedded DNS's SOA serial (read with a real query; it grows
 with every applied DNS update), the applied-generation record, the audit stream length, and
-Redis write commands from ``INFO commandstats`` (SET: agent reports; EVAL: the controller's
+Redis write commands from ``INFO commandstats`` (SET: agent reports; PEXPIRE: the controller's
 lease renewals; XADD/PUBLISH: state changes).
 """
 
@@ -57,7 +57,7 @@ async def run_async(window_s: float = 20.0) -> dict[str, Any]:
         "audit_entries": audit1 - audit0,
         "redis_writes": delta,
         "report_writes_per_agent_per_heartbeat": round(delta.get("set", 0) / 4 / heartbeats, 2),
-        "note": "eval = controller lease renewals (one per 0.5 s tick), not data writes",
+        "note": "set = agent reports; pexpire = the controller renewing its leader lease (one per 0.5 s tick)",
     }
 
 

@@ -143,3 +143,48 @@ async def test_followers_never_write_to_external_providers() -> None:
     assert a.workers[0]._pending is not None
     assert b.workers[0]._pending is None
     await store.aclose()
+
+
+async def test_new_routing_cuts_a_backoff_short() -> None:
+    store = connect("embedded://", ns="w5")
+    prov = FlakyProvider("r53", fail=1, exc=PermanentProviderError)
+    worker = ProviderWorker(prov, store, retry_initial_s=0.01, retry_max_s=30.0)
+    s1, s2 = states(2)
+
+    async def body() -> None:
+        worker.submit(s1)  # fails permanently: the worker backs off for 30 s...
+        for _ in range(50):
+            if prov.calls:
+                break
+            await asyncio.sleep(0.01)
+        worker.submit(s2)  # ...but new routing is published at once
+        for _ in range(100):
+            if prov.served:
+                break
+            await asyncio.sleep(0.01)
+
+    await run_worker(worker, body)
+    assert prov.served == [s2.generation]
+    await store.aclose()
+
+
+def test_weight_only_changes_are_not_destructive() -> None:
+    from gtm.providers.records import Change, Plan, RecordSet
+
+    old = RecordSet("p.gtm.example.com", "A", 30, ("192.0.2.1",), "r1", 255)
+    plan = Plan("x", "gtm.example.com", tuple(
+        Change("update", old=old, new=RecordSet("p.gtm.example.com", "A", 30, ("192.0.2.1",), f"r{i}", 64))
+        for i in range(10)
+    ), owned_before=10)
+    plan.raise_if_unsafe(0.5)  # ten weight changes of ten record sets: routine, allowed
+    rewrite = Plan("x", "gtm.example.com", (
+        Change("update", old=old, new=RecordSet("p.gtm.example.com", "A", 30, ("192.0.2.9",), "r1", 255)),
+        Change("delete", old=old),
+    ), owned_before=3)
+    import pytest
+
+    from gtm.providers.records import UnsafePlanError
+
+    with pytest.raises(UnsafePlanError, match="deletes/rewrites 2 of 3"):
+        rewrite.raise_if_unsafe(0.5)
+    rewrite.raise_if_unsafe(0.5, force=True)

@@ -1,16 +1,10 @@
 """Route 53 provider against moto's Route 53 in-process (``mock_aws``), plus botocore ``Stubber``
 and HTTP-level fault injection for what moto cannot produce (throttling, PENDING changes).
 
-moto 5.2 has two gaps that matter here, both fixed by ``MOTO_FIX`` (applied in-process here and
-in the moto server process of ``test_route53_server.py``):
-
-- a DELETE carrying a ``SetIdentifier`` removes *every* record set of the zone with that
-  identifier (``FakeZone.delete_rrset_by_id``), while Route 53 identifies a record set by name,
-  type and identifier; with ``SetIdentifier`` = region that deletes other pools' and other
-  installations' records. The fix gives the one record set meant a unique identifier first.
-- a CREATE identical to one made before is refused even after the record set was deleted (and
-  a CREATE of a key that does exist is accepted unless identical to a journaled one). The fix
-  checks the key itself and lets moto UPSERT a record set that does not exist.
+moto 5.2 has two gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
+set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused),
+both fixed by ``MOTO_FIX`` from ``gtm.sim.moto_route53`` (which explains them), applied
+in-process here and in the moto server process of ``test_route53_server.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from gtm.models.region import Inventory
 from gtm.providers.records import Observed, RecordSet
 from gtm.providers.registry import provider_class
 from gtm.providers.route53 import DARK_SET_ID, MAX_BATCH_CHARS, MAX_BATCH_RECORDS, Route53Provider
+from gtm.sim.moto_route53 import MOTO_FIX
 from tests.factories import (
     FOUR_REGIONS,
     T0,
@@ -56,47 +51,6 @@ EU_POOL = f"eu.pool.{CHAT}"
 DEFAULT_POOL = f"default.pool.{CHAT}"
 ADDR = {"eu-central-1": "192.0.2.10", "eu-west-1": "192.0.2.11", "us-east-1": "192.0.2.12", "us-west-2": "192.0.2.13"}
 REGIONS = sorted(FOUR_REGIONS)
-
-MOTO_FIX = '''
-from moto.route53 import models as _r53
-from moto.route53.exceptions import ResourceRecordAlreadyExists as _Exists
-
-_orig_change = _r53.Route53Backend.change_resource_record_sets
-
-
-def _change_resource_record_sets(self, zoneid, change_list):
-    zone = self.get_hosted_zone(zoneid)
-
-    def find(rrs):
-        name = rrs["Name"].rstrip(".").lower() + "."
-        for obj in zone.rrsets:
-            if (obj.name.lower(), obj.type, obj.set_identifier) == (name, rrs["Type"], rrs.get("SetIdentifier")):
-                return obj
-        return None
-
-    renamed = []
-    for change in change_list:
-        rrs = change["ResourceRecordSet"]
-        if change["Action"] == "CREATE":
-            if find(rrs) is not None:
-                raise _Exists(name=rrs["Name"], _type=rrs["Type"])
-            change["Action"] = "UPSERT"  # moto refuses a CREATE it has journaled before, even if deleted since
-        elif change["Action"] == "DELETE" and "SetIdentifier" in rrs:
-            obj = find(rrs)
-            if obj is not None:  # moto deletes every record set of the zone with this identifier
-                unique = "%s|%s|%s" % (rrs["SetIdentifier"], rrs["Name"], rrs["Type"])
-                renamed.append((obj, obj.set_identifier))
-                obj.set_identifier = rrs["SetIdentifier"] = unique
-    try:
-        return _orig_change(self, zoneid, change_list)
-    except Exception:
-        for obj, sid in renamed:
-            obj.set_identifier = sid
-        raise
-
-
-_r53.Route53Backend.change_resource_record_sets = _change_resource_record_sets
-'''
 
 
 # -- fixtures --------------------------------------------------------------------------------

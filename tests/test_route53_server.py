@@ -1,31 +1,24 @@
 """Route 53 provider against moto's server in a separate process, over HTTP with ``endpoint_url``.
 
-The server is moto's own ``moto.server.main`` (what the ``moto_server`` script runs), started
-with ``MOTO_FIX`` applied first (see ``test_route53``), once per module; each test resets it
-with ``POST /moto-api/reset``.
+The server is ``gtm.sim.moto_route53.MotoServer`` (moto's own ``moto.server.main`` with
+``MOTO_FIX`` applied first), started once per module; each test resets it with
+``POST /moto-api/reset``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from gtm.sim.moto_route53 import MotoServer
 from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
 from tests.test_route53 import (
     ADDR,
     CHAT,
     DEFAULT_POOL,
     EU_POOL,
-    MOTO_FIX,
     REGIONS,
     Aws,
     aws_env,  # noqa: F401 - autouse fixture: fake credentials from the environment only
@@ -37,58 +30,17 @@ from tests.test_route53 import (
     weights_at,
 )
 
-HOST = "127.0.0.1"
-SERVER = MOTO_FIX + "\nimport sys\nfrom moto.server import main\nmain(sys.argv[1:])\n"
-
-
-def _free_port() -> int:
-    """A free port below the ephemeral range."""
-    for _ in range(100):
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    port = _free_port()
-    url = f"http://{HOST}:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, "-H", HOST, "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"moto server did not start: {err[-2000:]}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
 
 
 @pytest.fixture
-def aws(moto_server: str) -> Aws:
-    req = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(req, timeout=5):
-        pass
-    return make_aws(moto_server)
+def aws(moto_server: MotoServer) -> Aws:
+    moto_server.reset()
+    return make_aws(moto_server.url)
 
 
 async def test_apply_failover_steady_state_and_dry_run_over_http(aws: Aws) -> None:

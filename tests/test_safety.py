@@ -191,3 +191,16 @@ def test_demand_is_smoothed_per_new_report() -> None:
     assert state.regions["us-east-1"].load == 2.0
     state = step(policy, state, T0 + 2, reps(T0 + 2, {"us-east-1": 1.0}, seq=2))  # same report
     assert state.regions["us-east-1"].load == 2.0
+
+
+def test_demand_in_tokens_per_s_comes_from_the_measured_rate() -> None:
+    from gtm.engine.demand import instant_load
+    from gtm.models.report import ModelStats
+
+    region = INV.regions["us-east-1"]
+    rep = make_report("us-east-1", T0).model_copy(update={
+        "capacity_unit": "tokens/s",
+        "models": {"llama": ModelStats(model="llama", replicas_total=2, replicas_healthy=2,
+                                       tokens_per_s=1234.5, spare_capacity=500.0)},
+    })
+    assert instant_load(rep, region) == 1234.5

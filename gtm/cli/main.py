@@ -941,6 +941,30 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+class Drill(StrEnum):
+    providers = "providers"
+
+
+@app.command("drill")
+def drill(
+    what: Drill = typer.Argument(..., help="providers: one failover published to embedded DNS, BIND and Route 53."),
+    output: Output = OutputOpt,
+) -> None:
+    """Run a self-contained drill on 127.0.0.1 (no Redis, no cloud account).
+
+    `gtm drill providers`: the demo's fleets and controller publish to the embedded DNS, a
+    throw-away BIND 9 (`named`, RFC2136 + TSIG) and moto's Route 53 server at once; eu-west-1's
+    fleet fails, then recovers; each provider is read back (DNS queries, ListResourceRecordSets)
+    and the seconds until it excluded and restored the region are printed. Exits 0 when every
+    provider converged and EU answers stayed in the EU; needs `named` and moto[server].
+    """
+    from gtm.sim.provider_drill import run_provider_drill
+
+    setup_logging("ERROR")
+    ok = asyncio.run(run_provider_drill(console, json_out=output is Output.json))
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     """Entry point of the ``gtm`` console script."""
     app()

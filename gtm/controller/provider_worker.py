@@ -60,6 +60,8 @@ class ProviderWorker:
         self.clock = clock
         self._pending: DesiredState | None = None
         self._wake = asyncio.Event()
+        self._new = asyncio.Event()
+        self._failed_digest: str | None = None
         self.applied_digest: str | None = None
         self.applied_at: float = 0.0
         self.info: dict[str, Any] = {}
@@ -67,9 +69,14 @@ class ProviderWorker:
         self.errors = 0
 
     def submit(self, state: DesiredState) -> None:
-        """Hand over the newest desired state (replaces any pending one); never blocks."""
+        """Hand over the newest desired state (replaces any pending one); never blocks.
+
+        A state with new routing also cuts short a backoff after a failure.
+        """
         self._pending = state
         self._wake.set()
+        if state.routing_digest() != self._failed_digest:
+            self._new.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set. Never raises."""
@@ -94,6 +101,7 @@ class ProviderWorker:
                 wrote = await self.provider.publish(current)
             except ProviderError as exc:
                 self.errors += 1
+                self._failed_digest = digest
                 await self._record(current, error=f"{type(exc).__name__}: {exc}")
                 delay = min(self.retry_max_s, max(backoff, getattr(exc, "delay", 0.0)))
                 if isinstance(exc, TemporaryProviderError):
@@ -107,12 +115,14 @@ class ProviderWorker:
                 continue
             except Exception as exc:  # a provider bug must not kill the worker
                 self.errors += 1
+                self._failed_digest = digest
                 log.exception("run: %s: unexpected failure", self.name)
                 await self._record(current, error=f"{type(exc).__name__}: {exc}")
                 self._pending = self._pending or current
                 await self._sleep(stop, self.retry_max_s)
                 continue
             backoff = self.retry_initial_s
+            self._failed_digest = None
             self.applied_digest = digest
             self.applied_at = self.clock()
             if wrote:
@@ -129,8 +139,17 @@ class ProviderWorker:
             stopper.cancel()
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        """Back off for ``seconds``, or less when stopped or when new routing arrives."""
+        self._new.clear()
+        if self._pending is not None and self._pending.routing_digest() != self._failed_digest:
+            self._new.set()
+        waiter = asyncio.create_task(self._new.wait())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
         self._wake.set()  # try again (with the newest pending state)
 
     async def _record(self, state: DesiredState, *, error: str, wrote: bool = False) -> None:

@@ -1,8 +1,9 @@
 """Demand: how much capacity each region is using, smoothed, in the report's capacity unit.
 
-Load = healthy capacity − spare capacity, where healthy capacity is the healthy replicas
-(unit ``replicas``) or healthy replicas × the inventory's ``capacity_per_replica`` (unit
-``tokens/s``). Smoothed with an EWMA each time a new report (a new ``seq``) arrives, so one
+Load = the measured token rate (unit ``tokens/s``, from the agents' scrapes of the engines'
+generation-token counters), or healthy capacity − spare capacity, where healthy capacity is the
+healthy replicas (unit ``replicas``) or healthy replicas × the inventory's
+``capacity_per_replica``. Smoothed with an EWMA each time a new report (a new ``seq``) arrives, so one
 noisy scrape does not swing a headroom decision.
 """
 
@@ -14,7 +15,16 @@ from gtm.models.report import FleetReport
 
 
 def instant_load(report: FleetReport, region: Region) -> float:
-    """Capacity in use right now, in ``report.capacity_unit`` (>= 0)."""
+    """Capacity in use right now, in ``report.capacity_unit`` (>= 0).
+
+    In ``tokens/s`` the measured decode rate (the agents' ``tokens_per_s``, summed over models)
+    is the demand when reported; otherwise, and in ``replicas``, it is healthy capacity minus
+    spare capacity.
+    """
+    if report.capacity_unit == "tokens/s":
+        rates = [m.tokens_per_s for m in report.models.values() if m.tokens_per_s is not None]
+        if rates:
+            return float(sum(rates))
     healthy = sum(m.replicas_healthy for m in report.models.values())
     per_replica = region.capacity_per_replica if report.capacity_unit == "tokens/s" else None
     capacity = healthy * (per_replica or 1.0)

@@ -145,19 +145,32 @@ class Plan:
     def empty(self) -> bool:
         return not self.changes
 
+    def destructive(self) -> int:
+        """Changes that remove or rewrite data: deletes, and updates whose values or alias target
+        change. Weight and TTL changes are routine (every ramp step moves all weights) and are
+        not counted."""
+        def rewrites(c: Change) -> bool:
+            if c.action == "delete":
+                return True
+            return c.action == "update" and c.old is not None and c.new is not None and (
+                c.old.values != c.new.values or c.old.alias_target != c.new.alias_target
+            )
+
+        return sum(1 for c in self.changes if rewrites(c))
+
     def raise_if_unsafe(self, max_fraction: float, *, force: bool = False) -> None:
-        """Refuse a plan that updates or deletes more than ``max_fraction`` (0..1) of the owned
-        record sets (creates into an empty zone are always allowed).
+        """Refuse a plan that deletes or rewrites more than ``max_fraction`` (0..1) of the owned
+        record sets (creates into an empty zone, weight and TTL changes are always allowed).
 
         Raises:
             UnsafePlanError: unless ``force``.
         """
         if force or self.owned_before == 0:
             return
-        touched = sum(1 for c in self.changes if c.action != "create")
+        touched = self.destructive()
         if touched / self.owned_before > max_fraction:
             raise UnsafePlanError(
-                f"{self.provider}: plan for {self.zone} updates/deletes {touched} of "
+                f"{self.provider}: plan for {self.zone} deletes/rewrites {touched} of "
                 f"{self.owned_before} owned record sets (> {max_fraction:.0%}); use --force"
             )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,7 +82,9 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     policy = {
         "name": "cluster",
         "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"]}],
-        "safety": {"planned_step": planned_step, "step_interval_s": 1.0},
+        # Trials fail the same regions again and again: flap damping would (rightly) keep them
+        # out for 10 minutes, so it is off for the cluster.
+        "safety": {"planned_step": planned_step, "step_interval_s": 1.0, "flap_threshold": 0},
         "services": [svc],
     }
     policy_path = root / "policy.yaml"
@@ -242,5 +245,8 @@ class Cluster:
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
         await self.close()
+        # Keep the logs when something went wrong (the error message names the folder).
+        if exc_type is None and not os.environ.get("GTM_KEEP_CLUSTER_LOGS"):
+            shutil.rmtree(self.root, ignore_errors=True)
