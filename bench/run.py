@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import failover, plan_scale, steady, verify_scale
+from bench import failover, plan_scale, providers, steady, verify_scale
 
 
 def main() -> int:
@@ -35,6 +35,8 @@ def main() -> int:
     result["failover"] = failover.run(3 if args.quick else args.trials)
     print("bench: steady state ...", file=sys.stderr, flush=True)
     result["steady_state"] = steady.run(8 if args.quick else 20)
+    print("bench: DNS providers (Route 53 on moto, RFC2136 to BIND) ...", file=sys.stderr, flush=True)
+    result["providers"] = providers.run()
     result["elapsed_s"] = round(time.time() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,8 @@ class ProviderWorker:
         self.info: dict[str, Any] = {}
         self.publishes = 0
         self.errors = 0
+        self.attempts = 0
+        """Calls to the provider's ``publish`` (each observes, and writes if needed)."""
 
     def submit(self, state: DesiredState) -> None:
         """Hand over the newest desired state (replaces any pending one); never blocks.
@@ -97,6 +99,7 @@ class ProviderWorker:
             resync_due = self.resync_s > 0 and self.clock() - self.applied_at >= self.resync_s
             if digest == self.applied_digest and not resync_due:
                 continue
+            self.attempts += 1
             try:
                 wrote = await self.provider.publish(current)
             except ProviderError as exc:

@@ -73,6 +73,8 @@ _LABELS = {"embedded DNS": ("embedded", "DNS"), "BIND (rfc2136)": ("BIND", "rfc2
            "Route 53 (moto)": ("Route 53", "moto")}
 SETTLED_QUERIES = 200
 """Queries per client subnet when the embedded DNS is read back in a settled state (20 while polling)."""
+STEADY_WINDOW_S = 3.0
+"""Seconds watched at the end with nothing changing: no provider may be called in that time."""
 
 ReadBack = dict[str, dict[str, Any]]
 """One provider's read-back: view (``EU``/``US`` clients, ``default``/``eu`` names) → region →
@@ -191,6 +193,7 @@ async def _time_until(
 async def run_provider_drill(console: Console, *, json_out: bool = False) -> bool:
     """Run the drill; True when every provider converged and every expectation held."""
     problems: list[str] = []
+    steady_calls: dict[str, int] = {}
 
     def expect(cond: bool, what: str) -> None:
         if not cond:
@@ -402,6 +405,14 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
                 results[n].back = rb
                 expect(_complete(rb), f"{n}: every region back after recovery; saw {_fmt(rb)!r}")
 
+            # Steady state: nothing changes, so no provider may be called at all.
+            calls0 = {w.name: w.attempts for w in ctl.workers}
+            await asyncio.sleep(STEADY_WINDOW_S)
+            steady_calls = {w.name: w.attempts - calls0[w.name] for w in ctl.workers}
+            say(f"steady state for {STEADY_WINDOW_S:g}s: provider calls "
+                + ", ".join(f"{n} {c}" for n, c in steady_calls.items()))
+            for n, c in steady_calls.items():
+                expect(c == 0, f"{n}: no provider call in a steady state (saw {c})")
             for w in ctl.workers:
                 expect(w.errors == 0, f"{w.name}: published without errors (last: {w.info.get('last_error')!r})")
             for n, res in results.items():
@@ -432,8 +443,9 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
             "servers": pids,
             "providers": [r.as_dict() for r in results.values()],
             "controller": {"cycles": ctl.stats.cycles, "plans": ctl.stats.plans} if ctl else {},
-            "provider_workers": {w.name: {"publishes": w.publishes, "errors": w.errors}
+            "provider_workers": {w.name: {"publishes": w.publishes, "errors": w.errors, "attempts": w.attempts}
                                  for w in (ctl.workers if ctl else [])},
+            "steady_state_provider_calls": steady_calls,
         }, indent=2))
         return ok
     wide = console.width >= 110
