@@ -153,7 +153,15 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
     pool_keys: dict[str, _PoolKey] = {}
     key_ids: dict[_PoolKey, str] = {}
     eligible_cache: dict[tuple[object, ...], tuple[str, ...]] = {}
+    # Services deployed the same way (regions, model, routing, segments) share their routes.
+    route_cache: dict[tuple[object, ...], tuple[SegmentRoute, ...]] = {}
     for svc in policy.services:
+        static_items = tuple(sorted(svc.static_weights.items())) if svc.routing == "static" else ()
+        rkey = (svc.regions, svc.model, svc.routing, static_items, svc.segments)
+        cached = route_cache.get(rkey)
+        if cached is not None:
+            services[svc.fqdn] = ServicePlan(name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=cached)
+            continue
         routes = []
         for seg in _ordered_segments(svc):
             pins = seg.residency.jurisdictions if seg.residency else ()
@@ -188,8 +196,9 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
                     jurisdictions=pins,
                 )
             )
+        route_cache[rkey] = tuple(routes)
         services[svc.fqdn] = ServicePlan(
-            name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=tuple(routes)
+            name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=route_cache[rkey]
         )
     regions = sorted(r for r in policy.region_names if r in inventory.regions)
     endpoints = {
