@@ -168,8 +168,10 @@ async def test_apply_writes_wrr_and_geo_record_sets(fake: FakeCloudDns, provider
     assert geo_items(fake) == {"europe-west1": [f"{EU_POOL}."], "us-central1": [f"{DEFAULT_POOL}."]}
     assert wrr_items(fake, EU_POOL) == {ADDR["eu-central-1"]: 255, ADDR["eu-west-1"]: 255}
     assert wrr_items(fake, DEFAULT_POOL) == dict.fromkeys(ADDR.values(), 255)
-    for name in (FQDN, EU_POOL, DEFAULT_POOL):
-        assert rrset(fake, f"_gtm-owner.{name}", "TXT")["rrdatas"] == ['"heritage=gtm,gtm/owner=gtm"']
+    # Each marker claims only the types gtm writes at its name.
+    assert rrset(fake, f"_gtm-owner.{FQDN}", "TXT")["rrdatas"] == ['"heritage=gtm,gtm/owner=gtm,gtm/types=CNAME"']
+    for name in (EU_POOL, DEFAULT_POOL):
+        assert rrset(fake, f"_gtm-owner.{name}", "TXT")["rrdatas"] == ['"heritage=gtm,gtm/owner=gtm,gtm/types=A"']
     assert fake.committed_changes[0]["status"] == "done"  # polled until done
     assert fake.count("GET", "/changes/1") >= 1
 

@@ -147,6 +147,8 @@ async def test_malformed_report_is_counted_not_fatal(store: Store) -> None:
     ctl = Controller(store, make_config, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
     await put_healthy(store, clock.t)
     await store.client.set(store.keys.report("us-west-2"), '{"region": "us-west-2", "seq": "x"}')
+    assert await ctl.cycle() is None  # a new leader with nothing to continue from warms up first
+    clock.t += 3.5  # past warmup_s: plan with what there is
     state = await ctl.cycle()
     assert state is not None and not state.held
     assert ctl.stats.rejected_reports == 1
@@ -262,3 +264,33 @@ async def test_engine_failure_holds_last_good_routing(store: Store) -> None:
     clock.t += 1
     again = await ctl.cycle()
     assert again is good and ctl.stats.engine_errors == 1 and len(pub.states) == 1
+
+
+async def test_a_new_leader_warms_up_and_keeps_its_routing_when_redis_is_emptied(store: Store) -> None:
+    clock = Clock()
+    pub = RecordingPublisher()
+    ctl = Controller(store, make_config, [pub], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    good = await ctl.cycle()
+    assert good is not None
+    # Redis loses everything (restart without persistence); two agents have reported again.
+    keys = [k async for k in store.client.scan_iter(match=f"{store.keys.prefix}*")]
+    await store.client.delete(*keys)
+    clock.t += 1
+    for r in ("us-east-1", "eu-west-1"):
+        await store.put_report(make_report(r, clock.t), ttl_s=60, changed=True)
+    for _ in range(3):  # lease lost with the data, re-acquired: warms up on the routing it had
+        state = await ctl.cycle()
+        assert state is not None and state.routing_digest() == good.routing_digest()
+    assert len(pub.states) == 1, "no half-empty picture was published"
+    clock.t += 3.5  # warm-up over, the other agents never came back: now they are failed over
+    for r in ("us-east-1", "eu-west-1"):
+        await store.put_report(make_report(r, clock.t), ttl_s=60, changed=True)
+    state = await ctl.cycle()
+    assert state is not None and state.pool_for("chat.gtm.example.com", "eu").weight_of("eu-central-1") == 0
+    # A brand-new replica with no memory waits for every region (up to warmup_s).
+    fresh = Controller(store, make_config, [RecordingPublisher()], ControllerSettings(owner="b"), clock=clock)
+    ctl.lease = None
+    await store.client.delete(store.keys.leader)
+    await store.client.delete(store.keys.desired)
+    assert await fresh.cycle() is None

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import ValidationError
 
 from gtm.config.loader import Config
@@ -159,13 +159,27 @@ class _ControllerCounters:
         ):
             yield CounterMetricFamily(name, doc, value=value)
         pubs = CounterMetricFamily("gtm_provider_publishes", "Routing changes written", labels=["provider"])
+        errs = CounterMetricFamily("gtm_provider_errors", "Provider writes that failed", labels=["provider"])
         for provider, n in sorted(st.publishes.items()):
             pubs.add_metric([provider], n)
-        yield pubs
-        errs = CounterMetricFamily("gtm_provider_errors", "Provider writes that failed", labels=["provider"])
         for provider, n in sorted(st.publish_errors.items()):
             errs.add_metric([provider], n)
+        gen = GaugeMetricFamily("gtm_provider_generation", "Routing generation the provider holds", labels=["provider"])
+        behind = GaugeMetricFamily("gtm_provider_behind", "1 when the provider does not hold the routing in force",
+                                   labels=["provider"])
+        lag = GaugeMetricFamily("gtm_provider_lag_seconds", "Plan to applied, last publish", labels=["provider"])
+        current = self.ctl.state.routing_digest() if self.ctl.state is not None and self.ctl.state.services else None
+        for w in self.ctl.workers:
+            pubs.add_metric([w.name], w.publishes)
+            errs.add_metric([w.name], w.errors)
+            gen.add_metric([w.name], float(w.info.get("generation") or 0))
+            behind.add_metric([w.name], float(current is not None and w.applied_digest != current))
+            lag.add_metric([w.name], float(w.info.get("lag_s") or 0.0))
+        yield pubs
         yield errs
+        yield gen
+        yield behind
+        yield lag
 
 
 async def _drain(request: web.Request) -> web.Response:

@@ -302,6 +302,8 @@ def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
             head = f"provider {o.name} ({o.kind}) zone {p.zone}: "
             if p.empty:
                 console.print(head + "[green]in sync[/] (no change, no API call)")
+                for conflict in p.conflicts:
+                    console.print(f"  [yellow]conflict[/]: {conflict}", highlight=False)
                 continue
             console.print(head + f"{verb} create {summ['create']}, update {summ['update']}, delete {summ['delete']} "
                           f"of {p.owned_before} owned record sets", highlight=False)
@@ -909,8 +911,23 @@ def audit(
         _print_json(decoded)
         return
     for e in decoded:
-        ts = time.strftime("%H:%M:%S", time.localtime(float(e.get("ts", 0))))
-        console.print(f"[bold]{ts}[/] gen {e.get('generation')} token {e.get('fencing_token')}")
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e.get("ts", 0))))
+        if "action" in e:  # operator actions and rejections
+            who = f" by {e['actor']}" if e.get("actor") else ""
+            where = f" {e['region']}" if e.get("region") else ""
+            console.print(f"[bold]{ts}[/] {e['action']}{where}{who}: {e.get('reason', '')}", highlight=False)
+            for h in e.get("overridden_safety") or []:
+                console.print(f"  overrode: {h}", highlight=False)
+            continue
+        extra = []
+        if e.get("policy_commit"):
+            extra.append(f"commit {str(e['policy_commit'])[:12]}")
+        if e.get("policy_digest"):
+            extra.append(f"policy {str(e['policy_digest'])[:19]}")
+        if e.get("held") is True:
+            extra.append("HELD")
+        console.print(f"[bold]{ts}[/] generation {e.get('generation')} (fencing token {e.get('fencing_token')}"
+                      + (", " + ", ".join(extra) if extra else "") + ")", highlight=False)
         for d in e.get("decisions", []):
             console.print(f"  {d['subject']}: {d['action']} — {d['reason']}", highlight=False)
 

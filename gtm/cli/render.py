@@ -26,6 +26,15 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     if state and state.get("held"):
         head += f"   [bold red]HELD: {state['hold_reason']}[/]"
     console.print(head)
+    ctl = status.get("controller") or {}
+    if ctl.get("policy_rejected"):
+        console.print(f"[bold red]POLICY REJECTED[/]: {ctl['policy_rejected']}", highlight=False)
+    if ctl.get("policy_digest") and status.get("policy_digest") and ctl["policy_digest"] != status["policy_digest"]:
+        console.print(
+            f"[yellow]note[/]: the controller runs policy {ctl['policy_digest'][:19]}"
+            + (f" (commit {ctl['policy_commit'][:12]})" if ctl.get("policy_commit") else "")
+            + f"; your local files are {status['policy_digest'][:19]}", highlight=False,
+        )
     loaded, planned = status.get("policy_commit") or "", (state or {}).get("policy_commit") or ""
     if loaded or planned:
         extra = f" (routing in force planned at {planned})" if loaded and planned and planned != loaded else ""
@@ -38,7 +47,8 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
         t.add_row(
             r["region"],
             r["jurisdiction"],
-            f"[{style}]{r['state']}[/]" if style else r["state"],
+            (f"[{style}]{r['state']}[/]" if style else r["state"])
+            + (f" [bold red]DAMPED {r['damped_until'] - now:.0f}s[/]" if r.get("damped_until") else ""),
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
             _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
             f"{r['override']} ({r['override_reason']})" if r["override"] else "",
@@ -63,11 +73,15 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     current = state.get("generation") if state else None
     for name, info in status.get("providers", {}).items():
         gen = info.get("generation")
-        behind = f" [yellow](wants {info.get('wanted_generation')})[/]" if info.get("wanted_generation") not in (
-            None, gen) else ""
-        lagging = f" [yellow]behind generation {current}[/]" if current is not None and gen != current else ""
-        line = (f"provider {name}: generation {gen} applied {_age(now, info.get('applied_at'))} ago"
-                f" (lag {info.get('lag_s', '-')}s){behind}{lagging}")
+        line = f"provider {name}: "
+        if gen is None:
+            line += "nothing applied yet"
+        else:
+            line += f"generation {gen} applied {_age(now, info.get('applied_at'))} ago"
+            if info.get("lag_s") is not None:
+                line += f", {info['lag_s']}s after it was planned"
+            if current is not None and gen != current:
+                line += f" [yellow](generation in force: {current})[/]"
         if info.get("last_error"):
             line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {info['last_error']}"
         console.print(line, highlight=False)

@@ -42,11 +42,14 @@ class ControllerSettings:
     Attributes:
         tick_s: seconds between cycles when no event arrives.
         lease_ttl_s: leader lease length, seconds; renewed every cycle.
+        warmup_s: a new leader waits up to this long, seconds, for a report from every region
+            before it plans (keeping the routing in force meanwhile).
         owner: this replica's id in the lease (host:pid by default).
     """
 
     tick_s: float = 0.5
     lease_ttl_s: float = 3.0
+    warmup_s: float = 3.0
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -113,6 +116,9 @@ class Controller:
         self.lease: tuple[str, int] | None = None
         self._wake = asyncio.Event()
         self._applied: dict[str, str] = {}
+        self._reread = False
+        self._leader_since = 0.0
+        self._info_dirty = True
 
     @property
     def is_leader(self) -> bool:
@@ -174,20 +180,29 @@ class Controller:
     def _reload_config(self) -> None:
         try:
             cfg = self.config_loader()
-        except ConfigError as exc:
+        except Exception as exc:  # a loader bug must not take the controller (and its DNS) down
+            if not isinstance(exc, ConfigError):
+                exc = ConfigError([f"policy loader failed: {type(exc).__name__}: {exc}"])
             self.stats.config_errors += 1
             if self.config is None:
-                raise
-            msg = f"policy rejected, keeping {self.config.digest[:19]}: {exc.reasons[0]}"
+                raise exc from None
+            kept = self.config.digest[:19] + (f" (commit {self.config.commit[:12]})" if self.config.commit else "")
+            msg = f"policy rejected, keeping {kept}: " + "; ".join(exc.reasons)
             if msg != self.stats.last_error:
-                log.error("_reload_config: %s (%d problem(s))", msg, len(exc.reasons))
+                log.error("_reload_config: policy rejected (%d problem(s)); keeping %s:\n  %s",
+                          len(exc.reasons), kept, "\n  ".join(exc.reasons))
                 self.stats.last_error = msg
+                self._info_dirty = True
             return
+        if self.stats.last_error.startswith("policy rejected"):
+            self.stats.last_error = ""
+            self._info_dirty = True
         if self.config is None or cfg.digest != self.config.digest or cfg.source != self.config.source:
             if self.config is not None:
                 log.info("_reload_config: policy %s %snow in force", cfg.digest[:19],
                          f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
+            self._info_dirty = True
             # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
             reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
             if reconfigurable:
@@ -211,14 +226,19 @@ class Controller:
         assert self.config is not None
         try:
             await self._ensure_lease()
+            if self._info_dirty and self.is_leader:
+                await self._write_info()
             if not self.is_leader:
                 await self._follow()
                 return self.state
             regions = sorted(self.config.policy.region_names & self.config.inventory.regions.keys())
             reports, rejected = await self.store.get_reports(regions)
             overrides = await self.store.get_overrides()
-            if self.state is None:
-                self.state = await self.store.get_desired()
+            if self.state is None or self._reread:
+                stored = await self.store.get_desired()
+                # An emptied Redis must not erase what this replica still knows: keep ours.
+                self.state = stored if stored is not None else self.state
+                self._reread = False
         except LeaseLostError:
             log.warning("cycle: lease lost; following")
             self.lease = None
@@ -243,6 +263,14 @@ class Controller:
                 log.exception("cycle: planning failed (%d so far); holding the last good routing",
                               self.stats.engine_errors)
             return self.state
+        if not new.held and self.clock() - self._leader_since < self.settings.warmup_s:
+            missing = [r for r in sorted(self.config.policy.region_names & self.config.inventory.regions.keys())
+                       if r not in reports]
+            if missing:
+                # A new leader (fresh start, failover, or an emptied Redis) that has not heard
+                # every agent yet waits up to one heartbeat rather than act on a partial picture.
+                log.info("cycle: warming up; waiting for reports from %s", ", ".join(missing))
+                return self.state
         self.stats.plans += 1
         self.state = new
         was_held = previous.held if previous is not None else False
@@ -263,8 +291,23 @@ class Controller:
         got = await self.store.acquire_lease(self.settings.owner, ttl_ms)
         if got is not None:
             self.lease = got
-            self.state = None  # re-read the last leader's state before planning
+            self._reread = True  # continue from the last leader's state before planning
+            self._leader_since = self.clock()
             log.info("_ensure_lease: leader with fencing token %d", got[1])
+
+    async def _write_info(self) -> None:
+        """Record the policy in force and any rejection where ``gtm status`` can show it."""
+        assert self.config is not None
+        info = {
+            "owner": self.settings.owner, "policy_digest": self.config.digest, "policy_commit": self.config.commit,
+            "policy_rejected": self.stats.last_error if self.stats.last_error.startswith("policy rejected") else "",
+            "updated_at": self.clock(),
+        }
+        await self.store.put_applied("controller", info)
+        if info["policy_rejected"]:
+            await self.store.append_audit({"ts": info["updated_at"], "action": "policy rejected",
+                                           "reason": info["policy_rejected"], "fencing_token": self.fencing_token})
+        self._info_dirty = False
 
     async def _follow(self) -> None:
         stored = await self.store.get_desired()

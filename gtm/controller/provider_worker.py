@@ -82,6 +82,14 @@ class ProviderWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set. Never raises."""
+        with contextlib.suppress(StoreError):
+            last = await self.store.get_applied(self.name)
+            if last and hasattr(self.provider, "last_policy_digest"):
+                # A restarted controller under the same policy must not be held by the unsafe-plan
+                # gate while it publishes a failover that happened meanwhile.
+                self.provider.last_policy_digest = last.get("policy_digest", "")
+            if last:
+                self.info = dict(last)
         backoff = self.retry_initial_s
         current: DesiredState | None = None
         while not stop.is_set():
@@ -162,7 +170,7 @@ class ProviderWorker:
             info.update({
                 "generation": state.generation, "digest": state.routing_digest(), "applied_at": now,
                 "lag_s": round(max(0.0, now - state.generated_at), 3), "fencing_token": self.fencing_token(),
-                "wrote": wrote,
+                "wrote": wrote, "policy_digest": state.policy_digest,
             })
         info["last_error"] = error
         info["last_error_at"] = now if error else info.get("last_error_at")

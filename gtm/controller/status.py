@@ -32,12 +32,16 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         regions = sorted(set(desired.regions if desired is not None else ()) | set(overrides))
     reports, _ = await store.get_reports(regions)
     leader = await store.leader()
+    controller = await store.get_applied("controller") or {}
     rejected = await store.rejected_counts()
-    newest = await store.read_audit(1)
-    # The newest audit entry is written with the desired state (controller ``_persist``).
-    audited = newest[0][1] if newest and desired is not None else {}
-    same = desired is not None and audited.get("generation") == str(desired.generation)
-    desired_commit = audited.get("policy_commit", "") if same else ""
+    # The audit entry written with the desired state (controller ``_persist``) carries its
+    # commit; other entries (forced drains, rejected policies) may be newer.
+    desired_commit = ""
+    if desired is not None:
+        for _id, fields in await store.read_audit(20):
+            if fields.get("generation") == str(desired.generation):
+                desired_commit = fields.get("policy_commit", "")
+                break
     providers = {}
     names = ["embedded-dns", *(p.name for p in config.policy.providers)] if config is not None else ["embedded-dns"]
     for name in names:
@@ -62,6 +66,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
                 "report_age_s": round(now - last_seen, 3) if last_seen is not None else None,
                 "report_expired": rep is None,
                 "healthy_check": rep.healthy if rep is not None else None,
+                "damped_until": st.damped_until if st is not None and st.damped_until > now else None,
                 "override": ov.kind if ov is not None else None,
                 "override_reason": f"{ov.actor}: {ov.reason}" if ov is not None else "",
                 "weights": (
@@ -74,6 +79,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
     return {
         "now": now,
         "leader": leader,
+        "controller": controller,
         "policy_digest": config.digest if config is not None else None,
         "policy_commit": config.commit if config is not None else "",
         "desired": (

@@ -419,7 +419,7 @@ def _plan_pool(
             if not ov.force and prev is not None and prev.weight > 0:
                 held = _drain_hold(r, eligible, weights, overrides, admitted, statuses, rules)
             if held is not None:
-                w, why = prev.weight, held  # type: ignore[union-attr]
+                w, why = prev.weight, f"{held} (pool {pool_id}, segment {segment})"  # type: ignore[union-attr]
             else:
                 w = drain_weight(prev, rules, now)
                 forced = " [forced]" if ov.force else ""

@@ -97,6 +97,8 @@ class Provider(ABC):
         self.max_change_fraction = max_change_fraction
         self.strict = strict
         self.log = get_logger(f"provider.{name}")
+        self.last_policy_digest = ""
+        """Policy digest of the last state published (seeded from Redis by the controller)."""
 
     # -- to implement ------------------------------------------------------------------
 
@@ -130,11 +132,16 @@ class Provider(ABC):
         self.log.warning("supports_warn_or_except: %s", message)
 
     def with_markers(self, records: Sequence[RecordSet], ttl: int = 300) -> list[RecordSet]:
-        """``records`` plus one ownership TXT marker per distinct name."""
-        names = sorted({r.name for r in records})
+        """``records`` plus one ownership TXT marker per distinct name, listing the types owned."""
+        types: dict[str, set[str]] = {}
+        for r in records:
+            types.setdefault(r.name, set()).add(r.rdtype)
         markers = [
-            RecordSet(name=owner_marker_name(n), rdtype="TXT", ttl=ttl, values=(owner_marker_value(self.owner_id),))
-            for n in names
+            RecordSet(
+                name=owner_marker_name(n), rdtype="TXT", ttl=ttl,
+                values=(owner_marker_value(self.owner_id, types[n]),),
+            )
+            for n in sorted(types)
         ]
         return [*records, *markers]
 
@@ -174,9 +181,20 @@ class Provider(ABC):
         return ApplyResult(api_calls=calls, changes=len(plan.changes), dry_run=False)
 
     async def publish(self, state: DesiredState) -> bool:
-        """``Publisher`` entry point: plan and apply for real; True if anything was written."""
+        """``Publisher`` entry point: plan and apply for real; True if anything was written.
+
+        The unsafe-plan gate (``max_change_fraction``) guards policy changes, not failovers:
+        once this provider has published a state of a policy, later states of the same policy
+        (whose changes come from health and operators' drains, already judged by the engine's
+        safety rules) are applied whatever their size. A new or unknown policy is gated.
+        """
+        same_policy = bool(state.policy_digest) and state.policy_digest == self.last_policy_digest
         wrote = False
         for plan in await self.plan_state(state):
-            result = await self.apply(plan, dry_run=False)
+            if plan.conflicts and plan.empty:
+                for c in plan.conflicts:
+                    self.log.warning("publish: %s", c)
+            result = await self.apply(plan, dry_run=False, force=same_policy)
             wrote = wrote or result.changes > 0
+        self.last_policy_digest = state.policy_digest
         return wrote

@@ -86,6 +86,7 @@ from gtm.providers.records import (
     Observed,
     Plan,
     RecordSet,
+    blocked_by_foreign,
     normalize_name,
     split_ownership,
 )
@@ -397,12 +398,13 @@ class CloudDnsProvider(Provider):
         skipping names that meanwhile became foreign."""
         observed = await self._observe(zone, {_base_name(n) for n, _ in target}, calls)
         have = {(rs.name, rs.rdtype): rs for rs in observed.owned}
-        blocked = {rs.name for rs in observed.foreign} | set(observed.other_owners)
+        foreign_types = blocked_by_foreign(observed)
+        others = set(observed.other_owners)
         deletions: list[RecordSet] = []
         additions: list[RecordSet] = []
         for key in sorted(target):
             want = target[key]
-            if _base_name(key[0]) in blocked:
+            if _base_name(key[0]) in others or key[1] in foreign_types.get(key[0], ()):
                 self.log.warning("apply: %s %s now held by another owner; left alone", *key)
                 continue
             current = have.get(key)

@@ -49,9 +49,14 @@ def owner_marker_name(name: str) -> str:
     return f"{OWNER_PREFIX}.{normalize_name(name)}"
 
 
-def owner_marker_value(owner_id: str) -> str:
-    """The TXT value that marks a name as owned by installation ``owner_id``."""
-    return f'"heritage=gtm,gtm/owner={owner_id}"'
+def owner_marker_value(owner_id: str, types: Iterable[str] = ()) -> str:
+    """The TXT value that marks record sets at a name as owned by installation ``owner_id``.
+
+    ``types`` lists the record types gtm owns there (``gtm/types=A+AAAA``): other types at the
+    same name (a site-verification TXT, someone's AAAA) stay foreign and are never touched.
+    """
+    kinds = "+".join(sorted(set(types)))
+    return f'"heritage=gtm,gtm/owner={owner_id}' + (f",gtm/types={kinds}" if kinds else "") + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,8 @@ class Plan:
         change. Weight and TTL changes are routine (every ramp step moves all weights) and are
         not counted."""
         def rewrites(c: Change) -> bool:
+            if c.record.name.startswith(OWNER_PREFIX + "."):
+                return False  # ownership markers follow the records they mark
             if c.action == "delete":
                 return True
             return c.action == "update" and c.old is not None and c.new is not None and (
@@ -199,26 +206,41 @@ class Observed:
     other_owners: tuple[str, ...] = field(default=())
 
 
+def parse_owner_marker(value: str) -> tuple[str, frozenset[str] | None] | None:
+    """``(owner_id, owned types or None for every type)`` from a marker TXT value, else None."""
+    text = value.strip('"')
+    if not text.startswith("heritage=gtm,"):
+        return None
+    fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+    owner = fields.get("gtm/owner")
+    if not owner:
+        return None
+    types = fields.get("gtm/types")
+    return owner, (frozenset(t for t in types.split("+") if t) if types else None)
+
+
 def split_ownership(
     zone: str, records: Iterable[RecordSet], owner_id: str, managed_names: Iterable[str] = ()
 ) -> Observed:
     """Sort a zone's record sets into owned and foreign by their ownership markers.
 
-    A name is owned when ``_gtm-owner.<name>`` holds this installation's marker; the marker
-    record sets themselves count as owned. Record sets at ``managed_names`` without our
-    marker are foreign (conflicts); names marked by another installation are listed in
-    ``other_owners`` and never touched.
+    Record sets at a name are owned when ``_gtm-owner.<name>`` holds this installation's
+    marker and lists their type (a marker without a type list, as older versions wrote, owns
+    every type); the markers themselves count as owned. Other record sets at managed or owned
+    names are foreign: reported as conflicts where gtm wants the same name and type, never
+    changed. Names marked by another installation are listed in ``other_owners``.
     """
     records = list(records)
-    mine = owner_marker_value(owner_id)
-    owned_names: set[str] = set()
+    owned_names: dict[str, frozenset[str] | None] = {}  # name → owned types (None: every type)
     others: set[str] = set()
     for rs in records:
         if rs.rdtype == "TXT" and rs.name.startswith(OWNER_PREFIX + "."):
             target = rs.name[len(OWNER_PREFIX) + 1 :]
-            if mine in rs.values:
-                owned_names.add(target)
-            elif any("heritage=gtm" in v for v in rs.values):
+            parsed = [m for m in (parse_owner_marker(v) for v in rs.values) if m is not None]
+            mine = [types for owner, types in parsed if owner == owner_id]
+            if mine:
+                owned_names[target] = mine[0]
+            elif parsed:
                 others.add(target)
     managed = {normalize_name(n) for n in managed_names}
     owned: list[RecordSet] = []
@@ -226,11 +248,28 @@ def split_ownership(
     for rs in records:
         is_marker = rs.name.startswith(OWNER_PREFIX + ".")
         target = rs.name[len(OWNER_PREFIX) + 1 :] if is_marker else rs.name
-        if target in owned_names:
+        if target in owned_names and (
+            is_marker or owned_names[target] is None or rs.rdtype in owned_names[target]  # type: ignore[operator]
+        ):
             owned.append(rs)
-        elif target in managed and not is_marker:
+        elif (target in managed or target in owned_names) and not is_marker:
             foreign.append(rs)
     return Observed(zone=zone, owned=tuple(owned), foreign=tuple(foreign), other_owners=tuple(sorted(others)))
+
+
+def blocked_by_foreign(observed: Observed) -> dict[str, frozenset[str]]:
+    """Per name, the record types gtm must not write because a foreign record set holds them.
+
+    A foreign CNAME blocks every type at its name (a CNAME cannot share a name), and so does
+    any foreign record set for a CNAME of ours.
+    """
+    out: dict[str, set[str]] = {}
+    for rs in observed.foreign:
+        out.setdefault(rs.name, set()).add(rs.rdtype)
+    return {
+        name: frozenset({"A", "AAAA", "CNAME", "TXT"} if "CNAME" in kinds else kinds | {"CNAME"})
+        for name, kinds in out.items()
+    }
 
 
 def diff(
@@ -242,16 +281,34 @@ def diff(
     planned; they are reported in ``conflicts``. Owned record sets that are no longer desired
     are deleted.
     """
-    blocked = {rs.name for rs in observed.foreign} | set(observed.other_owners)
+    blocked_types = blocked_by_foreign(observed)
+    others = set(observed.other_owners)
     have = {rs.key: rs for rs in observed.owned}
     want: dict[tuple[str, str, str], RecordSet] = {}
     conflicts: list[str] = []
+    kept_types: dict[str, set[str]] = {}
+    markers: list[RecordSet] = []
     for rs in desired:
-        base = rs.name[len(OWNER_PREFIX) + 1 :] if rs.name.startswith(OWNER_PREFIX + ".") else rs.name
-        if base in blocked:
-            conflicts.append(f"{rs.name} {rs.rdtype}: held by another owner; left alone")
+        is_marker = rs.name.startswith(OWNER_PREFIX + ".")
+        base = rs.name[len(OWNER_PREFIX) + 1 :] if is_marker else rs.name
+        if base in others:
+            conflicts.append(f"{rs.name} {rs.rdtype}: owned by another gtm installation; left alone")
             continue
+        if is_marker:
+            markers.append(rs)
+            continue
+        if rs.rdtype in blocked_types.get(base, ()):
+            conflicts.append(f"{rs.name} {rs.rdtype}: held by another owner (a foreign record set); left alone")
+            continue
+        kept_types.setdefault(base, set()).add(rs.rdtype)
         want[rs.key] = rs
+    for m in markers:
+        # The marker claims only the types actually written; none left: no claim at all.
+        base = m.name[len(OWNER_PREFIX) + 1 :]
+        parsed = [p for p in (parse_owner_marker(v) for v in m.values) if p is not None]
+        if base not in kept_types or not parsed:
+            continue
+        want[m.key] = RecordSet(m.name, m.rdtype, m.ttl, (owner_marker_value(parsed[0][0], kept_types[base]),))
     changes: list[Change] = []
     for key, rs in want.items():
         old = have.get(key)

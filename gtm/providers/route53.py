@@ -90,6 +90,7 @@ from gtm.providers.records import (
     Observed,
     Plan,
     RecordSet,
+    blocked_by_foreign,
     diff,
     normalize_name,
     split_ownership,
@@ -448,7 +449,12 @@ class Route53Provider(Provider):
         a geolocation alias at a foreign pool name, or delete the alias and let a pinned
         segment fall through to ``*``. So the whole linked group keeps its owned record sets.
         """
-        blocked = {rs.name for rs in observed.foreign} | set(observed.other_owners)
+        # A name is held when a foreign record set has a type gtm wants there (a foreign TXT
+        # next to gtm's A records holds nothing), or another installation owns it.
+        foreign_types = blocked_by_foreign(observed)
+        blocked = {
+            rs.name for rs in desired if rs.rdtype in foreign_types.get(rs.name, ())
+        } | set(observed.other_owners)
         groups = _groups(rs for rs in desired)
         held_roots = {groups.find(_base(rs.name)) for rs in desired if _base(rs.name) in blocked}
         if not held_roots:

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gtm.errors import LeaseLostError, StoreError
+from gtm.errors import ConfigError, LeaseLostError, StoreError
 from gtm.log import get_logger
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
@@ -50,15 +50,21 @@ def connect(url: str, *, ns: str = "default", timeout_s: float = 2.0) -> Store:
 
         client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
     else:
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError([f"Redis URL must start with redis://, rediss:// or unix:// (or be embedded://): "
+                               f"{url.split('://', 1)[0]}://..."])
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                health_check_interval=10,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
+        except ValueError as exc:
+            raise ConfigError([f"invalid Redis URL: {exc}"]) from exc
     return Store(client, Keys(ns))
 
 
