@@ -269,6 +269,9 @@ def test_plan_candidate_shows_exactly_the_routing_changes(repo: Path) -> None:
     edit_policy(repo, "us-east-1: 200", "us-east-1: 100")
     edit_policy(repo, "regions: [us-east-1, us-west-2, eu-west-1, eu-central-1]",
                 "regions: [us-east-1, eu-west-1, eu-central-1]")
+    # ...and from the example rollout's waves, or the candidate would not validate.
+    edit_policy(repo, "waves: [[eu-central-1], [us-west-2], [eu-west-1, us-east-1]]",
+                "waves: [[eu-central-1], [eu-west-1, us-east-1]]")
     cand = commit(repo, "candidate")
     common = ["plan", "--policies-git", f"{repo}@main", "--regions", str(repo / "regions"), "--assume-healthy"]
 

@@ -47,6 +47,9 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Validate policy and inventory files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+from gtm.cli.rollout import rollout_app  # noqa: E402 - the sub-app needs the shared options above
+
+app.add_typer(rollout_app, name="rollout")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -832,8 +835,10 @@ def controller(
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
         if cfg.commit:
             log.info("controller: policies from %s at commit %s", policies_git, cfg.commit)
+        from gtm.controller.rollout import RolloutDriver
+
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick), providers=providers,
-                         provider_resync_s=provider_resync)
+                         provider_resync_s=provider_resync, caps_provider=RolloutDriver(store))
         for p in providers:
             log.info("controller: provider %s (%s) for zones %s", p.name, type(p).__name__, ", ".join(p.zones))
         runner = None

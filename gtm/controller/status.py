@@ -113,7 +113,11 @@ async def plan_now(store: Store, config: Config, now: float | None = None) -> tu
     reports, _ = await store.get_reports(regions)
     overrides = await store.get_overrides()
     previous = await store.get_desired()
-    state = plan(config.policy, config.inventory, reports, overrides, previous, now, digest=config.digest)
+    from gtm.controller.rollout import current_caps
+
+    caps = await current_caps(store, config.policy)
+    state = plan(config.policy, config.inventory, reports, overrides, previous, now, digest=config.digest,
+                 caps=caps or None)
     return state, previous
 
 

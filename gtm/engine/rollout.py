@@ -237,12 +237,12 @@ def resume(state: RolloutState, now: float, *, actor: str, reason: str = "") -> 
         st.record(now, "running", f"resumed by {actor} after {held:.0f}s paused{why}", actor=actor)
         return st
     st.status = "running"
-    st.record(now, "running", f"resumed by {actor} after a halt{why}", actor=actor)
     for region in _wave_regions(st):
         p = st.regions[region]
         if p.phase == "rolled-back":
             _enter(st, region, "ready-for-deploy", now,
                    f"retry after the halt (resumed by {actor}): canary again with fresh samples", actor=actor)
+    st.record(now, "running", f"resumed by {actor} after a halt{why}", actor=actor)
     return st
 
 
@@ -253,11 +253,11 @@ def abort(state: RolloutState, now: float, *, actor: str, reason: str = "") -> R
         raise ValueError(f"rollout {state.name} already {state.status}")
     st = state.model_copy(deep=True)
     st.status, st.paused_at = "aborted", None
-    st.record(now, "aborted", f"aborted by {actor}" + (f": {reason}" if reason else ""), actor=actor)
     for region in _wave_regions(st):
         if st.regions[region].phase in IN_FLIGHT:
             _enter(st, region, "reverting", now,
                    f"aborted: routed away until no healthy replica serves {st.spec.target_version}", actor=actor)
+    st.record(now, "aborted", f"aborted by {actor}" + (f": {reason}" if reason else ""), actor=actor)
     return st
 
 
@@ -279,6 +279,8 @@ def advance(
         The new state; ``state`` itself when nothing changed.
     """
     if state.status in ("paused", "halted", "done"):
+        return state
+    if state.status == "aborted" and all(p.phase != "reverting" for p in state.regions.values()):
         return state
     st = state.model_copy(deep=True)
     fresh = {r: rep for r, rep in reports.items() if now - rep.observed_at <= st.report_timeout_s}
@@ -389,7 +391,7 @@ def _rollback(st: RolloutState, region: str, result: GateResult, now: float, tok
            f"{st.regions[region].baseline_regions})", token=token)
     st.regions[region].gate = result.reason
     st.status = "halted"
-    st.record(now, "halted", f"halted: {region} {result.reason}; waiting for an operator (resume or abort)",
+    st.record(now, "halted", f"{region} {result.reason}; waiting for an operator (resume or abort)",
               token=token)
 
 

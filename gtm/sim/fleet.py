@@ -612,6 +612,7 @@ async def start_fleet(
     tokens_per_s: float = 1000.0,
     load: float = 0.3,
     mode: str = "healthy",
+    seed: int = 0,
 ) -> tuple[web.AppRunner, FleetSim]:
     """Start a simulated fleet in this process.
 
@@ -625,6 +626,7 @@ async def start_fleet(
         tokens_per_s: the fleet's decode rate at load 1.0, tokens/s.
         load: initial load per replica, 0..1.
         mode: initial mode, one of ``MODES``.
+        seed: seed of the latency jitter (give each fleet its own).
 
     Returns:
         ``(runner, sim)``; stop it with ``await runner.cleanup()``.
@@ -637,6 +639,7 @@ async def start_fleet(
         tokens_per_s=tokens_per_s,
         load=load,
         mode=mode,
+        seed=seed,
     )
     runner = web.AppRunner(make_app(sim), access_log=None, handle_signals=False)
     await runner.setup()

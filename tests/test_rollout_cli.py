@@ -1,0 +1,105 @@
+"""``gtm rollout`` as a script sees it: exit codes, JSON, reasons. Real Redis, private namespace;
+no controller runs here, so only the operators' transitions happen."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from gtm.cli.rollout import EXIT_REFUSED, EXIT_TIMEOUT, rollout_app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+ROLLOUTS = """
+rollouts:
+  - name: llama-nov
+    service: chat
+    target_version: llama-3.1-8b-2026-11
+    waves: [[eu-west-1], [eu-central-1], [us-east-1, us-west-2]]
+    drain_first: true
+  - name: llama-dec
+    service: chat
+    target_version: llama-3.1-8b-2026-12
+    waves: [[us-east-1]]
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[list[str]]:
+    ns = f"cli-rollout-{uuid.uuid4().hex}"
+    policy = tmp_path / "policy.yaml"
+    # The example policy without its own rollouts: these tests bring theirs.
+    base = (ROOT / "policies" / "default.yaml").read_text().split("\nrollouts:", 1)[0] + "\n"
+    policy.write_text(base + ROLLOUTS)
+    yield ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns]
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    keys = list(r.scan_iter(match=f"gtm:{{{ns}}}:*"))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+def files(env: list[str], tmp_path: Path) -> list[str]:
+    return [*env, "--policies", str(tmp_path / "policy.yaml"), "--regions", str(ROOT / "regions")]
+
+
+def gtm(*args: str) -> tuple[int, str, str]:
+    res = runner.invoke(rollout_app, list(args), catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def test_lifecycle_exit_codes_and_reasons(env: list[str], tmp_path: Path) -> None:
+    code, _, err = gtm("start", "nope", *files(env, tmp_path))
+    assert code == EXIT_REFUSED and "no rollout 'nope' in the policy" in err
+    code, _, err = gtm("status", "llama-nov", *env)
+    assert code == EXIT_REFUSED and "no rollout 'llama-nov' was started" in err
+
+    code, out, _ = gtm("start", "llama-nov", "--actor", "alice", "--reason", "CHG-1", *files(env, tmp_path))
+    assert code == 0, out
+    assert "started by alice: llama-3.1-8b-2026-11 over [eu-west-1] → [eu-central-1] → [us-east-1, us-west-2]" in out
+    code, _, err = gtm("start", "llama-nov", *files(env, tmp_path))
+    assert code == EXIT_REFUSED and "already running" in err
+    code, _, err = gtm("start", "llama-dec", *files(env, tmp_path))
+    assert code == EXIT_REFUSED and "rollout llama-nov of service chat is still active" in err
+
+    code, out, _ = gtm("status", "llama-nov", "-o", "json", *env)
+    doc = json.loads(out)
+    assert code == 0 and doc["status"] == "running" and doc["step"] == 1
+    assert doc["regions"]["eu-west-1"]["phase"] == "pending"
+    assert doc["history"][0]["actor"] == "alice" and "(CHG-1)" in doc["history"][0]["reason"]
+    code, out, _ = gtm("status", *files(env, tmp_path))
+    assert code == 0 and "llama-nov" in out and "running" in out
+
+    # Nothing drives it here: a pipeline step waiting for the region times out with exit 4.
+    code, _, err = gtm("wait-ready", "llama-nov", "eu-west-1", "--timeout", "0.2", "--poll", "0.05", *env)
+    assert code == EXIT_TIMEOUT and "timed out after 0.2s: eu-west-1 is pending" in err
+    code, _, err = gtm("wait-ready", "llama-nov", "mars-1", "--timeout", "0.2", *env)
+    assert code == EXIT_REFUSED and "does not include region 'mars-1'" in err
+
+    code, out, _ = gtm("pause", "llama-nov", "--actor", "bob", "--reason", "incident", *env)
+    assert code == 0 and "paused by bob: incident" in out
+    code, _, err = gtm("pause", "llama-nov", *env)
+    assert code == EXIT_REFUSED and "not running" in err
+    code, out, _ = gtm("resume", "llama-nov", "--actor", "bob", *env)
+    assert code == 0 and "resumed by bob" in out
+    code, out, _ = gtm("abort", "llama-nov", "--actor", "bob", "--reason", "changed plans", *env)
+    assert code == 0 and "aborted by bob: changed plans" in out
+    code, _, err = gtm("abort", "llama-nov", *env)
+    assert code == EXIT_REFUSED and "already aborted" in err
+    code, _, err = gtm("wait-ready", "llama-nov", "eu-west-1", "--timeout", "5", *env)
+    assert code == EXIT_REFUSED and "is aborted" in err
+
+    code, out, _ = gtm("status", "llama-nov", "-o", "json", *env)
+    doc = json.loads(out)
+    assert [h["phase"] for h in doc["history"]] == ["running", "paused", "running", "aborted"]
+    assert [h["step"] for h in doc["history"]] == [1, 2, 3, 4]
+    # A finished rollout may be started again; so may another one of the service now.
+    code, _, _ = gtm("start", "llama-dec", *files(env, tmp_path))
+    assert code == 0

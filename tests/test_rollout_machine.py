@@ -1,0 +1,231 @@
+"""The rollout state machine (pure): waves, drain wait, deploy observed, canary, bake, gates,
+ramp, rollback, pause / resume / abort, and that a stored state continues identically."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from gtm.engine import plan
+from gtm.engine import rollout as machine
+from gtm.engine.rollout import IN_FLIGHT, RolloutState
+from gtm.models.report import FleetReport, ModelStats
+from gtm.models.rollout import GateSpec, RolloutSpec
+from tests.factories import FOUR_REGIONS, MODEL, T0, eu_segment, make_inventory, make_policy, make_service
+
+WAVES = (("eu-west-1",), ("eu-central-1",), ("us-east-1", "us-west-2"))
+PHASES = ["draining", "ready-for-deploy", "canary", "ramping 50%", "ramping 100%", "done"]
+
+
+def make_spec(**kw: object) -> RolloutSpec:
+    base: dict[str, object] = dict(
+        name="llama-v2", service="chat", target_version="v2", waves=WAVES, drain_first=True,
+        drain_grace_s=5, canary_fraction=0.1, bake_time_s=60, ramp_steps=(0.5, 1.0), ramp_interval_s=10,
+        gates=GateSpec(metrics=("error_rate", "ttft"), min_samples=10, max_error_rate=0.05),
+    )
+    base.update(kw)
+    return RolloutSpec.model_validate(base)
+
+
+def new_state(spec: RolloutSpec, now: float = T0) -> RolloutState:
+    return machine.start(spec, now, model=MODEL, service_regions=tuple(sorted(FOUR_REGIONS)), ttl_s=30,
+                         report_timeout_s=6, actor="alice")
+
+
+@dataclass
+class World:
+    """Four regions' fleets: what each serves and how it behaves; reports on demand."""
+
+    now: float = T0
+    version: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FOUR_REGIONS, "v1"))
+    bad: dict[str, dict[str, float]] = field(default_factory=dict)  # version → metric overrides
+    seq: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    with_metrics: bool = True
+
+    def reports(self) -> dict[str, FleetReport]:
+        self.seq += 1
+        out = {}
+        for r, v in self.version.items():
+            q = {"ttft": 0.2, "error_rate": 0.0, **self.bad.get(v, {})}
+            j = 1 + 0.1 * self.rng.uniform(-1, 1)
+            stats = ModelStats(
+                model=MODEL, version=v, replicas_total=2, replicas_healthy=2, spare_capacity=5,
+                replicas_by_version={v: 2},
+                ttft_s=q["ttft"] * j if self.with_metrics else None,
+                error_rate=q["error_rate"] if self.with_metrics else None,
+            )
+            out[r] = FleetReport(region=r, agent_id=f"{r}-a", seq=self.seq, observed_at=self.now, interval_s=1,
+                                 healthy=True, consecutive_ok=10, models={MODEL: stats}, spare_capacity=5)
+        return out
+
+
+def drive(state: RolloutState, world: World, *, deploy: str | None = "v2", until: str | None = "done",
+          max_ticks: int = 2000, dt: float = 1.0) -> RolloutState:
+    """Tick every ``dt`` s; a region that is ready for deploy gets ``deploy`` at once (the CD
+    pipeline); every state goes through JSON, as it does through Redis. ``until=None``: run
+    ``max_ticks`` ticks."""
+    for _ in range(max_ticks):
+        if state.status == until:
+            return state
+        world.now += dt
+        state = machine.advance(state, world.reports(), world.now, token=1)
+        state = RolloutState.model_validate_json(state.model_dump_json())
+        waves_in_flight = {i for i, w in enumerate(WAVES) for r in w if state.regions[r].phase in IN_FLIGHT}
+        assert len(waves_in_flight) <= 1, f"more than one wave in flight: {waves_in_flight}"
+        for r, p in state.regions.items():
+            if deploy and p.phase == "ready-for-deploy":
+                world.version[r] = deploy
+    if until is None:
+        return state
+    raise AssertionError(f"not {until} after {max_ticks} ticks: {state.status}, {state.reason}")
+
+
+def phases_of(state: RolloutState, region: str) -> list[str]:
+    return [h.phase for h in state.history if h.region == region]
+
+
+def test_good_version_completes_every_wave_in_order() -> None:
+    world = World()
+    st = drive(new_state(make_spec()), world)
+    assert st.status == "done" and machine.caps(st) == {}
+    assert [h.step for h in st.history] == list(range(1, len(st.history) + 1))
+    for r in FOUR_REGIONS:
+        assert phases_of(st, r) == PHASES, r
+    # Waves strictly in order: a wave's first step comes after the previous wave's last.
+    first = {r: min(h.step for h in st.history if h.region == r) for r in FOUR_REGIONS}
+    last = {r: max(h.step for h in st.history if h.region == r) for r in FOUR_REGIONS}
+    assert last["eu-west-1"] < first["eu-central-1"]
+    assert last["eu-central-1"] < min(first["us-east-1"], first["us-west-2"])
+    # Drain waited TTL (30 s) + grace (5 s); bake waited 60 s before ramping.
+    at = {(h.region, h.phase): h.at for h in st.history}
+    assert at[("eu-west-1", "ready-for-deploy")] - at[("eu-west-1", "draining")] >= 35
+    assert at[("eu-west-1", "ramping 50%")] - at[("eu-west-1", "canary")] >= 60
+    ramp = next(h for h in st.history if h.region == "eu-west-1" and h.phase == "ramping 50%")
+    assert ramp.reason.startswith("gates passed") and "old version on" in ramp.reason
+    last_wave = next(h for h in st.history if h.region == "us-east-1" and h.phase == "ramping 50%")
+    assert "promoted regions" in last_wave.reason, "no old-version region left in the last wave"
+    assert st.history[-1].phase == "done"
+
+
+def test_caps_follow_the_phases() -> None:
+    world = World()
+    st = new_state(make_spec())
+    st = machine.advance(st, world.reports(), world.now)
+    assert machine.caps(st)["eu-west-1"].fraction == 0.0
+    assert "draining" in machine.caps(st)["eu-west-1"].reason
+    st = drive(st, world, until=None, max_ticks=40)  # past TTL + grace, deployed, canary
+    cap = machine.caps(st)["eu-west-1"]
+    assert st.regions["eu-west-1"].phase == "canary" and cap.fraction == 0.1
+    assert cap.reason == "rollout llama-v2: canary 10% of v2"
+    assert set(machine.caps(st)) == {"eu-west-1"}, "later waves are not capped yet"
+
+
+def test_region_waits_for_the_deployed_version() -> None:
+    world = World()
+    st = drive(new_state(make_spec()), world, deploy=None, until=None, max_ticks=100)
+    p = st.regions["eu-west-1"]
+    assert p.phase == "ready-for-deploy"
+    assert p.reason == "waiting for deploy: v2 on 0/1 healthy replicas (reported: v1×2)"
+    assert machine.caps(st)["eu-west-1"].fraction == 0.0, "a drained region stays drained until deployed"
+
+
+def test_without_drain_a_region_is_ready_at_once_and_keeps_traffic() -> None:
+    world = World()
+    st = new_state(make_spec(drain_first=False))
+    st = machine.advance(st, world.reports(), world.now)
+    assert st.regions["eu-west-1"].phase == "ready-for-deploy" and st.ready_for_deploy("eu-west-1")
+    assert machine.caps(st) == {}
+    st = drive(st, world)
+    assert phases_of(st, "eu-west-1") == PHASES[1:]
+
+
+def test_gate_failure_rolls_back_halts_and_waits_for_an_operator() -> None:
+    world = World(bad={"v2": {"error_rate": 0.2}})
+    st = drive(new_state(make_spec()), world, until="halted")
+    p = st.regions["eu-west-1"]
+    assert p.phase == "rolled-back"
+    cap = machine.caps(st)["eu-west-1"]
+    assert cap.fraction == 0.0
+    assert "gate error_rate failed: canary mean 20.00% > ceiling 5.00%" in cap.reason
+    assert "gate error_rate failed" in st.reason and "20.00%" in st.reason and "5.00%" in st.reason
+    assert st.history[-1].phase == "halted" and st.history[-2].phase == "rolled-back"
+    # Halted: nothing moves on its own, whatever happens.
+    world.now += 3600
+    assert machine.advance(st, world.reports(), world.now) is st
+    assert st.regions["eu-central-1"].phase == "pending"
+
+    # An operator resumes: the region bakes again from scratch (and fails again).
+    resumed = machine.resume(st, world.now, actor="bob", reason="retry")
+    assert resumed.status == "running" and resumed.regions["eu-west-1"].phase == "ready-for-deploy"
+    assert resumed.regions["eu-west-1"].canary == {}
+    # ... or aborts: the region stays routed away until it no longer serves v2.
+    aborted = machine.abort(st, world.now, actor="bob", reason="bad build")
+    assert aborted.regions["eu-west-1"].phase == "reverting"
+    assert machine.caps(aborted)["eu-west-1"].fraction == 0.0
+    world.now += 1
+    aborted = machine.advance(aborted, world.reports(), world.now)
+    assert aborted.regions["eu-west-1"].phase == "reverting"
+    world.version["eu-west-1"] = "v1"
+    world.now += 1
+    aborted = machine.advance(aborted, world.reports(), world.now)
+    assert aborted.regions["eu-west-1"].phase == "reverted" and machine.caps(aborted) == {}
+    with pytest.raises(ValueError, match="already aborted"):
+        machine.abort(aborted, world.now, actor="bob")
+
+
+def test_slower_ttft_fails_the_statistical_gate() -> None:
+    world = World(bad={"v2": {"ttft": 0.6}})
+    spec = make_spec(gates=GateSpec(metrics=("error_rate", "ttft"), min_samples=10, max_error_rate=0.05))
+    st = drive(new_state(spec), world, until="halted")
+    assert "gate ttft failed: canary median" in st.reason and "Mann-Whitney U" in st.reason
+
+
+def test_gates_wait_without_samples() -> None:
+    world = World(with_metrics=False)
+    st = drive(new_state(make_spec()), world, until=None, max_ticks=200)
+    p = st.regions["eu-west-1"]
+    assert p.phase == "canary", "no metric samples: the gates never pass by default"
+    assert "waiting for samples (canary 0/10, baseline 0/10)" in p.reason
+
+
+def test_pause_freezes_and_resume_keeps_the_bake_clock() -> None:
+    world = World()
+    st = drive(new_state(make_spec()), world, until=None, max_ticks=45)
+    assert st.regions["eu-west-1"].phase == "canary"
+    since = st.regions["eu-west-1"].since
+    st = machine.pause(st, world.now, actor="bob")
+    world.now += 500
+    assert machine.advance(st, world.reports(), world.now) is st
+    st = machine.resume(st, world.now, actor="bob")
+    assert st.regions["eu-west-1"].since == since + 500
+    with pytest.raises(ValueError, match="only a paused or halted rollout resumes"):
+        machine.resume(machine.abort(st, world.now, actor="x"), world.now, actor="x")
+
+
+def test_stored_state_continues_identically() -> None:
+    """A new leader that reloads the stored state makes exactly the same steps."""
+    w1, w2 = World(), World()
+    st = drive(new_state(make_spec()), w1, until=None, max_ticks=50)
+    drive(new_state(make_spec()), w2, until=None, max_ticks=50)
+    reloaded = RolloutState.model_validate_json(st.model_dump_json())
+    assert reloaded == st
+    a = drive(st, w1)
+    b = drive(reloaded, w2)
+    assert a.history == b.history
+
+
+def test_caps_route_a_rolled_back_region_away_in_the_plan() -> None:
+    world = World(bad={"v2": {"error_rate": 0.2}})
+    st = drive(new_state(make_spec()), world, until="halted")
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    inv = make_inventory()
+    reports = world.reports()
+    state = plan(policy, inv, reports, {}, None, world.now, caps={"chat": machine.caps(st)})
+    pool = state.pool_for("chat.gtm.example.com", "eu")
+    assert pool is not None
+    member = next(m for m in pool.members if m.region == "eu-west-1")
+    assert member.weight == 0 and "ROLLED BACK" in member.reason and "error_rate" in member.reason
+    assert pool.weight_of("eu-central-1") > 0
