@@ -86,6 +86,21 @@ def _check_step(sc: Scenario, step: Step, prev: DesiredState, cur: DesiredState)
                 assert m.weight <= was, (
                     f"{ov.kind}ed {m.region} rose {was}→{m.weight} in {pid} ({pool.mode})"
                 )
+            # (5) a drain step is taken only with the capacity to absorb it: the other serving
+            # regions' spare covers the region's load × (1 + headroom), and enough of them remain.
+            if (
+                ov is not None and ov.kind == "drain" and not ov.force and m.weight < was
+                and pool.mode == "normal" and cur.regions[m.region].state in SERVING_STATES
+            ):
+                others = [o for o in pool.members if o.region != m.region and o.weight > 0]
+                units = {cur.regions[o.region].capacity_unit for o in [*others, m]}
+                assert len(others) >= rules.min_healthy_regions, (m, others)
+                if len(units) == 1:
+                    spare = sum(cur.regions[o.region].spare_capacity for o in others)
+                    need = cur.regions[m.region].load * (1 + rules.headroom)
+                    assert spare + 1e-6 >= need, (
+                        f"drain of {m.region} stepped {was}→{m.weight} with {spare:.2f} spare < {need:.2f}"
+                    )
             # (5) planned moves up: at most one step per plan, except when failing open.
             if pool.mode != "fail-open":
                 assert m.weight - was <= rules.planned_step, (
