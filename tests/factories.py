@@ -385,3 +385,15 @@ def scenarios(draw: st.DrawFn, max_steps: int = 6) -> Scenario:
             overrides = draw(overrides_for(inventory, now))
         sc.steps.append(Step(now, draw(reports_for(inventory, policy, now)), overrides))
     return sc
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine without the component; fail in CI (``CI`` set), where
+    ``make test`` must have installed and started it."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must provide it: see scripts/ensure-services.sh)")
+    pytest.skip(reason)

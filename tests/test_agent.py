@@ -27,6 +27,7 @@ from gtm.models.report import FleetReport
 from gtm.sim import FleetSim, start_fleet
 from gtm.store.keys import Keys
 from gtm.store.store import Store, connect
+from tests.factories import skip_or_fail
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "llama-3.1-8b"
@@ -401,7 +402,7 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
     """Our own throw-away redis-server (no persistence) on ``port``, ready to serve."""
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server not installed")
+        skip_or_fail("redis-server not installed")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

@@ -28,6 +28,7 @@ from factories import (
     make_override,
     make_policy,
     make_report,
+    skip_or_fail,
 )
 
 from gtm.engine import plan
@@ -61,7 +62,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
             await client.ping()
         except redis.RedisError as exc:  # pragma: no cover - environment without Redis
             await client.aclose()
-            pytest.skip(f"no Redis server at {REDIS_HOST}:{REDIS_PORT}: {exc}")
+            skip_or_fail(f"no Redis server at {REDIS_HOST}:{REDIS_PORT}: {exc}")
         st = Store(client, Keys(ns))
     else:
         st = connect("embedded://", ns=ns)
@@ -316,7 +317,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     """A private redis-server on a spare port; every process started is killed after."""
     if not Path(REDIS_SERVER).exists():  # pragma: no cover
-        pytest.skip("redis-server not installed")
+        skip_or_fail("redis-server not installed")
     port = _free_port()
     procs = [_start_redis(port, tmp_path)]
     try:

@@ -41,6 +41,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from gtm.sim.procs import stop_process
+
 __all__ = ["BindServer", "BindStartError", "find_named", "free_port"]
 
 _KEY_BYTES = {"hmac-sha1": 20, "hmac-sha224": 28, "hmac-sha256": 32, "hmac-sha384": 48, "hmac-sha512": 64}
@@ -276,14 +278,7 @@ class BindServer:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
     def stop(self) -> None:
         """Stop ``named`` (by its PID) and remove the directory if this object created it."""

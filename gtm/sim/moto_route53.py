@@ -37,6 +37,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from gtm.sim.procs import stop_process
+
 __all__ = ["MOTO_FIX", "MotoServer", "MotoStartError"]
 
 MOTO_FIX = '''
@@ -183,14 +185,7 @@ class MotoServer:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
     def stop(self) -> None:
         """Stop the server (by its PID) and remove its log."""

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gtm.sim.procs import stop_process
+
 
 class RedisProcess:
     """Start with ``start()``, stop with ``stop()``; ``url`` is its ``redis://`` URL.
@@ -55,13 +57,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> RedisProcess:
