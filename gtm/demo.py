@@ -204,7 +204,13 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     def say(step: Step) -> None:
         if json_out:
             return
-        took = f" [cyan](shift took {step.took_s:.2f}s)[/]" if step.took_s is not None else ""
+        if step.title.startswith("steady"):
+            label = "reached in"
+        elif step.title.startswith("undrain") or " recovers " in step.title:
+            label = "first answers after"
+        else:
+            label = "shift took"
+        took = f" [cyan]({label} {step.took_s:.2f}s)[/]" if step.took_s is not None else ""
         console.print(f"[bold]+{step.t:5.1f}s[/] {step.title}{took}", soft_wrap=True)
         console.print(f"         EU clients: {_fmt(step.eu)}", soft_wrap=True, highlight=False)
         console.print(f"         US clients: {_fmt(step.us)}", soft_wrap=True, highlight=False)
