@@ -204,3 +204,40 @@ def test_demand_in_tokens_per_s_comes_from_the_measured_rate() -> None:
                                        tokens_per_s=1234.5, spare_capacity=500.0)},
     })
     assert instant_load(rep, region) == 1234.5
+
+
+def _cap(fraction: float, immediate: bool = False) -> dict[str, dict[str, object]]:
+    from gtm.models.rollout import WeightCap
+
+    return {"chat": {"eu-central-1": WeightCap(fraction, "rollout r", immediate=immediate)}}
+
+
+def test_rollout_deploy_drain_is_paced_and_rollback_is_immediate() -> None:
+    policy = make_policy(headroom=0.0)
+    state = step(policy, None, T0, reps(T0))
+    assert weights(state, CHAT, "eu")["eu-central-1"] == 255
+    state = plan(policy, INV, reps(T0 + 1, seq=2), {}, state, T0 + 1, caps=_cap(0.0))  # type: ignore[arg-type]
+    assert weights(state, CHAT, "eu")["eu-central-1"] == 255 - 64, "a deploy drain steps like any drain"
+    state = plan(policy, INV, reps(T0 + 2, seq=3), {}, state, T0 + 2, caps=_cap(0.0, immediate=True))  # type: ignore[arg-type]
+    assert weights(state, CHAT, "eu")["eu-central-1"] == 0, "a rollback acts at once"
+
+
+def test_rollout_never_darkens_a_pool_for_a_deploy() -> None:
+    policy = make_policy(headroom=0.0, min_healthy_regions=1)
+    state = step(policy, None, T0, reps(T0))
+    # eu-west-1 fails while eu-central-1 is routed away for its deploy: the cap is lifted.
+    r = reps(T0 + 1, seq=2, eu_west_1=3)
+    state = plan(policy, INV, r, {}, state, T0 + 1, caps=_cap(0.0))  # type: ignore[arg-type]
+    pool = state.pool_for(CHAT, "eu")
+    assert pool is not None and not pool.dark
+    member = next(m for m in pool.members if m.region == "eu-central-1")
+    assert member.weight > 0 and "LIFTED" in member.reason
+
+
+def test_rollout_drain_held_without_headroom() -> None:
+    policy = make_policy(headroom=0.2)
+    spare = {"us-east-1": 0.5, "us-west-2": 0.5, "eu-west-1": 0.5, "eu-central-1": 0.5}
+    state = step(policy, None, T0, reps(T0, spare))
+    state = plan(policy, INV, reps(T0 + 1, spare, seq=2), {}, state, T0 + 1, caps=_cap(0.0))  # type: ignore[arg-type]
+    member = next(m for m in state.pool_for(CHAT, "eu").members if m.region == "eu-central-1")  # type: ignore[union-attr]
+    assert member.weight == 255 and "held" in member.reason and "needed" in member.reason

@@ -51,7 +51,9 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             + (f" [bold red]DAMPED {r['damped_until'] - now:.0f}s[/]" if r.get("damped_until") else ""),
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
             _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
-            f"{r['override']} ({r['override_reason']})" if r["override"] else "",
+            "; ".join(
+                ([f"{r['override']} ({r['override_reason']})"] if r["override"] else []) + list(r.get("rollout") or [])
+            ),
             r["reason"],
         )
     console.print(t)

@@ -33,6 +33,13 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
     reports, _ = await store.get_reports(regions)
     leader = await store.leader()
     controller = await store.get_applied("controller") or {}
+    rollout_caps: dict[str, list[str]] = {}
+    if config is not None:
+        from gtm.controller.rollout import current_caps
+
+        for svc, region_caps in (await current_caps(store, config.policy)).items():
+            for region, cap in region_caps.items():
+                rollout_caps.setdefault(region, []).append(f"{svc}: {cap.reason}")
     rejected = await store.rejected_counts()
     # The audit entry written with the desired state (controller ``_persist``) carries its
     # commit; other entries (forced drains, rejected policies) may be newer.
@@ -67,6 +74,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
                 "report_expired": rep is None,
                 "healthy_check": rep.healthy if rep is not None else None,
                 "damped_until": st.damped_until if st is not None and st.damped_until > now else None,
+                "rollout": rollout_caps.get(r, []),
                 "override": ov.kind if ov is not None else None,
                 "override_reason": f"{ov.actor}: {ov.reason}" if ov is not None else "",
                 "weights": (

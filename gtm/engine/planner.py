@@ -31,7 +31,7 @@ from gtm.engine.demand import smoothed_load
 from gtm.engine.fallback import apply_fallbacks
 from gtm.engine.health import flap_damping, is_fresh, region_health
 from gtm.engine.residency import eligible_regions
-from gtm.engine.safety import admitted_drains, drain_hold, drain_weight, paced_weight
+from gtm.engine.safety import admitted_drains, drain_hold, drain_weight, paced_weight, step_due
 from gtm.models.override import Override
 from gtm.models.plan import (
     SERVING_STATES,
@@ -48,7 +48,7 @@ from gtm.models.region import Inventory
 from gtm.models.report import FleetReport
 from gtm.models.rollout import WeightCap
 
-_Caps = tuple[tuple[str, float, str], ...]
+_Caps = tuple[tuple[str, float, str, bool], ...]
 """(region, fraction, reason) weight caps from a rollout, sorted by region; () for none."""
 _PoolKey = tuple[
     str, tuple[str, ...], str | None, str, tuple[tuple[str, int], ...], tuple[str, ...], _Caps, tuple[str, ...]
@@ -239,7 +239,8 @@ def _with_caps(
             key = compiled.pool_keys[route.pool_id]
             eligible = key[1]
             c: _Caps = tuple(
-                (r, region_caps[r].fraction, region_caps[r].reason) for r in eligible if r in region_caps
+                (r, region_caps[r].fraction, region_caps[r].reason, region_caps[r].immediate)
+                for r in eligible if r in region_caps
             )
             if not c:
                 routes.append(route)
@@ -351,7 +352,7 @@ def _plan_pool(
     now: float,
 ) -> PoolPlan:
     segment, eligible, model, routing, static, pins, caps, spill = key
-    cap_of = {r: (f, why) for r, f, why in caps}
+    cap_of = {r: (f, why, now_) for r, f, why, now_ in caps}
     rules = policy.safety
     prev_members = {m.region: m for m in prev_pool.members} if prev_pool is not None else {}
 
@@ -433,15 +434,12 @@ def _plan_pool(
             target = weights[r]
             capped = cap_of.get(r)
             if capped is not None:
-                fraction, cap_reason = capped
-                target = 0 if fraction <= 0 else max(1, round(target * fraction))
-            # A rollout routing a region away (deploy drain or rollback) acts at once.
-            w = 0 if capped is not None and target == 0 else paced_weight(prev, target, rules, now)
-            if capped is not None:
-                why = f"{cap_reason}: weight {w} ({capped[0]:.0%} of {weights[r]})"
+                w, why = _capped_weight(r, capped, target, prev, eligible, weights, cap_of, overrides,
+                                        statuses, rules, now, pool_id, segment)
                 changed_at = now if prev is None or prev.weight != w else prev.changed_at
                 members.append(PoolMember(region=r, weight=w, reason=why, changed_at=changed_at))
                 continue
+            w = paced_weight(prev, target, rules, now)
             if ov is not None and ov.kind == "cordon":
                 w = min(w, prev.weight if prev is not None else 0)
                 why = f"cordoned by {ov.actor} ({ov.reason}): weight held at {w}"
@@ -464,6 +462,65 @@ def _plan_pool(
     if pins and not all_drained:
         return _pinned_unavailable(pool_id, segment, pins, spill, members, statuses, reports, model, overrides, now)
     return _no_region_serves(pool_id, segment, eligible, members, prev_pool, policy, overrides, now)
+
+
+def _capped_weight(
+    region: str,
+    capped: tuple[float, str, bool],
+    normal: int,
+    prev: PoolMember | None,
+    eligible: tuple[str, ...],
+    weights: Mapping[str, int],
+    cap_of: Mapping[str, tuple[float, str, bool]],
+    overrides: Mapping[str, Override],
+    statuses: Mapping[str, RegionStatus],
+    rules: SafetyRules,
+    now: float,
+    pool_id: str,
+    segment: str,
+) -> tuple[int, str]:
+    """A rollout-capped region's weight.
+
+    Rollback and abort caps are failure moves: at once. Every other cap is a planned move:
+    paced by ``planned_step``; a route-away (deploy drain) is held, with the numbers, while the
+    pool's other serving regions lack headroom or fall under ``min_healthy_regions``; and a
+    region held at 0 for a deploy is let back in when the pool would otherwise have too few
+    serving regions (a failure elsewhere must not leave the segment dark for a rollout).
+    """
+    fraction, cap_reason, immediate = capped
+    target = 0 if fraction <= 0 else max(1, round(normal * fraction))
+    share = f"{fraction:.0%} of {normal}"
+    if immediate:
+        return 0 if target == 0 else paced_weight(prev, target, rules, now), f"{cap_reason}: weight {target} ({share})"
+    others = [
+        r for r in eligible
+        if r != region and weights.get(r, 0) > 0
+        and not (r in overrides and overrides[r].kind == "drain")
+        and not (r in cap_of and cap_of[r][0] <= 0)
+    ]
+    if target == 0:
+        p = prev.weight if prev is not None else 0
+        if len(others) < rules.min_healthy_regions:
+            w = paced_weight(prev, normal, rules, now)
+            return w, (
+                f"{cap_reason} LIFTED: only {len(others)} other serving region(s) in pool {pool_id} "
+                f"(segment {segment}) < min_healthy_regions {rules.min_healthy_regions}; serving at weight {w}"
+            )
+        if p == 0:
+            return 0, f"{cap_reason}: weight 0"
+        units = {statuses[r].capacity_unit for r in (region, *others)}
+        held = drain_hold(region, len(others), statuses[region].load,
+                          sum(statuses[r].spare_capacity for r in others),
+                          units.pop() if len(units) == 1 else None, rules)
+        if held is not None:
+            return p, f"{cap_reason}: {held} (pool {pool_id}, segment {segment})"
+        w = drain_weight(prev, rules, now)
+        return w, f"{cap_reason}: stepping {p}→{w}"
+    if prev is not None and target < prev.weight:
+        w = max(target, prev.weight - rules.planned_step) if step_due(prev, rules, now) else prev.weight
+    else:
+        w = paced_weight(prev, target, rules, now)
+    return w, f"{cap_reason}: weight {w} ({share})"
 
 
 def _drain_hold(

@@ -516,9 +516,10 @@ def caps(state: RolloutState) -> dict[str, WeightCap]:
             f = spec.ramp_steps[p.ramp_index]
             out[region] = WeightCap(f, f"{tag}: ramp {p.ramp_index + 1}/{len(spec.ramp_steps)} at {f:.0%}")
         elif p.phase == "rolled-back":
-            out[region] = WeightCap(0.0, f"{tag}: ROLLED BACK: {p.gate}")
+            out[region] = WeightCap(0.0, f"{tag}: ROLLED BACK: {p.gate}", immediate=True)
         elif p.phase == "reverting":
-            out[region] = WeightCap(0.0, f"{tag}: aborted, routed away while serving {spec.target_version}")
+            out[region] = WeightCap(0.0, f"{tag}: aborted, routed away while serving {spec.target_version}",
+                                    immediate=True)
     return out
 
 

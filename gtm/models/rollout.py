@@ -93,10 +93,13 @@ class WeightCap:
     """A rollout's limit on one region's weight for one service.
 
     Attributes:
-        fraction: 0..1 of the weight the region would otherwise get; 0 routes it away
-            (drain for deploy, or rollback), which is applied at once.
+        fraction: 0..1 of the weight the region would otherwise get; 0 routes it away.
         reason: shown in the plan (e.g. ``rollout llama-nov: canary 5 %``).
+        immediate: a failure move (rollback, abort): applied at once. Otherwise a planned
+            move: paced by the safety rules' step, and a route-away is held while the pool's
+            other regions lack headroom or would fall under ``min_healthy_regions``.
     """
 
     fraction: float
     reason: str
+    immediate: bool = False
