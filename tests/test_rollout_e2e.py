@@ -194,9 +194,12 @@ async def fleets() -> AsyncIterator[Fleets]:
         await http.close()
         for r in runners:
             await r.cleanup()
-        keys = [k async for k in store.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
-        if keys:
-            await store.client.delete(*keys)
+        # Leave nothing on the shared Redis: a task still finishing may write once more.
+        for _ in range(3):
+            keys = [k async for k in store.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
+            if keys:
+                await store.client.delete(*keys)
+            await asyncio.sleep(0.3)
         await store.aclose()
         for s in agent_stores:
             await s.aclose()
