@@ -91,6 +91,32 @@ def demo_config(ports: dict[str, int]) -> Config:
     return Config(policy=policy, inventory=inventory, digest=policy_digest(policy, inventory), files=())
 
 
+async def start_fleets_and_agents(
+    cfg: Config,
+    ports: dict[str, int],
+    store: Any,
+    stop: asyncio.Event,
+    runners: list[Any],
+    tasks: list[asyncio.Task[Any]],
+    *,
+    agent_prefix: str,
+) -> None:
+    """Start the demo's simulated fleet and agent for every region, in this process.
+
+    Appends the fleets' runners to ``runners`` and the agents' tasks to ``tasks`` (the caller
+    stops them), so a failure half-way still leaves everything started to be cleaned up.
+    """
+    for name, *_rest, kind, replicas in _REGIONS:
+        runner, _sim = await start_fleet(
+            kind, "127.0.0.1", ports[name], model=MODEL, version=VERSION, replicas=replicas
+        )
+        runners.append(runner)
+    settings = AgentSettings()
+    for name in ports:
+        agent = RegionAgent(cfg.inventory.regions[name], store, settings, agent_id=f"{agent_prefix}-{name}")
+        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{name}"))
+
+
 @dataclass
 class Step:
     """One line of the timeline."""
@@ -171,15 +197,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     stop = asyncio.Event()
     runners = []
     tasks: list[asyncio.Task[Any]] = []
-    for name, *_rest, kind, replicas in _REGIONS:
-        runner, _sim = await start_fleet(
-            kind, "127.0.0.1", ports[name], model=MODEL, version=VERSION, replicas=replicas
-        )
-        runners.append(runner)
-    agent_settings = AgentSettings()
-    for name in ports:
-        agent = RegionAgent(cfg.inventory.regions[name], store, agent_settings, agent_id=f"demo-{name}")
-        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{name}"))
+    await start_fleets_and_agents(cfg, ports, store, stop, runners, tasks, agent_prefix="demo")
     dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
     await dns.start("127.0.0.1", 0)
     ctl = Controller(store, lambda: cfg, [dns], ControllerSettings(tick_s=0.25))

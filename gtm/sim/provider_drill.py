@@ -43,16 +43,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from gtm.agent.daemon import AgentSettings, RegionAgent
 from gtm.controller.loop import Controller, ControllerSettings
-from gtm.demo import _REGIONS, EU_CLIENT, FQDN, MODEL, US_CLIENT, VERSION, Demo, _free_port, demo_config
+from gtm.demo import _REGIONS, EU_CLIENT, FQDN, US_CLIENT, Demo, _free_port, demo_config, start_fleets_and_agents
 from gtm.models.policy import ProviderConfig
 from gtm.providers.bindserver import BindServer
 from gtm.providers.dnsclient import answer_shares, query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
 from gtm.providers.registry import build_provider
-from gtm.sim.fleet import start_fleet
 from gtm.sim.moto_route53 import MotoServer
 from gtm.store import connect
 
@@ -249,15 +247,7 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
             say(f"  Route 53 (moto server pid {moto.pid}) at {moto.url}, hosted zone {zone_id}, 5 calls/s")
 
             # -- the demo's world: fleets, agents, controller, embedded DNS -----------------
-            for name, *_rest, kind, replicas in _REGIONS:
-                runner, _sim = await start_fleet(
-                    kind, "127.0.0.1", ports[name], model=MODEL, version=VERSION, replicas=replicas
-                )
-                runners.append(runner)
-            agent_settings = AgentSettings()
-            for name in ports:
-                agent = RegionAgent(cfg.inventory.regions[name], store, agent_settings, agent_id=f"drill-{name}")
-                tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{name}"))
+            await start_fleets_and_agents(cfg, ports, store, stop, runners, tasks, agent_prefix="drill")
             dns_server = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
             await dns_server.start("127.0.0.1", 0)
             say(f"  embedded DNS on :{dns_server.port}; clients EU {EU_CLIENT}, US {US_CLIENT}\n")
