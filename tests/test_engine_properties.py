@@ -6,7 +6,7 @@ the engine alone can hold is checked on every plan against the one before it.
 
 from __future__ import annotations
 
-from factories import Scenario, Step, reports_for, scenarios
+from factories import Scenario, Step, examples, reports_for, scenarios
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,7 @@ from gtm.models.policy import Policy
 from gtm.models.region import Inventory
 
 SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -139,7 +139,7 @@ def test_invariants_over_plan_sequences(sc: Scenario) -> None:
         previous = state
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.data(), sc=scenarios(max_steps=1))
 def test_residency_in_any_failure_combination_without_previous(
     data: st.DataObject, sc: Scenario
@@ -165,7 +165,7 @@ def test_residency_in_any_failure_combination_without_previous(
                     assert ov is None or not ov.active(step.now), (m, ov)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(sc=scenarios())
 def test_round_trip_preserves_every_plan(sc: Scenario) -> None:
     previous: DesiredState | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from factories import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,7 +147,7 @@ def _check(
         assert table.lookup(subnet) == _reference(entries, subnet)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     raw=st.lists(_entry4, max_size=40),
     probes=st.lists(
@@ -162,7 +163,7 @@ def test_ipv4_longest_prefix_match_equals_brute_force(
     _check(4, raw, probes)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     raw=st.lists(_entry6, max_size=30),
     probes=st.lists(

@@ -241,3 +241,26 @@ def test_rollout_drain_held_without_headroom() -> None:
     state = plan(policy, INV, reps(T0 + 1, spare, seq=2), {}, state, T0 + 1, caps=_cap(0.0))  # type: ignore[arg-type]
     member = next(m for m in state.pool_for(CHAT, "eu").members if m.region == "eu-central-1")  # type: ignore[union-attr]
     assert member.weight == 255 and "held" in member.reason and "needed" in member.reason
+
+
+def test_drain_is_held_when_the_only_other_region_is_held_at_weight_zero() -> None:
+    # eu-central-1 was drained to 0, is undrained while failing one check (below `fall`), so
+    # hysteresis keeps it at 0. Draining eu-west-1 now would leave the EU pool with no region
+    # carrying weight: the drain must wait, whatever eu-central-1's capacity target says.
+    policy = make_policy(min_healthy_regions=1, headroom=0.0, max_drained=4)
+    state = step(policy, None, T0, reps(T0))
+    ovs = {"eu-central-1": make_override("eu-central-1", since=T0)}
+    for i in range(1, 8):
+        state = step(policy, state, T0 + i, reps(T0 + i, seq=1 + i), ovs)
+    assert weights(state, CHAT, "eu")["eu-central-1"] == 0
+    before = weights(state, CHAT, "eu")["eu-west-1"]
+    assert before > 0
+    ovs = {"eu-west-1": make_override("eu-west-1", since=T0 + 9)}
+    for i in range(10, 14):
+        state = step(policy, state, T0 + i, reps(T0 + i, seq=1 + i, eu_central_1=1), ovs)
+        eu = weights(state, CHAT, "eu")
+        assert eu == {"eu-central-1": 0, "eu-west-1": before}, eu
+    pool = state.pool_for(CHAT, "eu")
+    assert pool is not None
+    west = next(m for m in pool.members if m.region == "eu-west-1")
+    assert "held" in west.reason and "min_healthy_regions 1" in west.reason, west.reason

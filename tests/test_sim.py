@@ -77,7 +77,7 @@ async def test_token_counter_grows_at_configured_rate(http: aiohttp.ClientSessio
     try:
         src = FleetSource(name="a", kind="vllm", url=sim.url)
         first = await scrape_source(http, src, 2.0)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # long enough that a pause inside one scrape can't skew the rate
         second = await scrape_source(http, src, 2.0)
         assert first.engine is not None and second.engine is not None
         assert first.engine.generation_tokens is not None

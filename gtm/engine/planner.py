@@ -401,6 +401,7 @@ def _plan_pool(
         }
         basis = "spare capacity"
 
+    carried = _carried_weights(weights, prev_members, reports, overrides, cap_of, rules, now)
     members: list[PoolMember] = []
     for r in eligible:
         prev = prev_members.get(r)
@@ -418,7 +419,7 @@ def _plan_pool(
         elif ov is not None and ov.kind == "drain":
             held = None
             if not ov.force and prev is not None and prev.weight > 0:
-                held = _drain_hold(r, eligible, weights, overrides, admitted, statuses, rules)
+                held = _drain_hold(r, eligible, carried, prev_members, overrides, admitted, statuses, rules)
             if held is not None:
                 w, why = prev.weight, f"{held} (pool {pool_id}, segment {segment})"  # type: ignore[union-attr]
             else:
@@ -434,7 +435,7 @@ def _plan_pool(
             target = weights[r]
             capped = cap_of.get(r)
             if capped is not None:
-                w, why = _capped_weight(r, capped, target, prev, eligible, weights, cap_of, overrides,
+                w, why = _capped_weight(r, capped, target, prev, eligible, carried, cap_of, overrides,
                                         statuses, rules, now, pool_id, segment)
                 changed_at = now if prev is None or prev.weight != w else prev.changed_at
                 members.append(PoolMember(region=r, weight=w, reason=why, changed_at=changed_at))
@@ -470,7 +471,7 @@ def _capped_weight(
     normal: int,
     prev: PoolMember | None,
     eligible: tuple[str, ...],
-    weights: Mapping[str, int],
+    carried: Mapping[str, int],
     cap_of: Mapping[str, tuple[float, str, bool]],
     overrides: Mapping[str, Override],
     statuses: Mapping[str, RegionStatus],
@@ -494,7 +495,7 @@ def _capped_weight(
         return 0 if target == 0 else paced_weight(prev, target, rules, now), f"{cap_reason}: weight {target} ({share})"
     others = [
         r for r in eligible
-        if r != region and weights.get(r, 0) > 0
+        if r != region and carried.get(r, 0) > 0
         and not (r in overrides and overrides[r].kind == "drain")
         and not (r in cap_of and cap_of[r][0] <= 0)
     ]
@@ -523,10 +524,49 @@ def _capped_weight(
     return w, f"{cap_reason}: weight {w} ({share})"
 
 
+def _carried_weights(
+    weights: Mapping[str, int],
+    prev_members: Mapping[str, PoolMember],
+    reports: Mapping[str, FleetReport],
+    overrides: Mapping[str, Override],
+    cap_of: Mapping[str, tuple[float, str, bool]],
+    rules: SafetyRules,
+    now: float,
+) -> dict[str, int]:
+    """The weight each available region other than a drained one will carry in this plan.
+
+    Drain and rollout holds judge whether the *other* regions can take the traffic, so they
+    must count what those regions will actually serve, not their capacity target: a region
+    held by hysteresis after a failed check keeps its previous weight (0 stays 0), a cordoned
+    one never rises, a rising one only by ``planned_step`` once due, and a rollout capped to 0
+    serves nothing. Drained regions are 0 here; the drain ordering accounts for them.
+
+    Returns:
+        region -> weight 0..255.
+    """
+    out: dict[str, int] = {}
+    for r, target in weights.items():
+        prev = prev_members.get(r)
+        ov = overrides.get(r)
+        if ov is not None and ov.kind == "drain":
+            out[r] = 0
+        elif prev is not None and r in reports and not reports[r].healthy:
+            out[r] = prev.weight
+        elif r in cap_of and cap_of[r][0] <= 0:
+            out[r] = 0
+        else:
+            w = paced_weight(prev, target, rules, now)
+            if ov is not None and ov.kind == "cordon":
+                w = min(w, prev.weight if prev is not None else 0)
+            out[r] = w
+    return out
+
+
 def _drain_hold(
     region: str,
     eligible: tuple[str, ...],
-    weights: Mapping[str, int],
+    carried: Mapping[str, int],
+    prev_members: Mapping[str, PoolMember],
     overrides: Mapping[str, Override],
     admitted: set[str],
     statuses: Mapping[str, RegionStatus],
@@ -541,11 +581,13 @@ def _drain_hold(
     def draining(r: str) -> bool:
         return r in overrides and overrides[r].kind == "drain" and r in admitted
 
-    others = [
-        r for r in eligible
-        if r != region and r in weights
-        and (first(overrides[r]) > mine if draining(r) else weights[r] > 0)
-    ]
+    def still_serving(r: str) -> bool:
+        if draining(r):
+            prev = prev_members.get(r)
+            return first(overrides[r]) > mine and prev is not None and prev.weight > 0
+        return carried[r] > 0
+
+    others = [r for r in eligible if r != region and r in carried and still_serving(r)]
     units = {statuses[r].capacity_unit for r in (region, *others)}
     unit = units.pop() if len(units) == 1 else None
     spare = sum(statuses[r].spare_capacity for r in others)
