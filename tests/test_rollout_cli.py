@@ -3,9 +3,11 @@ no controller runs here, so only the operators' transitions happen."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,10 @@ import redis
 from typer.testing import CliRunner
 
 from gtm.cli.rollout import EXIT_REFUSED, EXIT_TIMEOUT, rollout_app
+from gtm.controller.rollout import update
+from gtm.engine import rollout as machine
+from gtm.models.report import FleetReport, ModelStats
+from gtm.store import Store, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -103,3 +109,72 @@ def test_lifecycle_exit_codes_and_reasons(env: list[str], tmp_path: Path) -> Non
     # A finished rollout may be started again; so may another one of the service now.
     code, _, _ = gtm("start", "llama-dec", *files(env, tmp_path))
     assert code == 0
+
+
+def _store_call(env: list[str], fn: Callable[[Store], Awaitable[object]]) -> None:
+    async def go() -> None:
+        store = connect(env[1], ns=env[3])
+        try:
+            await fn(store)
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+def _report(region: str, version: str) -> FleetReport:
+    stats = ModelStats(model="llama-3.1-8b", version=version, replicas_total=2, replicas_healthy=2,
+                       spare_capacity=1.0, replicas_by_version={version: 2})
+    return FleetReport(region=region, agent_id=f"{region}-a", seq=1, observed_at=time.time(), interval_s=2,
+                       healthy=True, consecutive_ok=5, models={"llama-3.1-8b": stats}, spare_capacity=1.0)
+
+
+def test_start_refused_when_the_target_is_already_everywhere(env: list[str], tmp_path: Path) -> None:
+    async def put(store: Store) -> None:
+        await store.put_report(_report("us-east-1", "llama-3.1-8b-2026-12"), 30, changed=True)
+
+    _store_call(env, put)
+    code, _, err = gtm("start", "llama-dec", *files(env, tmp_path))
+    assert code == EXIT_REFUSED, err
+    assert "rollout llama-dec (us-east-1) already serves only llama-3.1-8b-2026-12" in err
+
+    async def put_old(store: Store) -> None:
+        await store.put_report(_report("us-east-1", "llama-3.1-8b-2026-11"), 30, changed=True)
+
+    _store_call(env, put_old)
+    code, _, err = gtm("start", "llama-dec", *files(env, tmp_path))
+    assert code == 0, err
+
+
+def test_release_a_region_an_aborted_rollout_holds(env: list[str], tmp_path: Path) -> None:
+    code, _, err = gtm("release", "llama-nov", "eu-west-1", "--reason", "x", *env)
+    assert code == EXIT_REFUSED and "no rollout 'llama-nov' was started" in err
+    code, _, err = gtm("start", "llama-nov", *files(env, tmp_path))
+    assert code == 0, err
+
+    # What a controller would have done: wave 1 started, eu-west-1 routed away for deploy.
+    async def first_wave(store: Store) -> None:
+        def tick(cur: machine.RolloutState | None) -> machine.RolloutState:
+            assert cur is not None
+            return machine.advance(cur, {}, time.time(), token=1)
+
+        await update(store, "llama-nov", tick)
+
+    _store_call(env, first_wave)
+    code, _, err = gtm("release", "llama-nov", "eu-west-1", "--reason", "x", *env)
+    assert code == EXIT_REFUSED and "is running; only an aborted rollout" in err
+    code, _, err = gtm("release", "llama-nov", "eu-west-1", *env)
+    assert code == 2 and "--reason" in err, "a release must say why"
+    code, _, err = gtm("abort", "llama-nov", "--reason", "bad build", *env)
+    assert code == 0, err
+    code, _, err = gtm("release", "llama-nov", "us-east-1", "--reason", "x", *env)
+    assert code == EXIT_REFUSED and "(reverting: eu-west-1)" in err
+    code, out, err = gtm("release", "llama-nov", "eu-west-1", "--reason", "CHG-9 fine here",
+                         "--actor", "carol", "-o", "json", *env)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["regions"]["eu-west-1"]["phase"] == "reverted"
+    assert doc["regions"]["eu-west-1"]["reason"].startswith("released by carol: CHG-9 fine here")
+    assert doc["history"][-1]["actor"] == "carol"
+    code, _, err = gtm("release", "llama-nov", "eu-west-1", "--reason", "again", *env)
+    assert code == EXIT_REFUSED and "(reverting: none)" in err

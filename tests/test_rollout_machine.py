@@ -176,6 +176,46 @@ def test_gate_failure_rolls_back_halts_and_waits_for_an_operator() -> None:
         machine.abort(aborted, world.now, actor="bob")
 
 
+def test_release_lets_an_aborted_region_serve_the_target_version() -> None:
+    world = World(bad={"v2": {"error_rate": 0.2}})
+    st = drive(new_state(make_spec()), world, until="halted")
+    with pytest.raises(ValueError, match="only an aborted rollout"):
+        machine.release(st, "eu-west-1", world.now, actor="carol")
+    aborted = machine.abort(st, world.now, actor="bob", reason="bad build")
+    with pytest.raises(ValueError, match=r"region us-east-1 is not routed away .*\(reverting: eu-west-1\)"):
+        machine.release(aborted, "us-east-1", world.now, actor="carol")
+    released = machine.release(aborted, "eu-west-1", world.now + 1, actor="carol", reason="needed for capacity")
+    assert aborted.regions["eu-west-1"].phase == "reverting", "the stored state is not modified"
+    p = released.regions["eu-west-1"]
+    assert p.phase == "reverted" and p.reason.startswith("released by carol: needed for capacity")
+    assert "may still serve v2" in p.reason
+    assert machine.caps(released) == {}, "no cap: the region is back in normal routing"
+    assert released.history[-1].actor == "carol" and released.history[-1].region == "eu-west-1"
+    # The region still serves v2; the controller's tick must not route it away again.
+    world.now += 5
+    assert machine.advance(released, world.reports(), world.now) is released
+
+
+def test_already_deployed_refuses_only_when_every_wave_region_serves_only_the_target() -> None:
+    spec = make_spec()
+    world = World()
+    world.version = dict.fromkeys(FOUR_REGIONS, "v2")
+    reports = world.reports()
+    why = machine.already_deployed(spec, MODEL, reports, world.now, 6.0)
+    assert why is not None and "already serves only v2" in why and "no region is left on the old" in why
+    # One region still (partly) on v1: there is something to roll out.
+    mixed = dict(reports)
+    stats = mixed["us-west-2"].models[MODEL].model_copy(update={"replicas_by_version": {"v2": 1, "v1": 1}})
+    mixed["us-west-2"] = mixed["us-west-2"].model_copy(update={"models": {MODEL: stats}})
+    assert machine.already_deployed(spec, MODEL, mixed, world.now, 6.0) is None
+    # A stale or missing report proves nothing either.
+    assert machine.already_deployed(spec, MODEL, reports, world.now + 60, 6.0) is None
+    partial = {r: rep for r, rep in reports.items() if r != "eu-central-1"}
+    assert machine.already_deployed(spec, MODEL, partial, world.now, 6.0) is None
+    world.version = dict.fromkeys(FOUR_REGIONS, "v1")
+    assert machine.already_deployed(spec, MODEL, world.reports(), world.now, 6.0) is None
+
+
 def test_slower_ttft_fails_the_statistical_gate() -> None:
     world = World(bad={"v2": {"ttft": 0.6}})
     spec = make_spec(gates=GateSpec(metrics=("error_rate", "ttft"), min_samples=10, max_error_rate=0.05))

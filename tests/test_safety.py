@@ -264,3 +264,19 @@ def test_drain_is_held_when_the_only_other_region_is_held_at_weight_zero() -> No
     assert pool is not None
     west = next(m for m in pool.members if m.region == "eu-west-1")
     assert "held" in west.reason and "min_healthy_regions 1" in west.reason, west.reason
+
+
+def test_cordoned_region_beside_a_nearly_full_fleet_gets_a_bounded_weight() -> None:
+    # Found by `make soak`: the free regions' largest spare is a subnormal float, so the
+    # cordoned region's spare / top overflowed to infinity and plan() raised OverflowError.
+    policy = make_policy(headroom=0.0)
+    spare = {"us-east-1": 5e-324, "us-west-2": 0.0, "eu-west-1": 0.0, "eu-central-1": 1.0}
+    ovs = {"eu-central-1": make_override("eu-central-1", "cordon")}
+    state = step(policy, None, T0, reps(T0, spare), ovs)
+    eu = weights(state, CHAT, "eu")
+    assert eu["eu-central-1"] == 0, "cold start: a cordoned region has no weight to keep"
+    state = step(policy, None, T0, reps(T0, spare))
+    state = step(policy, state, T0 + 1, reps(T0 + 1, spare, seq=2), ovs)
+    w = weights(state, CHAT, "default")
+    assert w["eu-central-1"] == 255, "cordoned: held at its previous weight, never above"
+    assert w["us-east-1"] > 1 and all(0 <= v <= 255 for v in w.values()), w  # ramping to the top

@@ -115,11 +115,14 @@ def start(
 ) -> None:
     """Start rollout NAME from the policy. The controller begins wave 1 on its next cycle.
 
-    Refused (exit 3) if NAME is not in the policy, is already active, or another rollout of
-    the same service is active. A finished (done or aborted) rollout may be started again.
+    Refused (exit 3) if NAME is not in the policy, is already active, another rollout of
+    the same service is active, or every region of its waves already serves only the target
+    version (nothing to roll out, and a canary would have no baseline to be judged against).
+    A finished (done or aborted) rollout may be started again.
     """
     from gtm.controller.rollout import load, update
     from gtm.engine import rollout as machine
+    from gtm.engine.rollout import already_deployed
 
     cfg = _config(policies, regions)
     spec = next((r for r in cfg.policy.rollouts if r.name == name), None)
@@ -136,6 +139,11 @@ def start(
             busy = [n for n, (st, _) in others.items() if n != name and st.active]
             if busy:
                 raise _Refused(f"rollout {busy[0]} of service {spec.service} is still active; finish or abort it first")
+
+            reports, _bad = await store.get_reports(sorted({r for w in spec.waves for r in w}))
+            done = already_deployed(spec, svc.model, reports, time.time(), cfg.policy.health.report_timeout_s)
+            if done is not None:
+                raise _Refused(done)
 
             def change(current: machine.RolloutState | None) -> machine.RolloutState:
                 if current is not None and current.active:
@@ -213,6 +221,46 @@ def abort(
     """End the rollout. Regions in flight stay routed away until none of their healthy
     replicas serves the target version any more; then normal routing. Exit 3 if already ended."""
     _operator(name, "abort", redis, ns, actor, reason, output, debug)
+
+
+@rollout_app.command()
+def release(
+    name: str = typer.Argument(..., help="Rollout name."),
+    region: str = typer.Argument(..., help="A region the aborted rollout keeps routed away."),
+    reason: str = typer.Option(..., "--reason", help="Why it may serve again (audited; required)."),
+    actor: str = ActorOpt, redis: str | None = RedisOpt, ns: str = NsOpt, output: str = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Let REGION of an aborted rollout serve again now, although its replicas may still run
+    the target version (e.g. the version was fine there, or the capacity is needed).
+
+    Without it, an aborted rollout keeps each region that was in flight at weight 0 until none
+    of its healthy replicas serves the target version. The region then ramps back like any
+    recovery (paced by the policy's planned_step). Exit 3 if the rollout is not aborted or does
+    not hold REGION (the message lists the regions it holds).
+    """
+    from gtm.controller.rollout import update
+    from gtm.engine import rollout as machine
+
+    async def go() -> machine.RolloutState:
+        store = _connect(redis, ns)
+        try:
+
+            def change(current: machine.RolloutState | None) -> machine.RolloutState:
+                if current is None:
+                    raise _Refused(f"no rollout {name!r} was started")
+                new = machine.release(current, region, time.time(), actor=actor, reason=reason)
+                return new.model_copy(update={"updated_at": time.time()})
+
+            return await update(store, name, change)
+        finally:
+            await store.aclose()
+
+    st = _run(go, debug)
+    if output == "json":
+        _json(machine.summary(st))
+    else:
+        console.print(f"rollout [bold]{name}[/]: released {region}: {escape(st.regions[region].reason)}")
 
 
 # -- status / wait-ready ------------------------------------------------------------------------

@@ -395,7 +395,7 @@ def _plan_pool(
             **dict.fromkeys(drained, 0),
             # On the free regions' scale, then capped at the previous weight below.
             **{
-                r: MAX_WEIGHT if top_free <= 0 else min(MAX_WEIGHT, max(1, round(MAX_WEIGHT * spare[r] / top_free)))
+                r: MAX_WEIGHT if top_free <= 0 else max(1, round(MAX_WEIGHT * min(1.0, spare[r] / top_free)))
                 for r in cordoned
             },
         }

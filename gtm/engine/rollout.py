@@ -261,6 +261,62 @@ def abort(state: RolloutState, now: float, *, actor: str, reason: str = "") -> R
     return st
 
 
+def already_deployed(
+    spec: RolloutSpec, model: str | None, reports: Mapping[str, FleetReport], now: float, report_timeout_s: float
+) -> str | None:
+    """Why starting ``spec`` would be pointless, or None when there is something to roll out.
+
+    It is pointless when every region of its waves has a fresh report whose healthy replicas
+    all serve ``spec.target_version`` (at least one of them): no region would change, and no
+    region is left on the old version to serve as the canary's baseline. A region without a
+    fresh report, or with any replica on another version, leaves the start allowed.
+
+    Args:
+        spec: the rollout.
+        model: the service's model (None: the report's only or largest model).
+        reports: latest report per region.
+        now: unix seconds; reports older than ``report_timeout_s`` seconds do not count.
+    """
+    regions = sorted({r for wave in spec.waves for r in wave})
+    for region in regions:
+        rep = reports.get(region)
+        if rep is None or now - rep.observed_at > report_timeout_s or not rep.healthy:
+            return None
+        stats = stats_for(rep, model)
+        if stats is None or stats.replicas_healthy <= 0:
+            return None
+        if stats.healthy_on(spec.target_version) < stats.replicas_healthy:
+            return None
+    return (
+        f"every region of rollout {spec.name} ({', '.join(regions)}) already serves only "
+        f"{spec.target_version}: nothing to roll out, and no region is left on the old version "
+        "as the canary's baseline"
+    )
+
+
+def release(state: RolloutState, region: str, now: float, *, actor: str, reason: str = "") -> RolloutState:
+    """Let a region of an aborted rollout back into normal routing although its replicas may
+    still serve the target version (the operator has judged that version acceptable there, or
+    the region is needed for capacity). Without it the region stays routed away until no
+    healthy replica serves the target version.
+
+    Raises:
+        ValueError: the rollout is not aborted, or ``region`` is not one of its reverting
+            regions (the message lists them).
+    """
+    if state.status != "aborted":
+        raise ValueError(f"rollout {state.name} is {state.status}; only an aborted rollout's regions can be released")
+    reverting = sorted(r for r, p in state.regions.items() if p.phase == "reverting")
+    if region not in reverting:
+        held = ", ".join(reverting) or "none"
+        raise ValueError(f"region {region} is not routed away by rollout {state.name} (reverting: {held})")
+    st = state.model_copy(deep=True)
+    why = f"released by {actor}" + (f": {reason}" if reason else "")
+    _enter(st, region, "reverted", now, f"{why}; normal routing, may still serve {st.spec.target_version}",
+           actor=actor)
+    return st
+
+
 # -- the controller's tick --------------------------------------------------------------------
 
 
