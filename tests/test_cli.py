@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from factories import FOUR_REGIONS, healthy_reports, make_inventory, make_policy, make_report
 from typer.testing import CliRunner
 
 from gtm.cli.main import app
+from gtm.engine import plan
+from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport, ModelStats
 from gtm.store.keys import Keys
 
@@ -128,3 +131,44 @@ def test_unreachable_redis_is_a_clear_error() -> None:
                        "--policies", str(ROOT / "policies"), "--regions", str(ROOT / "regions"))
     assert code == 1
     assert "StoreError" in err and "Traceback" not in err
+
+
+def _damped_state(now: float) -> DesiredState:
+    """The controller's plan after us-west-2 flapped in and out: damped for 100 s."""
+    policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1)
+    inv = make_inventory()
+    state = None
+    for i, bad in enumerate((False, True, False, True, False)):
+        t = now - 5 + i
+        reps = healthy_reports(t, dict.fromkeys(FOUR_REGIONS, 2.0))
+        if bad:
+            reps["us-west-2"] = make_report("us-west-2", t, healthy=False, fail=1)
+        state = plan(policy, inv, reps, {}, state, t)
+    assert state is not None and state.regions["us-west-2"].damped_until > now
+    return state
+
+
+def test_undamp_clears_flap_damping_and_is_audited(ns: str) -> None:
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    conn = ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns]
+    code, _, err = gtm("undamp", "us-west-2", "--reason", "x", *conn)
+    assert code == 3 and "the controller plans nothing yet" in err
+    r.set(keys.desired, _damped_state(time.time()).to_json())
+    code, _, err = gtm("undamp", "us-east-1", "--reason", "x", *conn)
+    assert code == 3 and "us-east-1 is not damped" in err
+    code, _, err = gtm("undamp", "mars-1", "--reason", "x", *conn)
+    assert code == 3 and "unknown region 'mars-1'" in err
+    code, _, err = gtm("undamp", "us-west-2", "--reason", " ", *conn)
+    assert code == 2 and "--reason" in err
+    assert r.hgetall(keys.damping_cleared) == {}, "a refused undamp writes nothing"
+
+    code, out, err = gtm("undamp", "us-west-2", "--reason", "NIC replaced", "--actor", "alice", "-o", "json", *conn)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["cleared"] is True and 90 < doc["remaining_s"] <= 100
+    stored = json.loads(r.hget(keys.damping_cleared, "us-west-2") or "{}")
+    assert stored["actor"] == "alice" and stored["reason"] == "NIC replaced" and stored["at"] == doc["at"]
+    entry = r.xrevrange(keys.audit, count=1)[0][1]
+    assert entry["action"] == "undamp" and entry["region"] == "us-west-2" and entry["actor"] == "alice"
+    r.close()

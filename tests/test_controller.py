@@ -294,3 +294,30 @@ async def test_a_new_leader_warms_up_and_keeps_its_routing_when_redis_is_emptied
     await store.client.delete(store.keys.leader)
     await store.client.delete(store.keys.desired)
     assert await fresh.cycle() is None
+
+
+async def test_a_cleared_flap_damping_lets_the_region_back_on_the_next_cycle(store: Store) -> None:
+    def config() -> Config:
+        policy = make_policy([make_service(segments=[eu_segment()])], flap_threshold=3, flap_window_s=60,
+                             flap_penalty_s=600, rise=1, fall=1)
+        inv = make_inventory()
+        return Config(policy=policy, inventory=inv, digest=policy_digest(policy, inv), files=())
+
+    clock = Clock()
+    ctl = Controller(store, config, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
+    for bad in (False, True, False, True, False):
+        clock.t += 1
+        await put_healthy(store, clock.t)
+        if bad:
+            await store.put_report(make_report("eu-west-1", clock.t, healthy=False, fail=1), ttl_s=60, changed=True)
+        state = await ctl.cycle()
+    assert state is not None and state.regions["eu-west-1"].damped_until > clock.t
+    eu = state.pool_for("chat.gtm.example.com", "eu")
+    assert eu is not None and eu.weight_of("eu-west-1") == 0
+    await store.clear_damping("eu-west-1", clock.t, "alice", "fixed")
+    clock.t += 1
+    await put_healthy(store, clock.t)
+    state = await ctl.cycle()
+    assert state is not None and state.regions["eu-west-1"].damped_until == 0.0
+    eu = state.pool_for("chat.gtm.example.com", "eu")
+    assert eu is not None and eu.weight_of("eu-west-1") > 0

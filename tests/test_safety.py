@@ -128,6 +128,47 @@ def test_flapping_region_is_damped() -> None:
     assert weights(state, CHAT, "default")["us-west-2"] > 0
 
 
+def _flapped(policy: Policy) -> tuple[DesiredState, float, int]:
+    state = step(policy, None, T0, reps(T0))
+    now, seq = T0, 1
+    for bad in (True, False, True, False):
+        now += 1
+        seq += 1
+        state = step(policy, state, now, reps(now, seq=seq, us_west_2=1 if bad else 0))
+    assert state.regions["us-west-2"].damped_until > now
+    return state, now, seq
+
+
+def test_operator_clears_flap_damping() -> None:
+    policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1, planned_step=64)
+    state, now, seq = _flapped(policy)
+    # Cleared: the penalty is lifted and the past transitions stop counting; the weight ramps
+    # back in planned steps like any recovery.
+    cleared = {"us-west-2": now + 1}
+    now += 1
+    state = plan(policy, INV, reps(now, seq=seq + 1), {}, state, now, damping_cleared=cleared)
+    st = state.regions["us-west-2"]
+    assert st.damped_until == 0.0 and st.transitions == ()
+    assert weights(state, CHAT, "default")["us-west-2"] == 64
+    # One new flap after the clear does not damp it again at once: only 2 transitions count.
+    for bad in (True, False):
+        now += 1
+        seq += 1
+        state = plan(policy, INV, reps(now, seq=seq + 1, us_west_2=1 if bad else 0), {}, state, now,
+                     damping_cleared=cleared)
+    assert state.regions["us-west-2"].damped_until == 0.0
+    assert len(state.regions["us-west-2"].transitions) == 2
+
+
+def test_a_clear_older_than_the_damping_does_not_lift_it() -> None:
+    policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1)
+    state, now, seq = _flapped(policy)
+    before = state.regions["us-west-2"].damped_until
+    state = plan(policy, INV, reps(now + 1, seq=seq + 1), {}, state, now + 1, damping_cleared={"us-west-2": T0})
+    assert state.regions["us-west-2"].damped_until == before
+    assert weights(state, CHAT, "default")["us-west-2"] == 0
+
+
 def _spill_policy() -> Policy:
     seg = Segment(name="eu", match=SegmentMatch(continents=("EU",)),
                   residency=eu_segment().residency, on_unavailable="spill", spill_to=("US",))

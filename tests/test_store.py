@@ -184,6 +184,24 @@ async def test_overrides_put_get_delete(store: Store) -> None:
     assert await store.get_overrides() == {"eu-west-1": cordon}
 
 
+async def test_flap_damping_clears_put_get_and_wake_the_controller(store: Store) -> None:
+    assert await store.get_damping_cleared() == {}
+    events = store.events()
+    listening = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0.2)  # subscribed before the write
+    await store.clear_damping("us-west-2", T0 + 5, "alice", "NIC replaced")
+    assert await asyncio.wait_for(listening, 5) == "undamp:us-west-2"
+    await events.aclose()
+    await store.clear_damping("us-west-2", T0 + 9, "bob", "again")
+    assert await store.get_damping_cleared() == {"us-west-2": T0 + 9}
+    doc = json.loads(await store.client.hget(store.keys.damping_cleared, "us-west-2"))
+    assert doc == {"at": T0 + 9, "actor": "bob", "reason": "again"}
+    # A malformed entry is skipped, not raised.
+    await store.client.hset(store.keys.damping_cleared, "eu-west-1", "garbage")
+    await store.client.hset(store.keys.damping_cleared, "us-east-1", json.dumps({"at": "NaN"}))
+    assert await store.get_damping_cleared() == {"us-west-2": T0 + 9}
+
+
 # -- desired state, fencing, lease -----------------------------------------------------------
 
 

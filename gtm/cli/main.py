@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import DEFAULT_REDIS_URL, Settings, redact
@@ -600,6 +601,64 @@ def undrain(
     else:
         err_console.print(f"{region} had no drain or cordon")
     if not existed:
+        raise typer.Exit(3)
+
+
+@app.command()
+def undamp(
+    region: str = typer.Argument(..., help="Region whose flap damping to clear."),
+    reason: str = typer.Option(..., "--reason", "-r", help="Why (e.g. the fix that stops it flapping). Required."),
+    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
+    redis: str | None = RedisOpt,
+    ns: str = NsOpt,
+    output: Output = OutputOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Clear a region's flap damping before its penalty runs out.
+
+    A region that went in and out of service `flap_threshold` times within `flap_window_s`
+    stays out for `flap_penalty_s` (shown as DAMPED in `gtm status`). Once the cause is fixed,
+    this lets it back at once: its past transitions stop counting, and if it is healthy its
+    weight ramps up in planned steps. Written to the audit stream. Exit 3 if the controller's
+    current plan does not show REGION damped (nothing is written).
+    """
+    from gtm.store import connect
+
+    if not reason.strip() or len(reason) > 500:
+        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is written to the audit stream)")
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, Any]:
+        store = connect(_store_url(redis), ns=ns)
+        try:
+            now = time.time()
+            state = await store.get_desired()
+            status = state.regions.get(region) if state is not None else None
+            if status is None:
+                known = ", ".join(sorted(state.regions)) if state is not None else "nothing yet"
+                return {"region": region, "cleared": False,
+                        "error": f"unknown region {region!r}; the controller plans {known}"}
+            if status.damped_until <= now:
+                return {"region": region, "cleared": False, "error": f"{region} is not damped"}
+            await store.clear_damping(region, now, actor, reason)
+            await store.append_audit({"ts": now, "action": "undamp", "region": region, "actor": actor,
+                                      "reason": reason, "damped_until": status.damped_until})
+            return {"region": region, "cleared": True, "at": now, "was_damped_until": status.damped_until,
+                    "remaining_s": status.damped_until - now, "state": status.state}
+        finally:
+            await store.aclose()
+
+    data = _run(go, debug)
+    if output is Output.json:
+        _print_json(data)
+    elif data["cleared"]:
+        console.print(
+            f"cleared flap damping of [bold]{region}[/] ({data['remaining_s']:.0f}s of penalty left) by {actor}; "
+            f"it is {data['state']}: a healthy region ramps back in planned steps; watch with `gtm status`"
+        )
+    else:
+        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
+    if not data["cleared"]:
         raise typer.Exit(3)
 
 

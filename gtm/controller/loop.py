@@ -234,6 +234,7 @@ class Controller:
             regions = sorted(self.config.policy.region_names & self.config.inventory.regions.keys())
             reports, rejected = await self.store.get_reports(regions)
             overrides = await self.store.get_overrides()
+            cleared = await self.store.get_damping_cleared()
             if self.state is None or self._reread:
                 stored = await self.store.get_desired()
                 # An emptied Redis must not erase what this replica still knows: keep ours.
@@ -255,7 +256,7 @@ class Controller:
             caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
             new = plan(
                 self.config.policy, self.config.inventory, reports, overrides, previous, now,
-                digest=self.config.digest, caps=caps,
+                digest=self.config.digest, caps=caps, damping_cleared=cleared,
             )
         except Exception:  # never make things worse: keep serving the last good routing
             self.stats.engine_errors += 1

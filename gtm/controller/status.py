@@ -120,12 +120,13 @@ async def plan_now(store: Store, config: Config, now: float | None = None) -> tu
     regions = sorted(config.policy.region_names & config.inventory.regions.keys())
     reports, _ = await store.get_reports(regions)
     overrides = await store.get_overrides()
+    cleared = await store.get_damping_cleared()
     previous = await store.get_desired()
     from gtm.controller.rollout import current_caps
 
     caps = await current_caps(store, config.policy)
     state = plan(config.policy, config.inventory, reports, overrides, previous, now, digest=config.digest,
-                 caps=caps or None)
+                 caps=caps or None, damping_cleared=cleared)
     return state, previous
 
 

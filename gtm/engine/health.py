@@ -98,6 +98,7 @@ def flap_damping(
     window_s: float,
     penalty_s: float,
     now: float,
+    cleared_at: float = 0.0,
 ) -> tuple[tuple[float, ...], float]:
     """Track in/out-of-service transitions and damp a flapping region.
 
@@ -108,6 +109,9 @@ def flap_damping(
         window_s: seconds.
         penalty_s: how long a flapping region stays out, seconds.
         now: unix seconds.
+        cleared_at: unix seconds an operator cleared the region's damping (``gtm undamp``),
+            0 if never: transitions up to then no longer count, and a penalty that began
+            by then is lifted.
 
     Returns:
         ``(transitions within the window, damped_until)``; the region must stay out while
@@ -116,10 +120,12 @@ def flap_damping(
     if previous is None:
         return (), 0.0
     was = previous.state in SERVING_STATES
-    times = tuple(t for t in previous.transitions if now - t <= window_s)
+    times = tuple(t for t in previous.transitions if now - t <= window_s and t > cleared_at)
     if was != serving:
         times = (*times, now)
     damped_until = previous.damped_until if previous.damped_until > now else 0.0
+    if damped_until and damped_until - penalty_s <= cleared_at:
+        damped_until = 0.0
     if threshold and len(times) >= threshold and damped_until == 0.0 and was != serving:
         damped_until = now + penalty_s
     return times, damped_until

@@ -66,6 +66,7 @@ def plan(
     *,
     digest: str = "",
     caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
+    damping_cleared: Mapping[str, float] | None = None,
 ) -> DesiredState:
     """Compute the desired routing.
 
@@ -79,6 +80,9 @@ def plan(
         digest: the policy's digest (``gtm.config.policy_digest``), recorded in the plan.
         caps: rollout weight caps: service name → region → ``WeightCap``. A capped region
             takes ``fraction`` of the weight it would otherwise get (0 routes it away at once).
+        damping_cleared: region → unix seconds an operator cleared its flap damping
+            (``gtm undamp``); earlier transitions no longer count and a penalty begun by then
+            is lifted (the region then ramps back in planned steps).
 
     Returns:
         The desired state. Its ``generation`` grows only when the routing changes.
@@ -90,7 +94,8 @@ def plan(
         return _hold(policy, previous, now, digest, stale, len(regions))
 
     active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
-    statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions)
+    statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions,
+                                damping_cleared or {})
     drains = {r: o for r, o in active_overrides.items() if o.kind == "drain"}
     admitted = admitted_drains(drains, policy.safety.max_drained)
 
@@ -299,6 +304,7 @@ def _region_statuses(
     previous: DesiredState | None,
     now: float,
     regions: list[str],
+    damping_cleared: Mapping[str, float],
 ) -> dict[str, RegionStatus]:
     out: dict[str, RegionStatus] = {}
     prev_regions = previous.regions if previous is not None else {}
@@ -309,7 +315,8 @@ def _region_statuses(
         ov = overrides.get(r)
         rules = policy.safety
         transitions, damped_until = flap_damping(
-            prev, state in SERVING_STATES, rules.flap_threshold, rules.flap_window_s, rules.flap_penalty_s, now
+            prev, state in SERVING_STATES, rules.flap_threshold, rules.flap_window_s, rules.flap_penalty_s, now,
+            damping_cleared.get(r, 0.0),
         )
         out[r] = RegionStatus(
             region=r,

@@ -53,6 +53,11 @@ class Keys:
         return f"{self.prefix}override:*"
 
     @property
+    def damping_cleared(self) -> str:
+        """Hash: region → JSON ``{"at", "actor", "reason"}`` of the last ``gtm undamp``."""
+        return f"{self.prefix}damping-cleared"
+
+    @property
     def desired(self) -> str:
         return f"{self.prefix}desired"
 

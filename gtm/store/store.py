@@ -212,6 +212,36 @@ class Store:
             out[ov.region] = ov
         return out
 
+    async def clear_damping(self, region: str, at: float, actor: str, reason: str) -> None:
+        """Record that an operator cleared ``region``'s flap damping at ``at`` (unix seconds)
+        and wake the controller. Raises ``StoreError``."""
+        doc = json.dumps({"at": at, "actor": actor, "reason": reason})
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.damping_cleared, region, doc)
+                pipe.publish(self.keys.events, f"undamp:{region}")
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"clearing flap damping of {region}: {exc}") from exc
+
+    async def get_damping_cleared(self) -> dict[str, float]:
+        """Region → unix seconds its flap damping was last cleared; malformed entries are
+        logged and skipped. Raises ``StoreError``."""
+        try:
+            raw = await self.client.hgetall(self.keys.damping_cleared)
+        except RedisError as exc:
+            raise StoreError(f"reading flap damping clears: {exc}") from exc
+        out: dict[str, float] = {}
+        for region, text in raw.items():
+            try:
+                at = float(json.loads(text)["at"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("get_damping_cleared: skipping malformed entry for %s: %s", region, exc)
+                continue
+            if math.isfinite(at):
+                out[region] = at
+        return out
+
     # -- desired / applied state ---------------------------------------------------------
 
     async def put_desired(self, state: DesiredState, *, lease_value: str | None = None) -> None:
