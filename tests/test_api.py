@@ -15,7 +15,7 @@ from gtm.config.loader import Config, policy_digest
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.store import Store
 from gtm.store.keys import Keys
-from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
+from tests.factories import T0, eu_segment, make_inventory, make_override, make_policy, make_report, make_service
 
 TOKEN = "t0ken-" + uuid.uuid4().hex
 
@@ -119,3 +119,49 @@ async def test_status_and_metrics(store: Store) -> None:
         assert fams["gtm_controller_cycles"].samples[0].value == 1.0
     finally:
         await client.close()
+
+
+async def test_metrics_show_rollouts_overrides_and_damping(store: Store) -> None:
+    from gtm.controller.rollout import update
+    from gtm.engine import rollout as machine
+    from gtm.models.rollout import RolloutSpec
+
+    spec = RolloutSpec(name="llama-v2", service="chat", target_version="v2",
+                       waves=(("eu-west-1",), ("us-east-1",)), drain_first=True)
+
+    def config() -> Config:
+        base = make_config()
+        policy = base.policy.model_copy(update={"rollouts": (spec,)})
+        return Config(policy=policy, inventory=base.inventory, digest=base.digest, files=())
+
+    ctl = Controller(store, config, [], ControllerSettings(owner="api"), clock=lambda: T0)
+    for r in ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"):
+        await store.put_report(make_report(r, T0), ttl_s=60, changed=True)
+    await store.put_override(make_override("us-west-2", "cordon", since=T0))
+    await ctl.cycle()
+
+    def started(cur: machine.RolloutState | None) -> machine.RolloutState:
+        st = machine.start(spec, T0, model=None, service_regions=("eu-central-1", "eu-west-1", "us-east-1",
+                           "us-west-2"), ttl_s=30, report_timeout_s=6, actor="alice")
+        return machine.advance(st, {}, T0 + 1, token=1)
+
+    await update(store, "llama-v2", started)
+    client = TestClient(TestServer(build_app(store, config, ctl, TOKEN)))
+    await client.start_server()
+    try:
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    status = {s.labels["status"]: s.value for s in fams["gtm_rollout_status"].samples}
+    assert status == {"running": 1.0, "paused": 0.0, "halted": 0.0, "done": 0.0, "aborted": 0.0}
+    assert {s.labels["service"] for s in fams["gtm_rollout_status"].samples} == {"chat"}
+    phases = {(s.labels["region"], s.labels["phase"]) for s in fams["gtm_rollout_region_phase"].samples}
+    assert ("eu-west-1", "draining") in phases and ("us-east-1", "pending") in phases
+    caps = {s.labels["region"]: s.value for s in fams["gtm_rollout_weight_cap"].samples}
+    assert caps == {"eu-west-1": 0.0}
+    assert fams["gtm_rollout_steps"].samples[0].value >= 2
+    overrides = {(s.labels["region"], s.labels["kind"]): s.value for s in fams["gtm_region_override"].samples}
+    assert overrides == {("us-west-2", "cordon"): 1.0}
+    damped = {s.labels["region"]: s.value for s in fams["gtm_region_damped"].samples}
+    assert damped == dict.fromkeys(("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"), 0.0)

@@ -17,6 +17,7 @@ constant time and never logged.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -30,10 +31,11 @@ from pydantic import ValidationError
 from gtm.config.loader import Config
 from gtm.controller.loop import Controller
 from gtm.controller.status import gather_status
-from gtm.errors import StoreError
+from gtm.errors import GtmError, StoreError
 from gtm.models.override import Override
 from gtm.store import Store
 
+log = logging.getLogger(__name__)
 STORE_KEY = web.AppKey("store", Store)
 CONFIG_KEY = web.AppKey("config", object)
 CONTROLLER_KEY = web.AppKey("controller", object)
@@ -138,7 +140,54 @@ async def _metrics(request: web.Request) -> web.Response:
             for pid, pool in state.pools.items():
                 for m in pool.members:
                     weight.labels(pid, pool.segment, m.region).set(m.weight)
+            now = ctl.clock()
+            damped = Gauge("gtm_region_damped", "1 while flap damping keeps the region out", ["region"], registry=reg)
+            override = Gauge("gtm_region_override", "1 while an operator override applies",
+                             ["region", "kind"], registry=reg)
+            for r, st in state.regions.items():
+                damped.labels(r).set(int(st.damped_until > now))
+                if st.override:
+                    override.labels(r, st.override).set(1)
+    await _rollout_metrics(request, reg)
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+ROLLOUT_STATUSES = ("running", "paused", "halted", "done", "aborted")
+
+
+async def _rollout_metrics(request: web.Request, reg: CollectorRegistry) -> None:
+    """Rollout series from the stored rollout states of the policy's rollouts.
+
+    ``gtm_rollout_status{rollout,service,status}`` (1 for the current status, 0 for the others:
+    alert on ``{status="halted"} == 1``), ``gtm_rollout_steps`` (steps taken so far),
+    ``gtm_rollout_region_phase{rollout,region,phase}`` (1 for each region's current phase) and
+    ``gtm_rollout_weight_cap{rollout,region}`` (fraction 0..1 of the region's normal weight).
+    Omitted when Redis cannot be read; the rest of ``/metrics`` is still served.
+    """
+    from gtm.controller.rollout import load
+    from gtm.engine import rollout as machine
+
+    try:
+        names = [r.name for r in _cfg(request).policy.rollouts]
+        states = await load(request.app[STORE_KEY], names) if names else {}
+    except (GtmError, OSError) as exc:
+        log.warning("metrics: rollout states unavailable: %s", exc)
+        return
+    status = Gauge("gtm_rollout_status", "1 for the rollout's current status", ["rollout", "service", "status"],
+                   registry=reg)
+    steps = Gauge("gtm_rollout_steps", "Steps the rollout has taken", ["rollout"], registry=reg)
+    phase = Gauge("gtm_rollout_region_phase", "1 for the region's current phase", ["rollout", "region", "phase"],
+                  registry=reg)
+    cap = Gauge("gtm_rollout_weight_cap", "Weight cap, fraction 0..1 of normal weight", ["rollout", "region"],
+                registry=reg)
+    for name, (st, _raw) in sorted(states.items()):
+        for s in ROLLOUT_STATUSES:
+            status.labels(name, st.spec.service, s).set(int(st.status == s))
+        steps.labels(name).set(st.step)
+        for region, p in sorted(st.regions.items()):
+            phase.labels(name, region, p.phase).set(1)
+        for region, c in sorted(machine.caps(st).items()):
+            cap.labels(name, region).set(c.fraction)
 
 
 class _ControllerCounters:
