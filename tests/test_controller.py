@@ -321,3 +321,66 @@ async def test_a_cleared_flap_damping_lets_the_region_back_on_the_next_cycle(sto
     assert state is not None and state.regions["eu-west-1"].damped_until == 0.0
     eu = state.pool_for("chat.gtm.example.com", "eu")
     assert eu is not None and eu.weight_of("eu-west-1") > 0
+
+
+async def test_a_policy_change_to_providers_swaps_the_provider_workers(store: Store) -> None:
+    """Providers come from the policy: a reload that changes them builds new ones (the old ones
+    finish and stop); one that cannot be built keeps the providers in force."""
+    import asyncio
+
+    from gtm.errors import ConfigError
+    from gtm.models.policy import ProviderConfig
+
+    built: dict[str, RecordingPublisher] = {}
+    names: list[str] = ["route53-a"]
+    fail = False
+
+    def config() -> Config:
+        base = make_config()
+        provs = tuple(ProviderConfig(name=n, kind="route53", options={"hosted_zone_id": "Z1"}) for n in names)
+        policy = base.policy.model_copy(update={"providers": provs})
+        return Config(policy=policy, inventory=base.inventory, digest=policy_digest(policy, base.inventory), files=())
+
+    def factory(policy: object) -> list[RecordingPublisher]:
+        if fail:
+            raise ConfigError(["providers[0].options.hosted_zone_id: no such zone"])
+        out = []
+        for p in policy.providers:  # type: ignore[attr-defined]
+            built[p.name] = RecordingPublisher(p.name)
+            out.append(built[p.name])
+        return out
+
+    first = factory(config().policy)
+    await put_healthy(store, T0)
+    ctl = Controller(store, config, [], ControllerSettings(owner="a", tick_s=0.05), clock=lambda: T0,
+                     providers=first, provider_factory=factory)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ctl.run(stop))
+
+    async def until(pred: object, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not pred():  # type: ignore[operator]
+            assert asyncio.get_running_loop().time() < deadline, "condition not met"
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(lambda: len(built["route53-a"].states) == 1)
+        names[:] = ["route53-b"]  # the next reload names another provider
+        await until(lambda: "route53-b" in built and len(built["route53-b"].states) == 1)
+        assert [w.name for w in ctl.workers] == ["route53-b"]
+        # The new provider starts from the routing in force (same pools; the policy digest moved).
+        assert built["route53-b"].states[0].pools == built["route53-a"].states[0].pools
+        assert built["route53-b"].states[0].policy_digest == config().digest
+
+        fail, names[:] = True, ["route53-c"]
+        await until(lambda: ctl.stats.last_error.startswith("providers not reconfigured"))
+        assert "no such zone" in ctl.stats.last_error
+        assert [w.name for w in ctl.workers] == ["route53-b"], "a provider that cannot be built changes nothing"
+        assert "route53-c" not in built
+        # New routing still reaches the provider in force.
+        await store.put_report(make_report("us-west-2", T0, healthy=False, fail=2), ttl_s=60, changed=True)
+        await until(lambda: len(built["route53-b"].states) == 2)
+        assert len(built["route53-a"].states) == 1, "the replaced provider gets nothing more"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

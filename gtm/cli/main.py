@@ -897,7 +897,8 @@ def controller(
         from gtm.controller.rollout import RolloutDriver
 
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick), providers=providers,
-                         provider_resync_s=provider_resync, caps_provider=RolloutDriver(store))
+                         provider_resync_s=provider_resync, caps_provider=RolloutDriver(store),
+                         provider_factory=build_providers)
         for p in providers:
             log.info("controller: provider %s (%s) for zones %s", p.name, type(p).__name__, ", ".join(p.zones))
         runner = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ from gtm.engine import plan
 from gtm.errors import ConfigError, LeaseLostError, ProviderError, StoreError
 from gtm.log import get_logger
 from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy
 from gtm.providers.base import Publisher
 from gtm.store import Store
 
@@ -96,19 +98,18 @@ class Controller:
         caps_provider: Callable[..., Any] | None = None,  # async (controller, reports, now) -> caps
         providers: Sequence[Publisher] = (),
         provider_resync_s: float = 0.0,
+        provider_factory: Callable[[Policy], Sequence[Publisher]] | None = None,
     ) -> None:
         self.store = store
         self.config_loader = config_loader
         self.publishers = list(publishers)
-        self.workers = [
-            ProviderWorker(
-                p, store, may_write=lambda: self.is_leader, fencing_token=lambda: self.fencing_token,
-                resync_s=provider_resync_s, clock=clock,
-            )
-            for p in providers
-        ]
-        self.settings = settings or ControllerSettings()
+        self.provider_factory = provider_factory
+        self._provider_resync_s = provider_resync_s
         self.clock = clock
+        self.workers = [self._worker(p) for p in providers]
+        self._next_workers: list[ProviderWorker] | None = None
+        self._provider_sig: str | None = None
+        self.settings = settings or ControllerSettings()
         self.caps_provider = caps_provider
         self.stats = ControllerStats()
         self.config: Config | None = None
@@ -119,6 +120,12 @@ class Controller:
         self._reread = False
         self._leader_since = 0.0
         self._info_dirty = True
+
+    def _worker(self, provider: Publisher) -> ProviderWorker:
+        return ProviderWorker(
+            provider, self.store, may_write=lambda: self.is_leader, fencing_token=lambda: self.fencing_token,
+            resync_s=self._provider_resync_s, clock=self.clock,
+        )
 
     @property
     def is_leader(self) -> bool:
@@ -135,10 +142,19 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles until ``stop`` is set; then release the lease."""
         events = asyncio.create_task(self._listen(stop), name="controller-events")
-        workers = [asyncio.create_task(w.run(stop), name=f"provider-{w.name}") for w in self.workers]
+        running: dict[ProviderWorker, tuple[asyncio.Task[None], asyncio.Event]] = {}
+
+        def start(worker: ProviderWorker) -> None:
+            own = asyncio.Event()
+            running[worker] = (asyncio.create_task(worker.run(own), name=f"provider-{worker.name}"), own)
+
+        for w in self.workers:
+            start(w)
         try:
             while not stop.is_set():
                 await self.cycle()
+                if self._next_workers is not None:
+                    await self._swap_workers(running, start)
                 self._wake.clear()
                 waiter = asyncio.create_task(self._wake.wait())
                 stopper = asyncio.create_task(stop.wait())
@@ -155,13 +171,70 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await events
             stop.set()
-            for w in workers:
+            for _task, own in running.values():
+                own.set()
+            for task, _own in running.values():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(w, 10)
+                    await asyncio.wait_for(task, 10)
             if self.lease is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(self.lease[0])
                 self.lease = None
+
+    async def _swap_workers(
+        self,
+        running: dict[ProviderWorker, tuple[asyncio.Task[None], asyncio.Event]],
+        start: Callable[[ProviderWorker], None],
+    ) -> None:
+        """Replace the provider workers with those built from the new policy: each old one
+        finishes the publish it is in, then stops; the new ones start from the routing in force."""
+        new, self._next_workers = self._next_workers or [], None
+        old = list(self.workers)
+        for w in old:
+            running[w][1].set()
+        for w in old:
+            task, _ = running.pop(w)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 30)
+            close = getattr(w.provider, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        self.workers = new
+        for w in new:
+            start(w)
+            if self.is_leader and self.state is not None:
+                w.submit(self.state)
+        log.info("providers reconfigured: %s", ", ".join(w.name for w in new) or "none")
+
+    def _reconfigure_providers(self, cfg: Config) -> None:
+        """Build new providers when the policy's ``providers`` (or zones, owner id) changed.
+
+        A failure to build them (bad credentials file, unknown zone) keeps the providers in
+        force, counts a config error and says so in ``last_error``.
+        """
+        sig = json.dumps([[p.model_dump(mode="json") for p in cfg.policy.providers],
+                          [z.model_dump(mode="json") for z in cfg.policy.zones], cfg.policy.owner_id],
+                         sort_keys=True)
+        if self._provider_sig is None or self.provider_factory is None:
+            self._provider_sig = sig  # the providers given at start were built from this policy
+            return
+        if sig == self._provider_sig:
+            return
+        try:
+            providers = list(self.provider_factory(cfg.policy))
+        except Exception as exc:
+            self.stats.config_errors += 1
+            self.stats.last_error = f"providers not reconfigured, keeping {[w.name for w in self.workers]}: {exc}"
+            self._info_dirty = True
+            log.error("_reload_config: %s", self.stats.last_error)
+            return
+        self._provider_sig = sig
+        if self.stats.last_error.startswith("providers not reconfigured"):
+            self.stats.last_error = ""
+            self._info_dirty = True
+        self._next_workers = [self._worker(p) for p in providers]
+        self.wake()
 
     async def _listen(self, stop: asyncio.Event) -> None:
         backoff = 0.1
@@ -203,6 +276,7 @@ class Controller:
                          f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
             self._info_dirty = True
+            self._reconfigure_providers(cfg)
             # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
             reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
             if reconfigurable:
