@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
 from gtm.engine.demand import smoothed_load
@@ -104,13 +104,23 @@ def plan(
         pool_keys, services = _with_caps(compiled, policy, caps)
     prev_pools = previous.pools if previous is not None else {}
     prev_capped = {pid.partition(".")[0]: p for pid, p in prev_pools.items() if "." in pid}
-    pools = {
-        pool_id: _plan_pool(
-            pool_id, key, policy, statuses, reports, active_overrides, admitted,
-            _previous_pool(prev_pools, prev_capped, pool_id), now,
-        )
-        for pool_id, key in pool_keys.items()
-    }
+    pools: dict[str, PoolPlan] = {}
+    cache = compiled.settled_pools
+    region_sigs: dict[tuple[str, str | None], tuple[object, ...]] = {}
+    for pool_id, key in pool_keys.items():
+        prev_pool = _previous_pool(prev_pools, prev_capped, pool_id)
+        sig = _pool_signature(key, statuses, reports, active_overrides, admitted, region_sigs)
+        hit = cache.get(pool_id)
+        if hit is not None and prev_pool is not None and hit[1] is prev_pool and hit[0] == sig:
+            pools[pool_id] = prev_pool  # settled, same inputs: planning it again gives the same
+            continue
+        pool, settled = _plan_pool(pool_id, key, policy, statuses, reports, active_overrides, admitted,
+                                   prev_pool, now)
+        if settled and pool == prev_pool:
+            cache[pool_id] = (sig, pool)
+        else:
+            cache.pop(pool_id, None)
+        pools[pool_id] = pool
     services, fallback_decisions = apply_fallbacks(policy, inventory, services, pools)
     endpoints = compiled.endpoints
     state = DesiredState(
@@ -125,6 +135,14 @@ def plan(
         endpoints=endpoints,
         decisions=(*_decisions(previous, statuses, pools), *fallback_decisions),
     )
+    if (
+        previous is not None and not previous.held and previous.policy_digest == digest
+        and previous.services is services and previous.endpoints is endpoints
+        and len(previous.pools) == len(pools)
+        and all(previous.pools.get(pid) is pool for pid, pool in pools.items())
+    ):
+        # Every input of the routing digest is the previous plan's own object: same digest.
+        state._digest.append(previous.routing_digest())
     generation = _next_generation(previous, state)
     object.__setattr__(state, "generation", generation)
     return state
@@ -138,6 +156,9 @@ class _Compiled:
     pool_keys: dict[str, _PoolKey]
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     regions: list[str]
+    settled_pools: dict[str, tuple[tuple[object, ...], PoolPlan]] = field(default_factory=dict)
+    """pool id → (input signature, plan) of pools last planned settled and unchanged; reused
+    while the signature holds and the previous plan passes that very pool object back."""
 
 
 _COMPILED: list[tuple[Policy, Inventory, _Compiled]] = []
@@ -347,6 +368,33 @@ def _pool_id(key: _PoolKey) -> str:
     return f"{key[0]}-{h}"
 
 
+def _pool_signature(
+    key: _PoolKey,
+    statuses: Mapping[str, RegionStatus],
+    reports: Mapping[str, FleetReport],
+    overrides: Mapping[str, Override],
+    admitted: set[str],
+    memo: dict[tuple[str, str | None], tuple[object, ...]],
+) -> tuple[object, ...]:
+    """Everything ``_plan_pool`` reads of a settled pool's regions, besides the policy and the
+    previous pool: health state and reason, damping, the report's verdict and the model's
+    spare capacity, the override. Memoised per (region, model) within one plan."""
+    model = key[2]
+    parts = []
+    for r in key[1]:
+        sig = memo.get((r, model))
+        if sig is None:
+            st = statuses[r]
+            rep = reports.get(r)
+            sig = memo[(r, model)] = (
+                st.state, st.reason, st.damped_until,
+                None if rep is None else (rep.healthy, rep.serves(model), rep.spare_for(model)),
+                overrides.get(r), r in admitted,
+            )
+        parts.append(sig)
+    return (key, tuple(parts))
+
+
 def _plan_pool(
     pool_id: str,
     key: _PoolKey,
@@ -357,11 +405,16 @@ def _plan_pool(
     admitted: set[str],
     prev_pool: PoolPlan | None,
     now: float,
-) -> PoolPlan:
+) -> tuple[PoolPlan, bool]:
+    """One pool's plan, and whether it is *settled*: every member at its target by rules that
+    do not depend on the clock (no override, rollout cap, flap damping, failed-check hold or
+    pending step, and the pool in normal mode). A settled pool that equals its previous plan
+    stays the same until one of its inputs changes (``_pool_signature``)."""
     segment, eligible, model, routing, static, pins, caps, spill = key
     cap_of = {r: (f, why, now_) for r, f, why, now_ in caps}
     rules = policy.safety
     prev_members = {m.region: m for m in prev_pool.members} if prev_pool is not None else {}
+    settled = not caps and not any(r in overrides for r in eligible)
 
     available: list[str] = []
     out_reason: dict[str, str] = {}
@@ -371,6 +424,7 @@ def _plan_pool(
         if st.state not in SERVING_STATES:
             out_reason[r] = f"{st.state}: {st.reason}"
         elif st.damped_until > now:
+            settled = False
             out_reason[r] = (
                 f"flap damping: {len(st.transitions)} transitions within {rules.flap_window_s:g}s; "
                 f"out for {st.damped_until - now:.0f}s more"
@@ -438,6 +492,7 @@ def _plan_pool(
             # `fall` consecutive failures (state unhealthy) take it out.
             w = prev.weight
             why = f"holding weight {w}: {statuses[r].reason}"
+            settled = False
         else:
             target = weights[r]
             capped = cap_of.get(r)
@@ -448,6 +503,8 @@ def _plan_pool(
                 members.append(PoolMember(region=r, weight=w, reason=why, changed_at=changed_at))
                 continue
             w = paced_weight(prev, target, rules, now)
+            if w != target and not (w > 0 and target > 0 and abs(target - w) < rules.weight_deadband):
+                settled = False  # a step is pending: it depends on the clock
             if ov is not None and ov.kind == "cordon":
                 w = min(w, prev.weight if prev is not None else 0)
                 why = f"cordoned by {ov.actor} ({ov.reason}): weight held at {w}"
@@ -465,11 +522,12 @@ def _plan_pool(
 
     if any(m.weight > 0 for m in members):
         n = sum(1 for m in members if m.weight > 0)
-        return PoolPlan(pool_id, segment, tuple(members), f"{n}/{len(members)} regions serving")
+        return PoolPlan(pool_id, segment, tuple(members), f"{n}/{len(members)} regions serving"), settled
     all_drained = all(r in overrides and overrides[r].kind == "drain" for r in eligible)
     if pins and not all_drained:
-        return _pinned_unavailable(pool_id, segment, pins, spill, members, statuses, reports, model, overrides, now)
-    return _no_region_serves(pool_id, segment, eligible, members, prev_pool, policy, overrides, now)
+        pool = _pinned_unavailable(pool_id, segment, pins, spill, members, statuses, reports, model, overrides, now)
+        return pool, False
+    return _no_region_serves(pool_id, segment, eligible, members, prev_pool, policy, overrides, now), False
 
 
 def _capped_weight(
@@ -721,6 +779,8 @@ def _decisions(
     prev_pools = previous.pools if previous is not None else {}
     for pid, pool in pools.items():
         pp = prev_pools.get(pid)
+        if pp is pool:
+            continue  # reused unchanged
         prev_w = {m.region: m.weight for m in pp.members} if pp is not None else {}
         for m in pool.members:
             before = prev_w.get(m.region)
