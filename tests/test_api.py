@@ -165,3 +165,40 @@ async def test_metrics_show_rollouts_overrides_and_damping(store: Store) -> None
     assert overrides == {("us-west-2", "cordon"): 1.0}
     damped = {s.labels["region"]: s.value for s in fams["gtm_region_damped"].samples}
     assert damped == dict.fromkeys(("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"), 0.0)
+
+
+async def test_api_drain_checks_input_and_safety_like_the_cli(store: Store) -> None:
+    import time
+
+    client = await client_for(store, TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for bad in ({"reason": "x", "expires_in": -100}, {"reason": "x", "expires_in": 0.5},
+                    {"reason": "x", "forse": True}, {"reason": "x", "actor": {"a": 1}}, {"reason": " " * 0}):
+            r = await client.post("/v1/regions/eu-west-1/drain", json=bad, headers=auth)
+            assert r.status == 400, bad
+            assert (await r.json())["problems"], bad
+        r = await client.post("/v1/regions/eu-west-1/drain", data=b'{"reason": "x", "expires_in": Infinity}',
+                              headers={**auth, "Content-Type": "application/json"})
+        assert r.status == 400
+        assert await store.get_overrides() == {}
+
+        # Every region carries 3 of its 4 replicas' load: eu-central-1 (1 spare) cannot take
+        # eu-west-1's 3 × 1.2 in the EU pool, so the drain is held: refused, nothing written.
+        now = time.time()
+        for reg in ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2"):
+            await store.put_report(make_report(reg, now, spare=1.0, replicas=(4, 4)), ttl_s=60, changed=True)
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "kernel"}, headers=auth)
+        assert r.status == 409
+        doc = await r.json()
+        assert "held by the safety rules" in doc["error"] and any("3.60 needed" in h for h in doc["held_by_safety"])
+        assert await store.get_overrides() == {}
+        r = await client.post("/v1/regions/eu-west-1/drain", json={"reason": "fire", "actor": "oncall", "force": True},
+                              headers=auth)
+        assert r.status == 201
+        ovs = await store.get_overrides()
+        assert ovs["eu-west-1"].force and ovs["eu-west-1"].actor == "oncall"
+        entry = (await store.read_audit(1))[0][1]
+        assert entry["action"] == "drain --force" and entry["region"] == "eu-west-1" and entry["via"] == "api"
+    finally:
+        await client.close()

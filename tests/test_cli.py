@@ -172,3 +172,63 @@ def test_undamp_clears_flap_damping_and_is_audited(ns: str) -> None:
     entry = r.xrevrange(keys.audit, count=1)[0][1]
     assert entry["action"] == "undamp" and entry["region"] == "us-west-2" and entry["actor"] == "alice"
     r.close()
+
+
+def test_operator_text_with_markup_is_shown_verbatim(ns: str) -> None:
+    """Rich markup in a reason or actor ("[/]", "[red]") is text, in every view that shows it."""
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    put_reports(r, keys, spare=3.0, replicas=4)
+    code, out, err = gtm("drain", "eu-west-1", "--reason", "maint [/] [red]x", "--actor", "bob [/]", *base(ns))
+    assert code == 0, err
+    assert "maint [/] [red]x" in out and "bob [/]" in out
+    r.set(keys.desired, _damped_state(time.time()).to_json())
+    code, out, err = gtm("status", *base(ns))
+    assert code == 0, err
+    assert "[/]" in out and "[red]" in out, out  # the override's reason, as typed
+    code, out, err = gtm("plan", *base(ns))
+    assert code == 0, err
+    code, _, err = gtm("undamp", "us-west-2", "--reason", "[bold]fixed[/]", "--actor", "carol [/]",
+                       "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    assert code == 0, err
+    code, out, err = gtm("audit", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    assert code == 0, err
+    assert "undamp us-west-2 by carol [/]: [bold]fixed[/]" in out
+    r.close()
+
+
+def test_drain_with_invalid_local_files_falls_back_to_the_controllers_plan(ns: str, tmp_path: Path) -> None:
+    bad = tmp_path / "policies"
+    bad.mkdir()
+    (bad / "p.yaml").write_text("services: 3\n")
+    args = ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns, "--policies", str(bad),
+            "--regions", str(ROOT / "regions")]
+    code, _, err = gtm("drain", "eu-west-1", "--reason", "x", *args)
+    assert code == 3 and "do not validate" in err and "the controller plans nothing yet" in err
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    r.set(keys.desired, _damped_state(time.time()).to_json())
+    code, out, err = gtm("drain", "eu-west-1", "--reason", "x", "--dry-run", *args)
+    assert code == 0, err
+    assert "would write drain of eu-west-1" in out and r.get(keys.override("eu-west-1")) is None
+    code, out, err = gtm("drain", "eu-west-1", "--reason", "x", *args)
+    assert code == 0 and "wrote drain of eu-west-1" in out and "controller still applies its safety rules" in out
+    assert json.loads(r.get(keys.override("eu-west-1")) or "{}")["reason"] == "x"
+    r.close()
+
+
+def test_unreadable_secret_files_are_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GTM_API_TOKEN_FILE", str(tmp_path / "missing"))
+    code, _, err = gtm("controller", "--redis", "redis://127.0.0.1:6379/0", "--ns", "cli-unused",
+                       "--dns-listen", "off", "--api-listen", "127.0.0.1:9")
+    assert code == 2 and "cannot read GTM_API_TOKEN_FILE" in err
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv("GTM_API_TOKEN_FILE", str(tmp_path / "empty"))
+    code, _, err = gtm("controller", "--redis", "redis://127.0.0.1:6379/0", "--ns", "cli-unused",
+                       "--dns-listen", "off", "--api-listen", "127.0.0.1:9")
+    assert code == 2 and "is empty" in err
+    monkeypatch.delenv("GTM_API_TOKEN_FILE")
+    monkeypatch.setenv("GTM_REDIS_PASSWORD_FILE", str(tmp_path / "missing"))
+    for args in (("status",), ("rollout", "status", "llama-nov")):
+        code, _, err = gtm(*args, "--ns", "cli-unused")
+        assert code == 2 and "cannot read GTM_REDIS_PASSWORD_FILE" in err, (args, err)

@@ -165,6 +165,8 @@ def test_release_a_region_an_aborted_rollout_holds(env: list[str], tmp_path: Pat
     assert code == EXIT_REFUSED and "is running; only an aborted rollout" in err
     code, _, err = gtm("release", "llama-nov", "eu-west-1", *env)
     assert code == 2 and "--reason" in err, "a release must say why"
+    code, _, err = gtm("release", "llama-nov", "eu-west-1", "--reason", " ", *env)
+    assert code == 2 and "--reason must be 1-500 characters" in err
     code, _, err = gtm("abort", "llama-nov", "--reason", "bad build", *env)
     assert code == 0, err
     code, _, err = gtm("release", "llama-nov", "us-east-1", "--reason", "x", *env)
@@ -178,3 +180,22 @@ def test_release_a_region_an_aborted_rollout_holds(env: list[str], tmp_path: Pat
     assert doc["history"][-1]["actor"] == "carol"
     code, _, err = gtm("release", "llama-nov", "eu-west-1", "--reason", "again", *env)
     assert code == EXIT_REFUSED and "(reverting: none)" in err
+
+    # Every operator command is in the audit stream, besides the rollout's own history.
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    entries = [e for _, e in r.xrange(f"gtm:{{{env[3]}}}:audit")]
+    r.close()
+    actions = [(e["action"], e.get("region")) for e in entries if e["action"].startswith("rollout ")]
+    assert actions == [("rollout start llama-nov", None), ("rollout abort llama-nov", None),
+                       ("rollout release llama-nov", "eu-west-1")]
+    assert entries[-1]["actor"] == "carol" and entries[-1]["reason"] == "CHG-9 fine here"
+
+
+def test_rollout_commands_check_namespace_and_output(env: list[str], tmp_path: Path) -> None:
+    code, _, err = gtm("start", "llama-nov", "--ns", "bad ns", "--policies", str(tmp_path / "policy.yaml"),
+                       "--regions", str(ROOT / "regions"))
+    assert code == 2 and ("--namespace" in err or "--ns" in err)
+    code, _, err = gtm("status", "llama-nov", "-o", "yaml", *env)
+    assert code == 2 and "yaml" in err
+    code, _, err = gtm("status", "llama-nov", "--redis", "bogus://x", "--ns", env[3])
+    assert code == 2 and "Redis URL must start with" in err

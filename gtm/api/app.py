@@ -16,22 +16,23 @@ constant time and never logged.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gtm.config.loader import Config
 from gtm.controller.loop import Controller
 from gtm.controller.status import gather_status
-from gtm.errors import GtmError, StoreError
+from gtm.errors import ConfigError, GtmError, StoreError
 from gtm.models.override import Override
 from gtm.store import Store
 
@@ -45,12 +46,22 @@ _STATES = ("healthy", "degraded", "unhealthy", "unknown")
 
 
 def api_token_from_env() -> str | None:
-    """The API token from ``GTM_API_TOKEN`` or ``GTM_API_TOKEN_FILE``; None when unset."""
+    """The API token from ``GTM_API_TOKEN`` or ``GTM_API_TOKEN_FILE``; None when neither is set.
+
+    Raises:
+        ConfigError: ``GTM_API_TOKEN_FILE`` cannot be read or is empty (a token was meant to be
+            configured: starting with the state-changing API silently disabled would hide it).
+    """
     token = os.environ.get("GTM_API_TOKEN")
     path = os.environ.get("GTM_API_TOKEN_FILE")
     if not token and path:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read().strip()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError([f"cannot read GTM_API_TOKEN_FILE {path}: {exc.strerror or exc}"]) from exc
+        if not token:
+            raise ConfigError([f"GTM_API_TOKEN_FILE {path} is empty"])
     return token or None
 
 
@@ -231,10 +242,35 @@ class _ControllerCounters:
         yield lag
 
 
+class DrainRequest(BaseModel):
+    """Body of ``POST /v1/regions/{region}/drain``; unknown fields are rejected.
+
+    Attributes:
+        kind: ``drain`` (step to 0) or ``cordon`` (never raise the weight).
+        reason: why, 1-500 characters (status and audit).
+        actor: who asks, 1-100 characters.
+        expires_in: lift the override by itself after this many seconds (>= 1, finite).
+        force: drain even when the safety rules would hold it (audited), as ``gtm drain --force``.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: Literal["drain", "cordon"] = "drain"
+    reason: str = Field(min_length=1, max_length=500)
+    actor: str = Field(default="api", min_length=1, max_length=100)
+    expires_in: float | None = Field(default=None, ge=1)
+    force: bool = False
+
+
 async def _drain(request: web.Request) -> web.Response:
+    """Drain or cordon a region, with the same safety projection as ``gtm drain``: a drain the
+    safety rules would hold is refused with 409 and the reasons, unless ``force`` (audited)."""
+    from gtm.controller.drain import project_drain
+
     _authorize(request)
     region = request.match_info["region"]
-    if region not in _cfg(request).inventory.regions:
+    cfg = _cfg(request)
+    if region not in cfg.inventory.regions:
         return web.json_response({"error": f"unknown region {region!r}"}, status=404)
     try:
         body = await request.json()
@@ -242,17 +278,39 @@ async def _drain(request: web.Request) -> web.Response:
         return web.json_response({"error": "body must be JSON"}, status=400)
     if not isinstance(body, dict):
         return web.json_response({"error": "body must be a JSON object"}, status=400)
-    now = time.time()
     try:
-        ov = Override(
-            region=region, kind=body.get("kind", "drain"), reason=body.get("reason", ""),
-            actor=str(body.get("actor", "api")), since=now,
-            expires_at=now + float(body["expires_in"]) if body.get("expires_in") else None,
+        req = DrainRequest.model_validate(body)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return web.json_response({"error": "invalid drain request", "problems": problems}, status=400)
+    now = time.time()
+    ov = Override(
+        region=region, kind=req.kind, reason=req.reason, actor=req.actor, since=now,
+        expires_at=now + req.expires_in if req.expires_in is not None else None, force=req.force,
+    )
+    store: Store = request.app[STORE_KEY]
+    names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
+    reports, _ = await store.get_reports(names)
+    overrides = await store.get_overrides()
+    previous = await store.get_desired()
+    # Playing the drain forward plans up to a few hundred times: off the event loop that
+    # answers DNS and runs the controller.
+    proj = await asyncio.to_thread(
+        project_drain, cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now
+    )
+    projection = {"held_by_safety": proj.held, "projected_shares": proj.shares, "projected_load": proj.loads,
+                  "capacity_unit": proj.unit}
+    if proj.held and not req.force:
+        return web.json_response(
+            {"error": f"{req.kind} of {region} would be held by the safety rules; nothing written "
+                      "(send force: true to override, audited)", **projection},
+            status=409,
         )
-    except (ValidationError, ValueError, TypeError) as exc:
-        return web.json_response({"error": "invalid drain request", "detail": str(exc)}, status=400)
-    await request.app[STORE_KEY].put_override(ov)
-    return web.json_response({"override": ov.model_dump()}, status=201)
+    await store.put_override(ov)
+    if req.force:
+        await store.append_audit({"ts": now, "action": f"{ov.kind} --force", "region": region, "actor": ov.actor,
+                                  "reason": ov.reason, "overridden_safety": proj.held, "via": "api"})
+    return web.json_response({"override": ov.model_dump(), **projection}, status=201)
 
 
 async def _undrain(request: web.Request) -> web.Response:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -26,8 +25,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.config.loader import Config, load_config
-from gtm.config.settings import DEFAULT_REDIS_URL, Settings, redact
+from gtm.config.settings import Settings, redact
 from gtm.errors import ConfigError, GtmError
 from gtm.log import get_logger, setup_logging
 
@@ -57,28 +57,6 @@ err_console = Console(stderr=True, soft_wrap=True)
 log = get_logger("cli")
 
 
-class Output(StrEnum):
-    text = "text"
-    json = "json"
-
-
-RedisOpt = typer.Option(
-    None, "--redis", envvar="GTM_REDIS_URL",
-    help=f"Redis URL (redis://, rediss:// for TLS, embedded:// in-process). Default {DEFAULT_REDIS_URL}.",
-)
-def _check_ns(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value or ""):
-        raise typer.BadParameter("1-64 characters from A-Z a-z 0-9 _ . -")
-    return value
-
-
-NsOpt = typer.Option(
-    "default", "--namespace", "--ns", envvar="GTM_NAMESPACE", callback=_check_ns,
-    help="Installation namespace in Redis (1-64 of A-Z a-z 0-9 _ . -).",
-)
-PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help="Policy file or directory.")
-RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
-OutputOpt = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
 PoliciesGitOpt = typer.Option(
     None, "--policies-git", envvar="GTM_POLICIES_GIT",
     help="Read the policy in force from Git instead of --policies: REPO[@REF], REPO a local repository or a "
@@ -91,13 +69,12 @@ GitRegionsPathOpt = typer.Option(
     None, "--git-regions-path",
     help="Region inventory directory inside the Git repository; default: --regions on local disk.",
 )
-DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
 
 
 def _fail(exc: BaseException, debug: bool, code: int = 1) -> None:
     if debug:
         raise exc
-    err_console.print(f"[red]{type(exc).__name__}[/]: {exc}", highlight=False)
+    err_console.print(f"[red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -143,7 +120,7 @@ def _config_or_warn(policies: str, regions: str) -> Config | None:
     except ConfigError as exc:
         err_console.print(
             f"[yellow]warning[/]: local policy/inventory files do not validate ({len(exc.reasons)} problem(s); "
-            f"first: {exc.reasons[0] if exc.reasons else '?'}); showing what Redis holds. "
+            f"first: {escape(exc.reasons[0]) if exc.reasons else '?'}); showing what Redis holds. "
             "`gtm policy validate` lists them all."
         )
         return None
@@ -160,7 +137,9 @@ def _store_url(redis: str | None) -> str:
 def _hostport(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        err_console.print(f"[red]UsageError[/]: {flag} wants HOST:PORT (e.g. 127.0.0.1:5353), got {value!r}")
+        err_console.print(
+            f"[red]UsageError[/]: {flag} wants HOST:PORT (e.g. 127.0.0.1:9180), got {escape(repr(value))}"
+        )
         raise typer.Exit(2)
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
@@ -298,7 +277,7 @@ def plan_cmd(
 def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
     for o in outcomes:
         if o.error:
-            err_console.print(f"[red]provider {o.name} ({o.kind})[/]: {o.error}", highlight=False)
+            err_console.print(f"[red]provider {o.name} ({o.kind})[/]: {escape(str(o.error))}", highlight=False)
             continue
         for p in o.plans:
             summ = p.summary()
@@ -307,7 +286,7 @@ def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
             if p.empty:
                 console.print(head + "[green]in sync[/] (no change, no API call)")
                 for conflict in p.conflicts:
-                    console.print(f"  [yellow]conflict[/]: {conflict}", highlight=False)
+                    console.print(f"  [yellow]conflict[/]: {escape(str(conflict))}", highlight=False)
                 continue
             console.print(head + f"{verb} create {summ['create']}, update {summ['update']}, delete {summ['delete']} "
                           f"of {p.owned_before} owned record sets", highlight=False)
@@ -316,11 +295,11 @@ def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
                 sid = f" [{rs.set_identifier}]" if rs.set_identifier else ""
                 w = f" weight {rs.weight}" if rs.weight is not None else ""
                 vals = ",".join(c.new.values if c.new else c.old.values if c.old else ())
-                console.print(f"  {c.action:6} {rs.name} {rs.rdtype}{sid}{w} {vals}", highlight=False)
+                console.print(f"  {c.action:6} {rs.name} {rs.rdtype}{sid}{w} {vals}", highlight=False, markup=False)
             if len(p.changes) > 20:
                 console.print(f"  ... {len(p.changes) - 20} more (-o json lists them)")
             for conflict in p.conflicts:
-                console.print(f"  [yellow]conflict[/]: {conflict}", highlight=False)
+                console.print(f"  [yellow]conflict[/]: {escape(str(conflict))}", highlight=False)
         for a in o.applied:
             console.print(f"  {a['zone']}: {a['changes']} change(s) in {a['api_calls']} API call(s)")
 
@@ -368,7 +347,7 @@ def apply_cmd(
 
     state, outcomes = _run(go, debug)
     if not state.services:
-        err_console.print(f"[red]RefusedError[/]: nothing to publish: {state.hold_reason or 'no routing yet'}")
+        err_console.print(f"[red]RefusedError[/]: nothing to publish: {escape(state.hold_reason or 'no routing yet')}")
         raise typer.Exit(3)
     if output is Output.json:
         _print_json({"dry_run": not yes, "generation": state.generation, "providers": [o.to_dict() for o in outcomes]})
@@ -409,7 +388,8 @@ def _plan_candidate(
 
     before, after = _run(go, debug)
     if before.held or after.held:
-        err_console.print(f"[red]StaleInputs[/]: {before.hold_reason or after.hold_reason}; a routing diff would "
+        err_console.print(f"[red]StaleInputs[/]: {escape(before.hold_reason or after.hold_reason)}; "
+                          "a routing diff would "
                           "be meaningless (use --assume-healthy to compare without a live fleet)", highlight=False)
         raise typer.Exit(1)
     changes = routing_diff(before, after)
@@ -418,7 +398,7 @@ def _plan_candidate(
         _print_json(doc)
     else:
         for line in render_lines(doc):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
     if exit_code and changes:
         raise typer.Exit(4)
 
@@ -433,7 +413,8 @@ def drain(
     actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
     cordon: bool = typer.Option(False, "--cordon", help="Cordon instead: keep current weight, never raise it."),
     expires_in: float | None = typer.Option(
-        None, "--expires-in", min=1, help="Lift the override by itself after this many seconds (>= 1)."
+        None, "--expires-in", min=1, max=31_536_000,
+        help="Lift the override by itself after this many seconds (1 s to 1 year)."
     ),
     force: bool = typer.Option(
         False, "--force", help="Drain even when safety rules (headroom, min healthy, max drained) hold it; audited."
@@ -461,7 +442,7 @@ def drain(
     cfg = _config_or_warn(policies, regions)
     if cfg is not None and region not in cfg.inventory.regions:
         known = ", ".join(sorted(cfg.inventory.regions))
-        err_console.print(f"[red]RefusedError[/]: unknown region {region!r}; known: {known}")
+        err_console.print(f"[red]RefusedError[/]: unknown region {escape(repr(region))}; known: {known}")
         raise typer.Exit(3)
     if not reason.strip() or len(reason) > 500:
         err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is shown in status and audit)")
@@ -475,13 +456,13 @@ def drain(
     async def go() -> dict[str, Any]:
         store = connect(_store_url(redis), ns=ns)
         try:
-            names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
-            reports, _ = await store.get_reports(names)
             overrides = await store.get_overrides()
             replaced = overrides.get(region)
             previous = await store.get_desired()
             if cfg is None:
                 return await _drain_without_config(store, ov, previous, replaced, dry_run)
+            names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
+            reports, _ = await store.get_reports(names)
             proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now)
             refused = bool(proj.held) and not force
             written = not dry_run and not refused
@@ -507,9 +488,10 @@ def drain(
     elif cfg is not None:
         _print_drain(data, region, reason, actor, cordon, dry_run, cfg)
     elif data["refused"]:
-        err_console.print(f"[red]RefusedError[/]: {data['error']}")
+        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
     else:
-        console.print(f"{'would write' if dry_run else 'wrote'} {ov.kind} of [bold]{region}[/] ({reason}) by {actor}; "
+        console.print(f"{'would write' if dry_run else 'wrote'} {ov.kind} of [bold]{escape(region)}[/] "
+                      f"({escape(reason)}) by {escape(actor)}; "
                       "no projection (local policy files invalid): the controller still applies its safety rules")
     if data["refused"]:
         raise typer.Exit(3)
@@ -540,29 +522,30 @@ def _print_drain(
     kind = "cordon" if cordon else "drain"
     if data.get("replaces"):
         old = data["replaces"]
-        console.print(f"note: replaces the {old['kind']} by {old['actor']} ({old['reason']})", highlight=False)
+        console.print(f"note: replaces the {old['kind']} by {old['actor']} ({old['reason']})",
+                      highlight=False, markup=False)
     if data["refused"]:
-        err_console.print(f"[red]RefusedError[/]: {kind} of {region} would be held by the safety rules:")
+        err_console.print(f"[red]RefusedError[/]: {kind} of {escape(region)} would be held by the safety rules:")
         for h in data["held_by_safety"]:
-            err_console.print(f"  - {h}", highlight=False)
+            err_console.print(f"  - {h}", highlight=False, markup=False)
         err_console.print("nothing written; use --force --reason '...' to drain anyway (audited)")
     elif dry_run:
-        console.print(f"would {kind} [bold]{region}[/] ({reason}) by {actor}")
+        console.print(f"would {kind} [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}")
     else:
-        console.print(f"{kind}ed [bold]{region}[/] ({reason}) by {actor}" if cordon else
-                      f"drained [bold]{region}[/] ({reason}) by {actor}")
+        console.print(f"{kind}ed [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}" if cordon else
+                      f"drained [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}")
         if data["held_by_safety"]:
             console.print("[yellow]--force: safety rules overridden (audited):[/]")
             for h in data["held_by_safety"]:
-                console.print(f"  - {h}", highlight=False)
+                console.print(f"  - {h}", highlight=False, markup=False)
     for pool, shares in data["projected_shares"].items():
         txt = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "DARK"
-        console.print(f"  projected {pool}: {txt}", highlight=False)
+        console.print(f"  projected {pool}: {txt}", highlight=False, markup=False)
     unit = data["capacity_unit"]
     for r, v in data["projected_load"].items():
         console.print(
             f"  {r}: load {v['load']:.2f} {unit}, spare {v['spare']:.2f} → takes +{v['extra']:.2f}, "
-            f"spare after {v['spare_after']:.2f}", highlight=False,
+            f"spare after {v['spare_after']:.2f}", highlight=False, markup=False,
         )
     if data["written"] and not cordon:
         rules = cfg.policy.safety
@@ -597,9 +580,9 @@ def undrain(
     if output is Output.json:
         _print_json({"region": region, "removed": existed})
     elif existed:
-        console.print(f"undrained [bold]{region}[/]: weight ramps back up in planned steps")
+        console.print(f"undrained [bold]{escape(region)}[/]: weight ramps back up in planned steps")
     else:
-        err_console.print(f"{region} had no drain or cordon")
+        err_console.print(f"{region} had no drain or cordon", markup=False)
     if not existed:
         raise typer.Exit(3)
 
@@ -653,7 +636,8 @@ def undamp(
         _print_json(data)
     elif data["cleared"]:
         console.print(
-            f"cleared flap damping of [bold]{region}[/] ({data['remaining_s']:.0f}s of penalty left) by {actor}; "
+            f"cleared flap damping of [bold]{escape(region)}[/] ({data['remaining_s']:.0f}s of penalty left) "
+            f"by {escape(actor)}; "
             f"it is {data['state']}: a healthy region ramps back in planned steps; watch with `gtm status`"
         )
     else:
@@ -684,7 +668,7 @@ def policy_validate(
             _print_json({"valid": False, "errors": exc.reasons})
         else:
             for r in exc.reasons:
-                err_console.print(r, highlight=False, soft_wrap=True)
+                err_console.print(r, highlight=False, soft_wrap=True, markup=False)
             err_console.print(f"[red]invalid[/]: {len(exc.reasons)} problem(s)")
         raise typer.Exit(2) from None
     if output is Output.json:
@@ -703,7 +687,7 @@ def policy_verify(
     regions: str = RegionsOpt,
     load: float = typer.Option(0.5, min=0.0, max=1.0, help="Assumed load per replica, fraction 0..1."),
     max_exhaustive: int = typer.Option(16, min=1, max=20, help="Plan every failure subset up to this many regions."),
-    max_rows: int = typer.Option(40, help="Rows of the table at most (JSON lists them all)."),
+    max_rows: int = typer.Option(40, min=0, help="Rows of the table at most (JSON lists them all)."),
     output: Output = OutputOpt,
 ) -> None:
     """Plan every combination of region failures (and each region drained) and check the invariants.
@@ -788,7 +772,8 @@ def agent(
     except ConfigError as exc:
         _fail(exc, False, 2)
     if region not in inv.regions:
-        err_console.print(f"[red]ConfigError[/]: unknown region {region!r}; known: {', '.join(sorted(inv.regions))}")
+        known = ", ".join(sorted(inv.regions))
+        err_console.print(f"[red]ConfigError[/]: unknown region {escape(repr(region))}; known: {known}")
         raise typer.Exit(2)
     settings = AgentSettings(
         scrape_interval_s=scrape_interval, heartbeat_s=heartbeat, report_ttl_s=report_ttl,
@@ -876,6 +861,14 @@ def controller(
         _fail(exc, False, 2)
     dns_addr = _hostport(dns_listen, "--dns-listen") if dns_listen != "off" else None
     api_addr = _hostport(api_listen, "--api-listen") if api_listen != "off" else None
+    token = None
+    if api_addr is not None:
+        from gtm.api.app import api_token_from_env
+
+        try:
+            token = api_token_from_env()
+        except ConfigError as exc:
+            _fail(exc, False, 2)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -905,9 +898,8 @@ def controller(
         if api_addr is not None:
             from aiohttp import web
 
-            from gtm.api.app import api_token_from_env, build_app
+            from gtm.api.app import build_app
 
-            token = api_token_from_env()
             api = build_app(store, lambda: ctl.config or cfg, ctl, token)
             runner = web.AppRunner(api, access_log=None)
             await runner.setup()
@@ -932,7 +924,7 @@ def controller(
     try:
         asyncio.run(go())
     except StartupError as exc:
-        err_console.print(f"[red]StartupError[/]: {exc} (use another HOST:PORT, or 'off')")
+        err_console.print(f"[red]StartupError[/]: {escape(str(exc))} (use another HOST:PORT, or 'off')")
         raise typer.Exit(1) from None
 
 
@@ -980,9 +972,10 @@ def audit(
         if "action" in e:  # operator actions and rejections
             who = f" by {e['actor']}" if e.get("actor") else ""
             where = f" {e['region']}" if e.get("region") else ""
-            console.print(f"[bold]{ts}[/] {e['action']}{where}{who}: {e.get('reason', '')}", highlight=False)
+            text = escape(f"{e['action']}{where}{who}: {e.get('reason', '')}")
+            console.print(f"[bold]{ts}[/] {text}", highlight=False)
             for h in e.get("overridden_safety") or []:
-                console.print(f"  overrode: {h}", highlight=False)
+                console.print(f"  overrode: {h}", highlight=False, markup=False)
             continue
         extra = []
         if e.get("policy_commit"):
@@ -994,7 +987,7 @@ def audit(
         console.print(f"[bold]{ts}[/] generation {e.get('generation')} (fencing token {e.get('fencing_token')}"
                       + (", " + ", ".join(extra) if extra else "") + ")", highlight=False)
         for d in e.get("decisions", []):
-            console.print(f"  {d['subject']}: {d['action']} — {d['reason']}", highlight=False)
+            console.print(f"  {d['subject']}: {d['action']} — {d['reason']}", highlight=False, markup=False)
 
 
 def _maybe_json(v: str) -> Any:

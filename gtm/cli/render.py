@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gtm.controller.status import pools_with_services
@@ -24,11 +25,11 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     state = status.get("desired")
     head = f"leader: {leader}   generation: {state['generation'] if state else '-'}"
     if state and state.get("held"):
-        head += f"   [bold red]HELD: {state['hold_reason']}[/]"
+        head += f"   [bold red]HELD: {escape(state['hold_reason'])}[/]"
     console.print(head)
     ctl = status.get("controller") or {}
     if ctl.get("policy_rejected"):
-        console.print(f"[bold red]POLICY REJECTED[/]: {ctl['policy_rejected']}", highlight=False)
+        console.print(f"[bold red]POLICY REJECTED[/]: {escape(ctl['policy_rejected'])}", highlight=False)
     if ctl.get("policy_digest") and status.get("policy_digest") and ctl["policy_digest"] != status["policy_digest"]:
         console.print(
             f"[yellow]note[/]: the controller runs policy {ctl['policy_digest'][:19]}"
@@ -38,23 +39,23 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     loaded, planned = status.get("policy_commit") or "", (state or {}).get("policy_commit") or ""
     if loaded or planned:
         extra = f" (routing in force planned at {planned})" if loaded and planned and planned != loaded else ""
-        console.print(f"policy commit: {loaded or planned}{extra}", highlight=False)
+        console.print(f"policy commit: {loaded or planned}{extra}", highlight=False, markup=False)
     t = Table(title="regions", show_lines=False)
     for col in ("region", "jurisdiction", "health", "spare", "report age", "override", "reason"):
         t.add_column(col)
     for r in status["regions"]:
         style = _STATE_STYLE.get(r["state"], "")
         t.add_row(
-            r["region"],
-            r["jurisdiction"],
+            escape(r["region"]),
+            escape(r["jurisdiction"]),
             (f"[{style}]{r['state']}[/]" if style else r["state"])
             + (f" [bold red]DAMPED {r['damped_until'] - now:.0f}s[/]" if r.get("damped_until") else ""),
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
             _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
-            "; ".join(
+            escape("; ".join(
                 ([f"{r['override']} ({r['override_reason']})"] if r["override"] else []) + list(r.get("rollout") or [])
-            ),
-            r["reason"],
+            )),
+            escape(r["reason"]),
         )
     console.print(t)
     if not state:
@@ -67,15 +68,15 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
         weights = "  ".join(f"{m['region']}={m['weight']}" for m in pool["members"])
         mode = pool["mode"]
         p.add_row(
-            pool["pool_id"], pool["segment"],
+            escape(pool["pool_id"]), escape(pool["segment"]),
             mode if mode == "normal" else f"[bold red]{mode}[/]",
-            weights, ", ".join(pool["services"]),
+            escape(weights), escape(", ".join(pool["services"])),
         )
     console.print(p)
     current = state.get("generation") if state else None
     for name, info in status.get("providers", {}).items():
         gen = info.get("generation")
-        line = f"provider {name}: "
+        line = f"provider {escape(name)}: "
         if gen is None:
             line += "nothing applied yet"
         else:
@@ -85,7 +86,8 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             if current is not None and gen != current:
                 line += f" [yellow](generation in force: {current})[/]"
         if info.get("last_error"):
-            line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {info['last_error']}"
+            err = escape(str(info["last_error"]))
+            line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {err}"
         console.print(line, highlight=False)
     if status.get("rejected_reports"):
         console.print(f"[yellow]rejected malformed reports: {status['rejected_reports']}[/]")
@@ -94,14 +96,14 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
 def render_plan(console: Console, state: DesiredState, previous: DesiredState | None) -> None:
     """Print what the controller would do now, with the reason for each decision."""
     if state.held:
-        console.print(f"[bold red]HOLD[/]: {state.hold_reason}")
+        console.print(f"[bold red]HOLD[/]: {escape(state.hold_reason)}")
     if previous is not None and previous.routing_digest() == state.routing_digest():
         console.print("[green]no change[/]: the routing in force is what the policy asks for")
     t = Table(title=f"decisions (generation {state.generation})")
     for col in ("subject", "action", "reason"):
         t.add_column(col)
     for d in state.decisions:
-        t.add_row(d.subject, d.action, d.reason)
+        t.add_row(escape(d.subject), escape(d.action), escape(d.reason))
     if state.decisions:
         console.print(t)
     p = Table(title="pools")
@@ -110,7 +112,7 @@ def render_plan(console: Console, state: DesiredState, previous: DesiredState | 
     for pool in pools_with_services(state):
         for i, m in enumerate(pool["members"]):
             p.add_row(
-                pool["pool_id"] if i == 0 else "", pool["segment"] if i == 0 else "",
-                m["region"], str(m["weight"]), m["reason"],
+                escape(pool["pool_id"]) if i == 0 else "", escape(pool["segment"]) if i == 0 else "",
+                escape(m["region"]), str(m["weight"]), escape(m["reason"]),
             )
     console.print(p)

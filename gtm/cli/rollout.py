@@ -25,9 +25,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gtm.cli.options import DebugOpt, NsOpt, Output, PoliciesOpt, RedisOpt, RegionsOpt
+from gtm.cli.options import OutputOpt as JsonOpt
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings
 from gtm.errors import ConfigError, GtmError
+from gtm.log import get_logger
 
 T = TypeVar("T")
 
@@ -45,14 +48,9 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
 
-RedisOpt = typer.Option(None, "--redis", envvar="GTM_REDIS_URL", help="Redis URL (redis://, rediss://, embedded://).")
-NsOpt = typer.Option("default", "--namespace", "--ns", envvar="GTM_NAMESPACE", help="Installation namespace in Redis.")
-PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help="Policy file or directory.")
-RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
-JsonOpt = typer.Option("text", "--output", "-o", help="text for people, json for scripts.")
+log = get_logger("cli.rollout")
 ActorOpt = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks (shown in status and audit).")
 ReasonOpt = typer.Option("", "--reason", "-r", help="Why (shown in status and audit).")
-DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
 
 
 class _Refused(Exception):
@@ -69,6 +67,11 @@ def _run(fn: Callable[[], Awaitable[T]], debug: bool) -> T:
             raise
         err_console.print(f"[red]RefusedError[/]: {escape(str(exc))}")
         raise typer.Exit(EXIT_REFUSED) from None
+    except ConfigError as exc:  # a bad Redis URL or password file: usage, as in `gtm`
+        if debug:
+            raise
+        err_console.print(f"[red]ConfigError[/]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
     except GtmError as exc:
         if debug:
             raise
@@ -85,9 +88,29 @@ def _config(policies: str, regions: str) -> Config:
 
 
 def _connect(redis: str | None, ns: str) -> Any:
+    """A store for ``--redis`` / ``GTM_REDIS_URL``. Raises ``ConfigError`` (exit 2) for a bad
+    URL or an unreadable ``GTM_REDIS_PASSWORD_FILE``."""
     from gtm.store import connect
 
-    return connect(Settings().resolved_redis_url(redis), ns=ns)
+    try:
+        url = Settings().resolved_redis_url(redis)
+    except OSError as exc:
+        raise ConfigError([f"cannot read GTM_REDIS_PASSWORD_FILE: {exc.strerror or exc}"]) from exc
+    return connect(url, ns=ns)
+
+
+async def _audit(store: Any, action: str, name: str, actor: str, reason: str, region: str | None = None) -> None:
+    """Record an operator's rollout command in the audit stream (``gtm audit``). The rollout's
+    own history already holds it: a failure here is logged, not raised."""
+    from gtm.errors import StoreError
+
+    entry = {"ts": time.time(), "action": f"rollout {action} {name}", "actor": actor, "reason": reason}
+    if region is not None:
+        entry["region"] = region
+    try:
+        await store.append_audit(entry)
+    except StoreError as exc:
+        log.warning("rollout %s %s: not written to the audit stream: %s", action, name, exc)
 
 
 def _json(data: Any) -> None:
@@ -110,7 +133,7 @@ def start(
     ns: str = NsOpt,
     policies: str = PoliciesOpt,
     regions: str = RegionsOpt,
-    output: str = JsonOpt,
+    output: Output = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Start rollout NAME from the policy. The controller begins wave 1 on its next cycle.
@@ -140,6 +163,9 @@ def start(
             if busy:
                 raise _Refused(f"rollout {busy[0]} of service {spec.service} is still active; finish or abort it first")
 
+            mine = others.get(name)
+            if mine is not None and mine[0].active:
+                raise _Refused(f"rollout {name} is already {mine[0].status} (step {mine[0].step})")
             reports, _bad = await store.get_reports(sorted({r for w in spec.waves for r in w}))
             done = already_deployed(spec, svc.model, reports, time.time(), cfg.policy.health.report_timeout_s)
             if done is not None:
@@ -153,7 +179,9 @@ def start(
                     report_timeout_s=cfg.policy.health.report_timeout_s, actor=actor, reason=reason,
                 )
 
-            return await update(store, name, change)
+            st = await update(store, name, change)
+            await _audit(store, "start", name, actor, reason)
+            return st
         finally:
             await store.aclose()
 
@@ -183,7 +211,9 @@ def _operator(
                 new = fn(current, time.time(), actor=actor, reason=reason)
                 return new.model_copy(update={"updated_at": time.time()})
 
-            return await update(store, name, change)
+            st = await update(store, name, change)
+            await _audit(store, action, name, actor, reason)
+            return st
         finally:
             await store.aclose()
 
@@ -197,7 +227,7 @@ def _operator(
 @rollout_app.command()
 def pause(
     name: str = typer.Argument(...), reason: str = ReasonOpt, actor: str = ActorOpt,
-    redis: str | None = RedisOpt, ns: str = NsOpt, output: str = JsonOpt, debug: bool = DebugOpt,
+    redis: str | None = RedisOpt, ns: str = NsOpt, output: Output = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
     """Freeze a running rollout: caps hold, bake and ramp clocks stop. Exit 3 unless running."""
     _operator(name, "pause", redis, ns, actor, reason, output, debug)
@@ -206,7 +236,7 @@ def pause(
 @rollout_app.command()
 def resume(
     name: str = typer.Argument(...), reason: str = ReasonOpt, actor: str = ActorOpt,
-    redis: str | None = RedisOpt, ns: str = NsOpt, output: str = JsonOpt, debug: bool = DebugOpt,
+    redis: str | None = RedisOpt, ns: str = NsOpt, output: Output = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
     """Continue a paused rollout, or retry a halted one (the rolled-back region bakes again with
     fresh samples). Exit 3 unless paused or halted."""
@@ -216,7 +246,7 @@ def resume(
 @rollout_app.command()
 def abort(
     name: str = typer.Argument(...), reason: str = ReasonOpt, actor: str = ActorOpt,
-    redis: str | None = RedisOpt, ns: str = NsOpt, output: str = JsonOpt, debug: bool = DebugOpt,
+    redis: str | None = RedisOpt, ns: str = NsOpt, output: Output = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
     """End the rollout. Regions in flight stay routed away until none of their healthy
     replicas serves the target version any more; then normal routing. Exit 3 if already ended."""
@@ -227,8 +257,8 @@ def abort(
 def release(
     name: str = typer.Argument(..., help="Rollout name."),
     region: str = typer.Argument(..., help="A region the aborted rollout keeps routed away."),
-    reason: str = typer.Option(..., "--reason", help="Why it may serve again (audited; required)."),
-    actor: str = ActorOpt, redis: str | None = RedisOpt, ns: str = NsOpt, output: str = JsonOpt,
+    reason: str = typer.Option(..., "--reason", "-r", help="Why it may serve again (audited; required)."),
+    actor: str = ActorOpt, redis: str | None = RedisOpt, ns: str = NsOpt, output: Output = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Let REGION of an aborted rollout serve again now, although its replicas may still run
@@ -242,6 +272,10 @@ def release(
     from gtm.controller.rollout import update
     from gtm.engine import rollout as machine
 
+    if not reason.strip() or len(reason) > 500:
+        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is written to the audit stream)")
+        raise typer.Exit(2)
+
     async def go() -> machine.RolloutState:
         store = _connect(redis, ns)
         try:
@@ -252,7 +286,9 @@ def release(
                 new = machine.release(current, region, time.time(), actor=actor, reason=reason)
                 return new.model_copy(update={"updated_at": time.time()})
 
-            return await update(store, name, change)
+            st = await update(store, name, change)
+            await _audit(store, "release", name, actor, reason, region)
+            return st
         finally:
             await store.aclose()
 
@@ -274,7 +310,7 @@ def status(
     ns: str = NsOpt,
     policies: str = PoliciesOpt,
     regions: str = RegionsOpt,
-    output: str = JsonOpt,
+    output: Output = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Show a rollout: status, wave, each region's phase with its reason, gate results, caps,
@@ -340,11 +376,12 @@ def _num(v: float | None) -> str:
 def wait_ready(
     name: str = typer.Argument(..., help="Rollout name."),
     region: str = typer.Argument(..., help="The region a pipeline step is about to deploy."),
-    timeout: float = typer.Option(3600.0, "--timeout", help="Give up after this many seconds (exit 4)."),
-    poll: float = typer.Option(1.0, "--poll", help="Seconds between checks."),
+    timeout: float = typer.Option(3600.0, "--timeout", min=0, max=604_800,
+                                  help="Give up after this many seconds (exit 4)."),
+    poll: float = typer.Option(1.0, "--poll", min=0.05, max=3600, help="Seconds between checks."),
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
-    output: str = JsonOpt,
+    output: Output = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Block until REGION is ready for deploy in rollout NAME (its wave started and, with
