@@ -232,3 +232,16 @@ def test_unreadable_secret_files_are_config_errors(tmp_path: Path, monkeypatch: 
     for args in (("status",), ("rollout", "status", "llama-nov")):
         code, _, err = gtm(*args, "--ns", "cli-unused")
         assert code == 2 and "cannot read GTM_REDIS_PASSWORD_FILE" in err, (args, err)
+
+
+def test_audit_shows_rollout_steps_as_rollout_steps(ns: str) -> None:
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    keys = Keys(ns)
+    decisions = json.dumps([{"subject": "rollout llama-nov eu-west-1", "action": "canary", "reason": "v2 on 2/2"}])
+    r.xadd(keys.audit, {"ts": str(time.time()), "rollout": "llama-nov", "step": "4", "fencing_token": "7",
+                        "decisions": decisions})
+    r.close()
+    code, out, err = gtm("audit", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    assert code == 0, err
+    assert "rollout llama-nov step 4 (fencing token 7)" in out and "generation" not in out
+    assert "rollout llama-nov eu-west-1: canary — v2 on 2/2" in out

@@ -269,3 +269,18 @@ def test_caps_route_a_rolled_back_region_away_in_the_plan() -> None:
     member = next(m for m in pool.members if m.region == "eu-west-1")
     assert member.weight == 0 and "ROLLED BACK" in member.reason and "error_rate" in member.reason
     assert pool.weight_of("eu-central-1") > 0
+
+
+def test_a_pool_entering_rollout_caps_reports_only_real_weight_changes() -> None:
+    world = World(bad={"v2": {"error_rate": 0.2}})
+    st = drive(new_state(make_spec()), world, until="halted")
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    inv = make_inventory()
+    reports = world.reports()
+    before = plan(policy, inv, reports, {}, None, world.now)
+    after = plan(policy, inv, reports, {}, before, world.now + 1, caps={"chat": machine.caps(st)})
+    pool = after.pool_for("chat.gtm.example.com", "eu")
+    assert pool is not None and "." in pool.pool_id, "the capped service has its own pool"
+    moves = [d.action for d in after.decisions if d.subject == f"pool {pool.pool_id}"]
+    assert moves and all(a.startswith("eu-west-1 weight ") and a.endswith("→ 0") for a in moves), moves
+    assert not any("weight -" in d.action for d in after.decisions), "members are not new"

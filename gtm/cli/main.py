@@ -977,6 +977,12 @@ def audit(
             for h in e.get("overridden_safety") or []:
                 console.print(f"  overrode: {h}", highlight=False, markup=False)
             continue
+        if "rollout" in e:  # a rollout step taken by the controller
+            console.print(f"[bold]{ts}[/] " + escape(f"rollout {e['rollout']} step {e.get('step')} "
+                                                     f"(fencing token {e.get('fencing_token')})"), highlight=False)
+            for d in e.get("decisions", []):
+                console.print(f"  {d['subject']}: {d['action']} — {d['reason']}", highlight=False, markup=False)
+            continue
         extra = []
         if e.get("policy_commit"):
             extra.append(f"commit {str(e['policy_commit'])[:12]}")

@@ -488,10 +488,16 @@ def load_candidate(
             raise ConfigError([f"{spec}: no regions directory given"])
         return dataclasses.replace(load_config(spec, regions_dir), source="")
     gs = parse_git_spec(spec.removeprefix("git:"), ref_only_default_repo=".")
-    return load_git_spec(
-        gs, policies_path=policies_path, regions_dir=regions_dir, regions_path=regions_path,
-        cache_dir=cache_dir, timeout_s=timeout_s,
-    )
+    try:
+        return load_git_spec(
+            gs, policies_path=policies_path, regions_dir=regions_dir, regions_path=regions_path,
+            cache_dir=cache_dir, timeout_s=timeout_s,
+        )
+    except ConfigError as exc:
+        if forced or not any(c in spec for c in "/.") or "@" in spec:
+            raise
+        # Looks like a path: say that it does not exist before what Git said about it.
+        raise ConfigError([f"{spec}: no such file or directory (and as a Git ref: {'; '.join(exc.reasons)})"]) from exc
 
 
 def load_git_spec(

@@ -777,8 +777,11 @@ def _decisions(
         if p is None or p.state != st.state:
             out.append(Decision(f"region {r}", f"{p.state if p else 'new'} → {st.state}", st.reason))
     prev_pools = previous.pools if previous is not None else {}
+    prev_capped = {p.partition(".")[0]: pp for p, pp in prev_pools.items() if "." in p}
     for pid, pool in pools.items():
-        pp = prev_pools.get(pid)
+        # A service entering or leaving rollout caps (``<id>.<service>``) continues from the
+        # shared pool: its members are not new.
+        pp = _previous_pool(prev_pools, prev_capped, pid)
         if pp is pool:
             continue  # reused unchanged
         prev_w = {m.region: m.weight for m in pp.members} if pp is not None else {}

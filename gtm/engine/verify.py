@@ -166,6 +166,7 @@ def verify(
         while max_k < n and total + math.comb(n, max_k + 1) <= budget:
             max_k += 1
             total += math.comb(n, max_k)
+        max_k = max(max_k, 1)  # every single-region failure, whatever the budget
         exhaustive = False
     notable: list[Scenario] = []
     count = broken = 0
