@@ -41,6 +41,7 @@ class World:
     now: float = T0
     version: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FOUR_REGIONS, "v1"))
     bad: dict[str, dict[str, float]] = field(default_factory=dict)  # version → metric overrides
+    bad_in: dict[str, dict[str, float]] = field(default_factory=dict)  # region → overrides on the target
     seq: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     with_metrics: bool = True
@@ -49,7 +50,8 @@ class World:
         self.seq += 1
         out = {}
         for r, v in self.version.items():
-            q = {"ttft": 0.2, "error_rate": 0.0, **self.bad.get(v, {})}
+            q = {"ttft": 0.2, "error_rate": 0.0, **self.bad.get(v, {}),
+                 **(self.bad_in.get(r, {}) if v == "v2" else {})}
             j = 1 + 0.1 * self.rng.uniform(-1, 1)
             stats = ModelStats(
                 model=MODEL, version=v, replicas_total=2, replicas_healthy=2, spare_capacity=5,
@@ -229,6 +231,74 @@ def test_gates_wait_without_samples() -> None:
     p = st.regions["eu-west-1"]
     assert p.phase == "canary", "no metric samples: the gates never pass by default"
     assert "waiting for samples (canary 0/10, baseline 0/10)" in p.reason
+
+
+def test_gates_that_never_get_samples_roll_back_after_max_wait() -> None:
+    world = World(with_metrics=False)
+    spec = make_spec(gates=GateSpec(metrics=("error_rate", "ttft"), min_samples=10, max_wait_s=100))
+    st = drive(new_state(spec), world, until="halted")
+    p = st.regions["eu-west-1"]
+    assert p.phase == "rolled-back" and machine.caps(st)["eu-west-1"].immediate
+    assert "gates gave no verdict 100s after the bake (max_wait_s 100)" in p.gate and "unproven" in p.gate
+    canary = next(h.at for h in st.history if h.region == "eu-west-1" and h.phase == "canary")
+    rolled = next(h.at for h in st.history if h.region == "eu-west-1" and h.phase == "rolled-back")
+    assert rolled - canary == pytest.approx(60 + 100, abs=1.0)  # bake 60 s + max_wait 100 s
+
+
+def tick_until(state: RolloutState, world: World, done: object, max_ticks: int = 2000) -> RolloutState:
+    """Like ``drive`` for any wave layout: tick every second, deploy v2 where ready, stop when
+    ``done(state)``."""
+    for _ in range(max_ticks):
+        if done(state):  # type: ignore[operator]
+            return state
+        world.now += 1
+        state = machine.advance(state, world.reports(), world.now, token=1)
+        for r, p in state.regions.items():
+            if p.phase == "ready-for-deploy":
+                world.version[r] = "v2"
+    raise AssertionError(f"not done after {max_ticks} ticks: {state.status}, {state.reason}")
+
+
+def test_a_version_that_degrades_while_ramping_is_rolled_back_before_the_next_step() -> None:
+    world = World()
+    st = tick_until(new_state(make_spec()), world, lambda s: s.regions["eu-west-1"].phase == "ramping")
+    world.bad = {"v2": {"error_rate": 0.2}}  # worse under more traffic
+    st = tick_until(st, world, lambda s: s.status == "halted")
+    p = st.regions["eu-west-1"]
+    assert p.phase == "rolled-back"
+    assert "gate error_rate failed" in p.gate and "(at ramp 50%)" in p.gate
+    assert not any(h.phase == "ramping 100%" for h in st.history), "it never got the next step"
+
+
+def test_a_failed_region_rolls_back_its_wave_siblings_as_planned_moves() -> None:
+    spec = make_spec(waves=(("eu-west-1", "eu-central-1"), ("us-east-1", "us-west-2")))
+    world = World(bad_in={"eu-west-1": {"error_rate": 0.2}})
+    st = tick_until(new_state(spec), world, lambda s: s.status == "halted")
+    caps = machine.caps(st)
+    assert st.regions["eu-west-1"].phase == "rolled-back" and caps["eu-west-1"].immediate
+    sib = st.regions["eu-central-1"]
+    assert sib.phase == "rolled-back" and sib.planned_rollback and not caps["eu-central-1"].immediate
+    assert "eu-west-1 of the same wave failed" in sib.reason
+    assert "wave sibling eu-west-1 failed" in caps["eu-central-1"].reason
+    assert st.regions["us-east-1"].phase == "pending"
+    # In the plan: the failed region leaves at once; its sibling is a planned move, so the EU
+    # pool (these two regions only) keeps it rather than go dark, and elsewhere it steps down.
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    before = plan(policy, make_inventory(), world.reports(), {}, None, world.now)
+    after = plan(policy, make_inventory(), world.reports(), {}, before, world.now + 1, caps={"chat": caps})
+    eu, default = after.pool_for("chat.gtm.example.com", "eu"), after.pool_for("chat.gtm.example.com", "default")
+    assert eu is not None and default is not None
+    assert eu.weight_of("eu-west-1") == 0 and default.weight_of("eu-west-1") == 0
+    assert eu.weight_of("eu-central-1") > 0
+    assert "LIFTED" in next(m.reason for m in eu.members if m.region == "eu-central-1")
+    was = before.pool_for("chat.gtm.example.com", "default").weight_of("eu-central-1")  # type: ignore[union-attr]
+    assert default.weight_of("eu-central-1") == max(0, was - policy.safety.planned_step)
+    # Resume retries the whole wave.
+    resumed = machine.resume(st, world.now, actor="bob")
+    assert {resumed.regions[r].phase for r in ("eu-west-1", "eu-central-1")} == {"ready-for-deploy"}
+    assert not resumed.regions["eu-central-1"].planned_rollback
+    # The stored state reads back with the flag.
+    assert RolloutState.model_validate_json(st.model_dump_json()) == st
 
 
 def test_pause_freezes_and_resume_keeps_the_bake_clock() -> None:

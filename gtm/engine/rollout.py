@@ -46,7 +46,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gtm.engine.gates import GateResult, evaluate
+from gtm.engine.gates import evaluate
 from gtm.models.report import FleetReport, ModelStats
 from gtm.models.rollout import RolloutSpec, WeightCap
 
@@ -107,6 +107,9 @@ class RegionProgress(_Model):
         baseline_regions: the regions sampled as baseline, and on what basis.
         seen: last report ``seq`` sampled per region (each report counts once).
         gate: the last gate verdict's reason.
+        planned_rollback: rolled back because another region of its wave failed (its own
+            gates did not): routed away as a planned move (paced, held without headroom)
+            rather than at once.
     """
 
     phase: Phase = "pending"
@@ -118,6 +121,7 @@ class RegionProgress(_Model):
     baseline_regions: str = ""
     seen: dict[str, int] = Field(default_factory=dict)
     gate: str = ""
+    planned_rollback: bool = False
 
 
 class RolloutState(_Model):
@@ -383,6 +387,7 @@ def _enter(
 ) -> None:
     p = st.regions[region]
     p.phase, p.since, p.reason = phase, now, reason
+    p.planned_rollback = False
     p.ramp_index = 0 if phase == "ramping" else -1
     if phase in ("canary", "ready-for-deploy"):
         p.canary, p.baseline, p.seen, p.gate, p.baseline_regions = {}, {}, {}, "", ""
@@ -423,13 +428,26 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
                    f"{result.reason} (baseline: {p.baseline_regions}); ramp to {spec.ramp_steps[0]:.0%}",
                    token=token)
         elif result.verdict == "fail":
-            _rollback(st, region, result, now, token)
+            _rollback(st, region, result.reason, now, token)
+        elif spec.gates.max_wait_s is not None and baked - spec.bake_time_s >= spec.gates.max_wait_s:
+            _rollback(st, region, f"gates gave no verdict {baked - spec.bake_time_s:.0f}s after the bake "
+                      f"(max_wait_s {spec.gates.max_wait_s:g}): {result.reason}; unproven", now, token)
         else:
             p.reason = f"baked {baked:.0f}s; gates wait: {result.reason}"
         return
     if p.phase == "ramping":
+        _sample(st, region, fresh)
         if now - p.since < spec.ramp_interval_s:
             return
+        # Judged again before every step up, on each side's newest ``min_samples`` samples: a
+        # version that degrades under more traffic is rolled back before it gets more.
+        n = spec.gates.min_samples
+        result = evaluate(spec.gates, {m: xs[-n:] for m, xs in p.canary.items()},
+                          {m: xs[-n:] for m, xs in p.baseline.items()})
+        if result.verdict == "fail":
+            _rollback(st, region, f"{result.reason} (at ramp {spec.ramp_steps[p.ramp_index]:.0%})", now, token)
+            return
+        p.gate = result.reason
         nxt = p.ramp_index + 1
         if nxt < len(spec.ramp_steps):
             p.ramp_index, p.since = nxt, now
@@ -440,15 +458,20 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
             _enter(st, region, "done", now, f"promoted: {spec.target_version} at full weight", token=token)
 
 
-def _rollback(st: RolloutState, region: str, result: GateResult, now: float, token: int | None) -> None:
-    failed = result.failed
-    assert failed is not None
-    _enter(st, region, "rolled-back", now, f"{result.reason}; routed away (baseline: "
+def _rollback(st: RolloutState, region: str, why: str, now: float, token: int | None) -> None:
+    """Route ``region`` away at once, and its wave's other regions on the target version
+    (canary or ramping) as planned moves, then halt for an operator."""
+    _enter(st, region, "rolled-back", now, f"{why}; routed away (baseline: "
            f"{st.regions[region].baseline_regions})", token=token)
-    st.regions[region].gate = result.reason
+    st.regions[region].gate = why
+    for sibling in _wave_regions(st):
+        p = st.regions[sibling]
+        if sibling != region and p.phase in ("canary", "ramping"):
+            _enter(st, sibling, "rolled-back", now,
+                   f"{region} of the same wave failed ({why}); routed away in planned steps", token=token)
+            p.gate, p.planned_rollback = f"wave sibling {region} failed", True
     st.status = "halted"
-    st.record(now, "halted", f"{region} {result.reason}; waiting for an operator (resume or abort)",
-              token=token)
+    st.record(now, "halted", f"{region} {why}; waiting for an operator (resume or abort)", token=token)
 
 
 def _revert(st: RolloutState, fresh: Mapping[str, FleetReport], now: float, token: int | None) -> None:
@@ -572,7 +595,7 @@ def caps(state: RolloutState) -> dict[str, WeightCap]:
             f = spec.ramp_steps[p.ramp_index]
             out[region] = WeightCap(f, f"{tag}: ramp {p.ramp_index + 1}/{len(spec.ramp_steps)} at {f:.0%}")
         elif p.phase == "rolled-back":
-            out[region] = WeightCap(0.0, f"{tag}: ROLLED BACK: {p.gate}", immediate=True)
+            out[region] = WeightCap(0.0, f"{tag}: ROLLED BACK: {p.gate}", immediate=not p.planned_rollback)
         elif p.phase == "reverting":
             out[region] = WeightCap(0.0, f"{tag}: aborted, routed away while serving {spec.target_version}",
                                     immediate=True)

@@ -26,6 +26,13 @@ class GateSpec(BaseModel):
         max_ttft_s: absolute ceiling on the canary's time to first token, seconds.
         max_itl_s: absolute ceiling on the canary's inter-token latency, seconds.
         max_kv_cache: absolute ceiling on KV-cache usage, fraction 0..1.
+        max_wait_s: after the bake time, how long the gates may keep waiting for samples
+            before the canary is rolled back as unproven (e.g. an engine that does not export
+            a gate metric), seconds; None waits for ever.
+
+    The gates judge the canary when its bake time is over (every sample since it started), and
+    again before every ramp step on each side's newest ``min_samples`` samples: a failure at any
+    of these points rolls back. Before a ramp step, too few samples do not hold the ramp.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +45,7 @@ class GateSpec(BaseModel):
     max_ttft_s: float | None = Field(default=None, gt=0)
     max_itl_s: float | None = Field(default=None, gt=0)
     max_kv_cache: float | None = Field(default=None, gt=0, le=1)
+    max_wait_s: float | None = Field(default=1800.0, gt=0)
 
 
 class RolloutSpec(BaseModel):
@@ -78,6 +86,9 @@ class RolloutSpec(BaseModel):
         seen: list[str] = [r for wave in self.waves for r in wave]
         if any(not wave for wave in self.waves):
             raise ValueError("a wave must name at least one region")
+        twice = sorted({r for wave in self.waves for r in wave if wave.count(r) > 1})
+        if twice:
+            raise ValueError(f"regions named twice in one wave: {twice}")
         dup = sorted({r for r in seen if seen.count(r) > 1})
         if dup:
             raise ValueError(f"regions in more than one wave: {dup}")
