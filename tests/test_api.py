@@ -60,6 +60,8 @@ async def test_drain_needs_the_token(store: Store) -> None:
         r = await client.delete("/v1/regions/eu-west-1/drain", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status == 200
         assert await store.get_overrides() == {}
+        entry = (await store.read_audit(1))[0][1]
+        assert entry["action"] == "undrain" and entry["region"] == "eu-west-1" and entry["via"] == "api"
     finally:
         await client.close()
 

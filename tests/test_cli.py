@@ -119,8 +119,13 @@ def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
     plan = json.loads(out)
     assert plan["changed"] is True and plan["decisions"]
 
-    code, _, _ = gtm("undrain", "eu-west-1", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    code, _, _ = gtm("undrain", "eu-west-1", "--reason", "kernel done", "--actor", "alice",
+                     "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
     assert code == 0 and r.get(keys.override("eu-west-1")) is None
+    entry = r.xrevrange(keys.audit, count=1)[0][1]
+    assert (entry["action"], entry["region"], entry["actor"], entry["reason"]) == (
+        "undrain", "eu-west-1", "alice", "kernel done")
+    assert json.loads(entry["lifted"])["reason"] == "upgrade"
     code, _, _err = gtm("undrain", "eu-west-1", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
     assert code == 3
     r.close()

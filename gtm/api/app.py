@@ -17,6 +17,7 @@ constant time and never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -316,7 +317,13 @@ async def _drain(request: web.Request) -> web.Response:
 async def _undrain(request: web.Request) -> web.Response:
     _authorize(request)
     region = request.match_info["region"]
-    existed = await request.app[STORE_KEY].delete_override(region)
+    store: Store = request.app[STORE_KEY]
+    lifted = (await store.get_overrides()).get(region)
+    existed = await store.delete_override(region)
     if not existed:
         return web.json_response({"error": f"{region} has no drain or cordon"}, status=404)
+    with contextlib.suppress(StoreError):
+        await store.append_audit({"ts": time.time(), "action": "undrain", "region": region, "actor": "api",
+                                  "reason": "", "via": "api",
+                                  "lifted": lifted.model_dump() if lifted is not None else None})
     return web.json_response({"region": region, "removed": True})

@@ -12,6 +12,7 @@ Exit codes (scripts can trust them):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from rich.markup import escape
 from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings, redact
-from gtm.errors import ConfigError, GtmError
+from gtm.errors import ConfigError, GtmError, StoreError
 from gtm.log import get_logger, setup_logging
 
 T = TypeVar("T")
@@ -558,27 +559,41 @@ def _print_drain(
 @app.command()
 def undrain(
     region: str = typer.Argument(..., help="Region to return to service."),
+    reason: str = typer.Option("", "--reason", "-r", help="Why (written to the audit stream)."),
+    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     output: Output = OutputOpt,
     debug: bool = DebugOpt,
 ) -> None:
-    """Lift a drain or cordon: the weight ramps back up in planned steps.
+    """Lift a drain or cordon: the weight ramps back up in planned steps. Audited.
 
     Exit 3 if the region had no override.
     """
     from gtm.store import connect
 
-    async def go() -> bool:
+    if len(reason) > 500:
+        err_console.print("[red]UsageError[/]: --reason must be at most 500 characters")
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, Any] | None:
         store = connect(_store_url(redis), ns=ns)
         try:
-            return await store.delete_override(region)
+            lifted = (await store.get_overrides()).get(region)
+            if not await store.delete_override(region):
+                return None
+            entry = {"ts": time.time(), "action": "undrain", "region": region, "actor": actor, "reason": reason,
+                     "lifted": lifted.model_dump() if lifted is not None else None}
+            with contextlib.suppress(StoreError):
+                await store.append_audit(entry)
+            return entry
         finally:
             await store.aclose()
 
-    existed = _run(go, debug)
+    lifted = _run(go, debug)
+    existed = lifted is not None
     if output is Output.json:
-        _print_json({"region": region, "removed": existed})
+        _print_json({"region": region, "removed": existed, "lifted": (lifted or {}).get("lifted")})
     elif existed:
         console.print(f"undrained [bold]{escape(region)}[/]: weight ramps back up in planned steps")
     else:
