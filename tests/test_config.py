@@ -164,6 +164,33 @@ services:
     assert reason.startswith(f"{f}:9: services[1]: fqdn 'embed.other.example.com' is not inside zone 'gtm.example.com'")
 
 
+def test_document_wide_check_points_at_the_entry_it_names(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "policy.yaml",
+        ZONES
+        + """\
+services:
+  - name: chat
+    fqdn: chat.gtm.example.com
+    zone: gtm.example.com
+    regions: [us-east-1, eu-west-1]
+rollouts:
+  - name: ok-one
+    service: chat
+    target_version: v2
+    waves: [[us-east-1]]
+  - name: llama-nov
+    service: chat
+    target_version: v2
+    waves: [[mars-1]]
+""",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_policy(f)
+    (reason,) = reasons_of(exc)
+    assert reason == f"{f}:14: rollouts[1]: rollout 'llama-nov' names regions not serving 'chat': ['mars-1']"
+
+
 def test_empty_binary_and_duplicate_key_files_are_clear_errors(tmp_path: Path) -> None:
     empty = write(tmp_path / "empty.yaml", "")
     with pytest.raises(ConfigError) as exc:

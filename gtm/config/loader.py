@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,16 +145,35 @@ def _real_errors(exc: ValidationError) -> list[Any]:
     ]
 
 
+_NAMED = {"rollout": "rollouts", "service": "services", "provider": "providers"}
+
+
+def _named_entry(data: Any, msg: str) -> list[int | str]:
+    """For a whole-document error such as "rollout 'x' names ...": the path of that entry
+    (``["rollouts", 0]``), or [] when the message names none."""
+    m = re.match(r"(rollout|service|provider) '([^']+)'", msg)
+    items = data.get(_NAMED[m.group(1)]) if m and isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == m.group(2):  # type: ignore[union-attr]
+            return [_NAMED[m.group(1)], i]  # type: ignore[union-attr]
+    return []
+
+
 def _validation_reasons(
     path: Path, node: yaml.Node | None, exc: ValidationError, prefix: Sequence[int | str] = ()
 ) -> list[str]:
     reasons = []
     for err in _real_errors(exc):
         loc = [p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = err["msg"].removeprefix("Value error, ")
+        whole = not err["loc"]  # a check across the document: its input is the whole document
+        if whole:
+            loc = [*loc, *_named_entry(err["input"], msg)]
         line = _line_of(node, loc)
         where = f"{path}:{line}" if line else str(path)
-        msg = err["msg"].removeprefix("Value error, ")
-        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" else ""
+        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" and not whole else ""
         reasons.append(f"{where}: {_fmt_loc(loc)}: {msg}{value}")
     return reasons
 
@@ -291,6 +311,10 @@ def _map_merged_errors(
     reasons: list[str] = []
     for err in _real_errors(exc):
         loc = list(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        whole = not loc  # a check across the document: point at the entry it names, if any
+        if whole:
+            loc = _named_entry(err["input"], msg)
         f, node = per_file[0][0], per_file[0][1]
         if loc and loc[0] in offsets and len(loc) > 1 and isinstance(loc[1], int):
             local = loc[1]
@@ -302,8 +326,7 @@ def _map_merged_errors(
             f, node = owner[str(loc[0])]
         line = _line_of(node, loc)
         where = f"{f}:{line}" if line else str(f)
-        msg = err["msg"].removeprefix("Value error, ")
-        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" else ""
+        value = f" (value: {_short(err['input'])})" if err["type"] != "missing" and not whole else ""
         reasons.append(f"{where}: {_fmt_loc(loc)}: {msg}{value}")
     return reasons
 
