@@ -64,6 +64,12 @@ class World:
         return out
 
 
+def routed(state: RolloutState) -> dict[str, int]:
+    """The routing a planner would settle on under the rollout's caps: 0 where capped to 0."""
+    caps = machine.caps(state)
+    return {r: 0 if r in caps and caps[r].fraction == 0 else 255 for r in FOUR_REGIONS}
+
+
 def drive(state: RolloutState, world: World, *, deploy: str | None = "v2", until: str | None = "done",
           max_ticks: int = 2000, dt: float = 1.0) -> RolloutState:
     """Tick every ``dt`` s; a region that is ready for deploy gets ``deploy`` at once (the CD
@@ -73,7 +79,7 @@ def drive(state: RolloutState, world: World, *, deploy: str | None = "v2", until
         if state.status == until:
             return state
         world.now += dt
-        state = machine.advance(state, world.reports(), world.now, token=1)
+        state = machine.advance(state, world.reports(), world.now, token=1, weights=routed(state))
         state = RolloutState.model_validate_json(state.model_dump_json())
         waves_in_flight = {i for i, w in enumerate(WAVES) for r in w if state.regions[r].phase in IN_FLIGHT}
         assert len(waves_in_flight) <= 1, f"more than one wave in flight: {waves_in_flight}"
@@ -252,7 +258,7 @@ def tick_until(state: RolloutState, world: World, done: object, max_ticks: int =
         if done(state):  # type: ignore[operator]
             return state
         world.now += 1
-        state = machine.advance(state, world.reports(), world.now, token=1)
+        state = machine.advance(state, world.reports(), world.now, token=1, weights=routed(state))
         for r, p in state.regions.items():
             if p.phase == "ready-for-deploy":
                 world.version[r] = "v2"
@@ -354,3 +360,48 @@ def test_a_pool_entering_rollout_caps_reports_only_real_weight_changes() -> None
     moves = [d.action for d in after.decisions if d.subject == f"pool {pool.pool_id}"]
     assert moves and all(a.startswith("eu-west-1 weight ") and a.endswith("→ 0") for a in moves), moves
     assert not any("weight -" in d.action for d in after.decisions), "members are not new"
+
+
+def test_a_region_is_ready_for_deploy_only_after_weight_0_held_for_ttl_plus_grace() -> None:
+    """A deploy drain the safety rules hold or lift keeps serving: the region must not be
+    announced ready for deploy (the CD pipeline would deploy onto live traffic)."""
+    world = World()
+    st = machine.advance(new_state(make_spec()), world.reports(), world.now, token=1, weights=None)
+    assert st.regions["eu-west-1"].phase == "draining"
+    serving = dict.fromkeys(FOUR_REGIONS, 255)
+    for _ in range(120):  # two minutes, far past TTL 30 s + grace 5 s, still carrying traffic
+        world.now += 1
+        st = machine.advance(st, world.reports(), world.now, token=1, weights=serving)
+    p = st.regions["eu-west-1"]
+    assert p.phase == "draining" and p.drained_at is None
+    assert "draining for deploy: weight 255 in the routing in force" in p.reason
+    assert machine.advance(st, world.reports(), world.now + 1, token=1, weights=None).regions[
+        "eu-west-1"].phase == "draining", "unknown routing: keep waiting"
+    # Weight 0 at last: the TTL + grace wait starts now, and restarts if the weight comes back.
+    out = {**serving, "eu-west-1": 0}
+    zero_at = world.now + 1
+    for _ in range(20):
+        world.now += 1
+        st = machine.advance(st, world.reports(), world.now, token=1, weights=out)
+    assert st.regions["eu-west-1"].drained_at == zero_at and "weight 0 for 19/35s" in st.regions["eu-west-1"].reason
+    world.now += 1
+    st = machine.advance(st, world.reports(), world.now, token=1, weights=serving)  # lifted again
+    assert st.regions["eu-west-1"].drained_at is None
+    again_at = world.now + 1
+    for _ in range(40):
+        world.now += 1
+        st = machine.advance(st, world.reports(), world.now, token=1, weights=out)
+        if st.regions["eu-west-1"].phase == "ready-for-deploy":
+            break
+    ready = next(h for h in st.history if h.phase == "ready-for-deploy")
+    assert ready.at - again_at == 35 and "weight 0 held 35s" in ready.reason
+    assert st.ready_for_deploy("eu-west-1")
+
+
+def test_service_weights_reads_the_routing_in_force() -> None:
+    policy = make_policy([make_service(segments=[eu_segment()])])
+    world = World()
+    state = plan(policy, make_inventory(), world.reports(), {}, None, world.now)
+    w = machine.service_weights(state, "chat")
+    assert w is not None and set(w) == set(FOUR_REGIONS) and all(v > 0 for v in w.values())
+    assert machine.service_weights(state, "nope") is None and machine.service_weights(None, "chat") is None

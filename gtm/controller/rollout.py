@@ -30,6 +30,7 @@ from gtm.engine import rollout as machine
 from gtm.engine.rollout import RolloutState
 from gtm.errors import GtmError, LeaseLostError, StoreError
 from gtm.log import get_logger
+from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.models.report import FleetReport
 from gtm.models.rollout import WeightCap
@@ -140,7 +141,7 @@ class RolloutDriver:
         cfg = controller.config
         if cfg is None:
             return self._caps
-        return await self.tick(cfg.policy, reports, now, controller.lease)
+        return await self.tick(cfg.policy, reports, now, controller.lease, routing=controller.state)
 
     async def tick(
         self,
@@ -148,6 +149,7 @@ class RolloutDriver:
         reports: Mapping[str, FleetReport],
         now: float,
         lease: tuple[str, int] | None,
+        routing: DesiredState | None = None,
     ) -> Caps:
         """Advance every rollout once and return the caps to plan with.
 
@@ -157,6 +159,8 @@ class RolloutDriver:
             now: the controller's clock, unix seconds.
             lease: ``(lease_value, fencing_token)`` of the leader; without one nothing is
                 written (the stored states' caps are returned).
+            routing: the routing in force (the controller's last plan): a deploy drain is
+                complete only once it shows the region at weight 0.
         """
         names = sorted({r.name for r in policy.rollouts} | self.states.keys())
         try:
@@ -170,7 +174,8 @@ class RolloutDriver:
             states[name] = st
             if lease is None:
                 continue
-            new = machine.advance(st, reports, now, token=lease[1])
+            new = machine.advance(st, reports, now, token=lease[1],
+                                  weights=machine.service_weights(routing, st.spec.service))
             if new is st:
                 continue
             new = new.model_copy(update={"rev": st.rev + 1, "updated_at": now})

@@ -47,6 +47,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gtm.engine.gates import evaluate
+from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport, ModelStats
 from gtm.models.rollout import RolloutSpec, WeightCap
 
@@ -110,6 +111,9 @@ class RegionProgress(_Model):
         planned_rollback: rolled back because another region of its wave failed (its own
             gates did not): routed away as a planned move (paced, held without headroom)
             rather than at once.
+        drained_at: while draining, when the routing in force first showed the region at
+            weight 0 in every pool of the service (unix seconds); the TTL + grace wait counts
+            from here, and restarts if the weight comes back (a held or lifted drain).
     """
 
     phase: Phase = "pending"
@@ -122,6 +126,7 @@ class RegionProgress(_Model):
     seen: dict[str, int] = Field(default_factory=dict)
     gate: str = ""
     planned_rollback: bool = False
+    drained_at: float | None = None
 
 
 class RolloutState(_Model):
@@ -237,6 +242,8 @@ def resume(state: RolloutState, now: float, *, actor: str, reason: str = "") -> 
         for p in st.regions.values():
             if p.phase in IN_FLIGHT:
                 p.since += held  # bake and ramp clocks stop while paused
+                if p.drained_at is not None:
+                    p.drained_at += held
         st.status, st.paused_at = "running", None
         st.record(now, "running", f"resumed by {actor} after {held:.0f}s paused{why}", actor=actor)
         return st
@@ -325,7 +332,12 @@ def release(state: RolloutState, region: str, now: float, *, actor: str, reason:
 
 
 def advance(
-    state: RolloutState, reports: Mapping[str, FleetReport], now: float, *, token: int | None = None
+    state: RolloutState,
+    reports: Mapping[str, FleetReport],
+    now: float,
+    *,
+    token: int | None = None,
+    weights: Mapping[str, int] | None = None,
 ) -> RolloutState:
     """One tick: collect samples and make every transition that is due.
 
@@ -334,6 +346,9 @@ def advance(
         reports: latest report per region (stale ones are ignored here).
         now: the controller's clock, unix seconds.
         token: the leader's fencing token, recorded in each step.
+        weights: region → its largest weight (0-255) in the service's pools in the routing in
+            force (``service_weights``). A draining region is ready for deploy only after it
+            has shown 0 here for TTL + grace; None (routing unknown) keeps it draining.
 
     Returns:
         The new state; ``state`` itself when nothing changed.
@@ -347,16 +362,35 @@ def advance(
     if st.status == "aborted":
         _revert(st, fresh, now, token)
     else:
-        _run(st, fresh, now, token)
+        _run(st, fresh, now, token, weights)
     return state if st == state else st
 
 
-def _run(st: RolloutState, fresh: Mapping[str, FleetReport], now: float, token: int | None) -> None:
+def service_weights(routing: DesiredState | None, service: str) -> dict[str, int] | None:
+    """Region → its largest weight over the pools of ``service`` (by name) in ``routing``;
+    None when there is no routing yet or the service is not in it."""
+    if routing is None:
+        return None
+    out: dict[str, int] = {}
+    found = False
+    for svc in routing.services.values():
+        if svc.name != service:
+            continue
+        found = True
+        for route in svc.segments:
+            pool = routing.pools.get(route.pool_id)
+            for m in pool.members if pool is not None else ():
+                out[m.region] = max(out.get(m.region, 0), m.weight)
+    return out if found else None
+
+
+def _run(st: RolloutState, fresh: Mapping[str, FleetReport], now: float, token: int | None,
+         weights: Mapping[str, int] | None) -> None:
     spec = st.spec
     if st.wave < 0:
         _start_wave(st, 0, now, token)
     for region in _wave_regions(st):
-        _tick_region(st, region, fresh, now, token)
+        _tick_region(st, region, fresh, now, token, weights)
         if st.status == "halted":
             return
     if all(st.regions[r].phase == "done" for r in _wave_regions(st)):
@@ -387,7 +421,7 @@ def _enter(
 ) -> None:
     p = st.regions[region]
     p.phase, p.since, p.reason = phase, now, reason
-    p.planned_rollback = False
+    p.planned_rollback, p.drained_at = False, None
     p.ramp_index = 0 if phase == "ramping" else -1
     if phase in ("canary", "ready-for-deploy"):
         p.canary, p.baseline, p.seen, p.gate, p.baseline_regions = {}, {}, {}, "", ""
@@ -396,14 +430,26 @@ def _enter(
 
 
 def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport], now: float,
-                 token: int | None) -> None:
+                 token: int | None, weights: Mapping[str, int] | None = None) -> None:
     spec, p = st.spec, st.regions[region]
     if p.phase == "draining":
         wait = st.ttl_s + spec.drain_grace_s
-        if now - p.since >= wait:
+        w = None if weights is None else weights.get(region, 0)
+        if w is None or w > 0:
+            # Not yet (or no longer) out of the routing: a paced, held or lifted drain.
+            p.drained_at = None
+            p.reason = (f"draining for deploy: weight {'unknown' if w is None else w} in the routing in force; "
+                        f"TTL {st.ttl_s:g}s + grace {spec.drain_grace_s:g}s count from weight 0")
+            return
+        if p.drained_at is None:
+            p.drained_at = now
+        held = now - p.drained_at
+        if held >= wait:
             _enter(st, region, "ready-for-deploy", now,
-                   f"drained: weight 0 held {now - p.since:.0f}s ≥ TTL {st.ttl_s:g}s + grace "
+                   f"drained: weight 0 held {held:.0f}s ≥ TTL {st.ttl_s:g}s + grace "
                    f"{spec.drain_grace_s:g}s; ready for deploy of {spec.target_version}", token=token)
+        else:
+            p.reason = f"drained: weight 0 for {held:.0f}/{wait:g}s (TTL + grace) before deploy"
         return
     if p.phase == "ready-for-deploy":
         on, seen = _on_target(st, fresh.get(region))
