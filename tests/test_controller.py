@@ -384,3 +384,29 @@ async def test_a_policy_change_to_providers_swaps_the_provider_workers(store: St
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+async def test_the_leader_removes_expired_overrides_and_audits_it(store: Store) -> None:
+    from gtm.controller.status import gather_status
+    from tests.factories import make_override
+
+    clock = Clock()
+    ctl = Controller(store, make_config, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
+    await put_healthy(store, clock.t)
+    short = make_override("eu-west-1", "drain", since=clock.t, expires_at=clock.t + 5, reason="short")
+    lasting = make_override("us-east-1", "cordon", since=clock.t, reason="stays")
+    await store.put_override(short)
+    await store.put_override(lasting)
+    await ctl.cycle()
+    assert set(await store.get_overrides()) == {"eu-west-1", "us-east-1"}
+    clock.t += 6
+    await put_healthy(store, clock.t)
+    status = await gather_status(store, make_config(), now=clock.t)
+    rows = {row["region"]: row for row in status["regions"]}
+    assert rows["eu-west-1"]["override"] is None, "an expired drain is not shown as in force"
+    assert rows["us-east-1"]["override"] == "cordon"
+    await ctl.cycle()
+    assert await store.get_overrides() == {"us-east-1": lasting}
+    entry = (await store.read_audit(5))
+    actions = [e for _, e in entry if e.get("action") == "drain expired"]
+    assert len(actions) == 1 and actions[0]["region"] == "eu-west-1" and actions[0]["reason"] == "short"

@@ -184,6 +184,18 @@ async def test_overrides_put_get_delete(store: Store) -> None:
     assert await store.get_overrides() == {"eu-west-1": cordon}
 
 
+async def test_delete_override_if_unchanged(store: Store) -> None:
+    old = make_override("us-east-1", "drain", since=T0, expires_at=T0 + 10)
+    await store.put_override(old)
+    newer = make_override("us-east-1", "cordon", since=T0 + 5, reason="replaced meanwhile")
+    await store.put_override(newer)
+    assert await store.delete_override_if(old) is False, "an operator replaced it: keep theirs"
+    assert (await store.get_overrides())["us-east-1"] == newer
+    assert await store.delete_override_if(newer) is True
+    assert await store.get_overrides() == {}
+    assert await store.delete_override_if(newer) is False
+
+
 async def test_flap_damping_clears_put_get_and_wake_the_controller(store: Store) -> None:
     assert await store.get_damping_cleared() == {}
     events = store.events()

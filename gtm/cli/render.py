@@ -53,7 +53,10 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
             _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
             escape("; ".join(
-                ([f"{r['override']} ({r['override_reason']})"] if r["override"] else []) + list(r.get("rollout") or [])
+                ([f"{r['override']} ({r['override_reason']})"
+                  + (f", {r['override_expires_at'] - now:.0f}s left" if r.get("override_expires_at") else "")]
+                 if r["override"] else [])
+                + list(r.get("rollout") or [])
             )),
             escape(r["reason"]),
         )

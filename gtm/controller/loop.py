@@ -181,6 +181,25 @@ class Controller:
                     await self.store.release_lease(self.lease[0])
                 self.lease = None
 
+    async def _expire_overrides(self, overrides: dict[str, Any], now: float) -> None:
+        """The leader deletes drains and cordons past their ``expires_at`` (the engine already
+        ignores them) and audits it; one an operator replaced meanwhile is left alone."""
+        if not self.is_leader:
+            return
+        for region, ov in list(overrides.items()):
+            if ov.active(now):
+                continue
+            try:
+                if await self.store.delete_override_if(ov):
+                    await self.store.append_audit({
+                        "ts": now, "action": f"{ov.kind} expired", "region": region, "actor": ov.actor,
+                        "reason": ov.reason, "expires_at": ov.expires_at, "fencing_token": self.fencing_token,
+                    })
+                    log.info("%s of %s by %s expired; removed", ov.kind, region, ov.actor)
+            except StoreError as exc:
+                log.warning("_expire_overrides: %s", exc)
+                return
+
     async def _swap_workers(
         self,
         running: dict[ProviderWorker, tuple[asyncio.Task[None], asyncio.Event]],
@@ -326,6 +345,7 @@ class Controller:
         self.stats.rejected_reports += len(rejected)
         previous = self.state
         now = self.clock()
+        await self._expire_overrides(overrides, now)
         try:
             caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
             new = plan(

@@ -60,6 +60,8 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         st = desired.regions.get(r) if desired is not None else None
         rep = reports.get(r)
         ov = overrides.get(r)
+        if ov is not None and not ov.active(now):
+            ov = None  # expired: no longer applied (the leader deletes it and audits that)
         last_seen = rep.observed_at if rep is not None else (st.observed_at if st is not None else None)
         rows.append(
             {
@@ -77,6 +79,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
                 "rollout": rollout_caps.get(r, []),
                 "override": ov.kind if ov is not None else None,
                 "override_reason": f"{ov.actor}: {ov.reason}" if ov is not None else "",
+                "override_expires_at": ov.expires_at if ov is not None else None,
                 "weights": (
                     {pid: p.weight_of(r) for pid, p in desired.pools.items() if any(m.region == r for m in p.members)}
                     if desired is not None

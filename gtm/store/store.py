@@ -193,6 +193,33 @@ class Store:
             raise StoreError(f"deleting override for {region}: {exc}") from exc
         return bool(n)
 
+    async def delete_override_if(self, override: Override) -> bool:
+        """Delete ``override.region``'s override only if it is still exactly ``override`` (an
+        operator may have replaced it meanwhile); returns whether it was deleted.
+        Raises ``StoreError``."""
+        key = self.keys.override(override.region)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    text = await pipe.get(key)
+                    try:
+                        same = text is not None and Override.model_validate_json(text) == override
+                    except ValidationError:
+                        same = False
+                    if not same:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.publish(self.keys.events, f"override:{override.region}")
+                    await pipe.execute()
+                except WatchError:
+                    return False
+        except RedisError as exc:
+            raise StoreError(f"deleting override for {override.region}: {exc}") from exc
+        return True
+
     async def get_overrides(self) -> dict[str, Override]:
         """Every override, by region; malformed ones are logged and skipped."""
         out: dict[str, Override] = {}
