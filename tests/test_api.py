@@ -57,6 +57,8 @@ async def test_drain_needs_the_token(store: Store) -> None:
         assert r.status == 201
         ovs = await store.get_overrides()
         assert ovs["eu-west-1"].kind == "drain" and ovs["eu-west-1"].actor == "ops"
+        entry = (await store.read_audit(1))[0][1]
+        assert (entry["action"], entry["actor"], entry["via"]) == ("drain", "ops", "api")
         r = await client.delete("/v1/regions/eu-west-1/drain", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status == 200
         assert await store.get_overrides() == {}
@@ -176,7 +178,8 @@ async def test_api_drain_checks_input_and_safety_like_the_cli(store: Store) -> N
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         for bad in ({"reason": "x", "expires_in": -100}, {"reason": "x", "expires_in": 0.5},
-                    {"reason": "x", "forse": True}, {"reason": "x", "actor": {"a": 1}}, {"reason": " " * 0}):
+                    {"reason": "x", "forse": True}, {"reason": "x", "actor": {"a": 1}}, {"reason": " " * 0},
+                    {"reason": "x", "force": "yes"}):
             r = await client.post("/v1/regions/eu-west-1/drain", json=bad, headers=auth)
             assert r.status == 400, bad
             assert (await r.json())["problems"], bad

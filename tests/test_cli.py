@@ -108,6 +108,8 @@ def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
     assert code == 0 and json.loads(out)["written"] is True
     stored = json.loads(r.get(keys.override("eu-west-1")) or "{}")
     assert stored["actor"] == "alice" and stored["reason"] == "upgrade"
+    entry = r.xrevrange(keys.audit, count=1)[0][1]
+    assert (entry["action"], entry["region"], entry["actor"]) == ("drain", "eu-west-1", "alice")
 
     code, out, _ = gtm("status", "-o", "json", *base(ns))
     assert code == 0

@@ -160,6 +160,22 @@ def test_operator_clears_flap_damping() -> None:
     assert len(state.regions["us-west-2"].transitions) == 2
 
 
+def test_damping_start_and_end_are_decisions() -> None:
+    policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1)
+    state = step(policy, None, T0, reps(T0))
+    now, seq, started = T0, 1, []
+    for bad in (True, False, True, False):
+        now += 1
+        seq += 1
+        state = step(policy, state, now, reps(now, seq=seq, us_west_2=1 if bad else 0))
+        started += [d for d in state.decisions if d.action == "flap damping"]
+    assert len(started) == 1 and started[0].subject == "region us-west-2"
+    assert "kept out for 100s" in started[0].reason and "gtm undamp us-west-2" in started[0].reason
+    state = plan(policy, INV, reps(now + 1, seq=seq + 1), {}, state, now + 1, damping_cleared={"us-west-2": now + 1})
+    over = [d for d in state.decisions if d.action == "flap damping over"]
+    assert [d.reason for d in over] == ["lifted by an operator"]
+
+
 def test_a_clear_older_than_the_damping_does_not_lift_it() -> None:
     policy = make_policy(flap_threshold=3, flap_window_s=60, flap_penalty_s=100, rise=1, fall=1)
     state, now, seq = _flapped(policy)

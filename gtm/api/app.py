@@ -28,7 +28,7 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gtm.config.loader import Config
 from gtm.controller.loop import Controller
@@ -260,7 +260,7 @@ class DrainRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
     actor: str = Field(default="api", min_length=1, max_length=100)
     expires_in: float | None = Field(default=None, ge=1)
-    force: bool = False
+    force: StrictBool = False
 
 
 async def _drain(request: web.Request) -> web.Response:
@@ -308,9 +308,9 @@ async def _drain(request: web.Request) -> web.Response:
             status=409,
         )
     await store.put_override(ov)
-    if req.force:
-        await store.append_audit({"ts": now, "action": f"{ov.kind} --force", "region": region, "actor": ov.actor,
-                                  "reason": ov.reason, "overridden_safety": proj.held, "via": "api"})
+    await store.append_audit({"ts": now, "action": ov.kind + (" --force" if req.force else ""), "region": region,
+                              "actor": ov.actor, "reason": ov.reason, "expires_at": ov.expires_at, "via": "api",
+                              **({"overridden_safety": proj.held} if req.force else {})})
     return web.json_response({"override": ov.model_dump(), **projection}, status=201)
 
 

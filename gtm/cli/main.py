@@ -469,11 +469,11 @@ def drain(
             written = not dry_run and not refused
             if written:
                 await store.put_override(ov)
-                if force:
-                    await store.append_audit({
-                        "ts": now, "action": f"{ov.kind} --force", "region": region, "actor": actor,
-                        "reason": reason, "overridden_safety": proj.held,
-                    })
+                await store.append_audit({
+                    "ts": now, "action": ov.kind + (" --force" if force else ""), "region": region,
+                    "actor": actor, "reason": reason, "expires_at": ov.expires_at,
+                    **({"overridden_safety": proj.held} if force else {}),
+                })
             return {
                 "override": ov.model_dump(), "written": written, "refused": refused,
                 "held_by_safety": proj.held, "projected_shares": proj.shares,
@@ -509,6 +509,9 @@ async def _drain_without_config(
                 "error": f"unknown region {ov.region!r}; the controller plans {', '.join(known) or 'nothing yet'}"}
     if not dry_run:
         await store.put_override(ov)
+        await store.append_audit({"ts": ov.since, "action": ov.kind + (" --force" if ov.force else ""),
+                                  "region": ov.region, "actor": ov.actor, "reason": ov.reason,
+                                  "expires_at": ov.expires_at, "note": "local policy files invalid: no projection"})
     return {
         "override": ov.model_dump(), "written": not dry_run, "refused": False, "held_by_safety": [],
         "projected_shares": {}, "projected_load": {}, "capacity_unit": "", "steps": 0,

@@ -133,7 +133,7 @@ def plan(
         pools=pools,
         services=services,
         endpoints=endpoints,
-        decisions=(*_decisions(previous, statuses, pools), *fallback_decisions),
+        decisions=(*_decisions(previous, statuses, pools, now), *fallback_decisions),
     )
     if (
         previous is not None and not previous.held and previous.policy_digest == digest
@@ -769,6 +769,7 @@ def _decisions(
     previous: DesiredState | None,
     statuses: Mapping[str, RegionStatus],
     pools: Mapping[str, PoolPlan],
+    now: float,
 ) -> list[Decision]:
     out: list[Decision] = []
     prev_regions = previous.regions if previous is not None else {}
@@ -776,6 +777,17 @@ def _decisions(
         p = prev_regions.get(r)
         if p is None or p.state != st.state:
             out.append(Decision(f"region {r}", f"{p.state if p else 'new'} → {st.state}", st.reason))
+        was_damped = p is not None and p.damped_until > 0
+        if st.damped_until > now and (p is None or p.damped_until != st.damped_until):
+            out.append(Decision(
+                f"region {r}", "flap damping",
+                f"{len(st.transitions)} transitions in or out of service within the window: kept out for "
+                f"{st.damped_until - now:.0f}s (`gtm undamp {r}` lifts it early)",
+            ))
+        elif was_damped and st.damped_until == 0:
+            early = p is not None and p.damped_until > now
+            out.append(Decision(f"region {r}", "flap damping over",
+                                "lifted by an operator" if early else "penalty served"))
     prev_pools = previous.pools if previous is not None else {}
     prev_capped = {p.partition(".")[0]: pp for p, pp in prev_pools.items() if "." in p}
     for pid, pool in pools.items():
