@@ -272,7 +272,8 @@ def test_a_version_that_degrades_while_ramping_is_rolled_back_before_the_next_st
     st = tick_until(st, world, lambda s: s.status == "halted")
     p = st.regions["eu-west-1"]
     assert p.phase == "rolled-back"
-    assert "gate error_rate failed" in p.gate and "(at ramp 50%)" in p.gate
+    # The ceiling is checked on every tick: caught during the ramp, before the next step.
+    assert "gate error_rate failed" in p.gate and "ceiling 5.00%" in p.gate and "during ramp" in p.gate
     assert not any(h.phase == "ramping 100%" for h in st.history), "it never got the next step"
 
 
@@ -307,6 +308,27 @@ def test_a_failed_region_rolls_back_its_wave_siblings_as_planned_moves() -> None
     assert RolloutState.model_validate_json(st.model_dump_json()) == st
 
 
+def test_a_ceiling_breach_rolls_back_during_the_bake_and_while_paused() -> None:
+    world = World()
+    st = tick_until(new_state(make_spec()), world, lambda s: s.regions["eu-west-1"].phase == "canary")
+    world.bad = {"v2": {"error_rate": 0.2}}
+    st = tick_until(st, world, lambda s: s.status == "halted")
+    canary = next(h.at for h in st.history if h.region == "eu-west-1" and h.phase == "canary")
+    assert st.regions["eu-west-1"].phase == "rolled-back" and "during bake" in st.regions["eu-west-1"].gate
+    assert world.now - canary < make_spec().bake_time_s, "before the bake time is over"
+    # Paused, it still rolls back.
+    world = World()
+    st = tick_until(new_state(make_spec()), world, lambda s: s.regions["eu-west-1"].phase == "canary")
+    st = machine.pause(st, world.now, actor="bob")
+    world.bad = {"v2": {"error_rate": 0.2}}
+    for _ in range(30):
+        world.now += 1
+        st = machine.advance(st, world.reports(), world.now, token=1)
+    assert st.status == "halted" and st.regions["eu-west-1"].phase == "rolled-back"
+    assert "during bake while paused" in st.regions["eu-west-1"].gate
+    assert machine.caps(st)["eu-west-1"].fraction == 0.0
+
+
 def test_pause_freezes_and_resume_keeps_the_bake_clock() -> None:
     world = World()
     st = drive(new_state(make_spec()), world, until=None, max_ticks=45)
@@ -314,8 +336,11 @@ def test_pause_freezes_and_resume_keeps_the_bake_clock() -> None:
     since = st.regions["eu-west-1"].since
     st = machine.pause(st, world.now, actor="bob")
     world.now += 500
-    assert machine.advance(st, world.reports(), world.now) is st
-    st = machine.resume(st, world.now, actor="bob")
+    paused = machine.advance(st, world.reports(), world.now)
+    # Frozen: no transition, no history, the same caps; only the canary's samples grow.
+    assert paused.status == "paused" and paused.history == st.history and machine.caps(paused) == machine.caps(st)
+    assert paused.regions["eu-west-1"].phase == "canary" and paused.regions["eu-west-1"].since == since
+    st = machine.resume(paused, world.now, actor="bob")
     assert st.regions["eu-west-1"].since == since + 500
     with pytest.raises(ValueError, match="only a paused or halted rollout resumes"):
         machine.resume(machine.abort(st, world.now, actor="x"), world.now, actor="x")

@@ -229,7 +229,8 @@ def pause(
     name: str = typer.Argument(...), reason: str = ReasonOpt, actor: str = ActorOpt,
     redis: str | None = RedisOpt, ns: str = NsOpt, output: Output = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
-    """Freeze a running rollout: caps hold, bake and ramp clocks stop. Exit 3 unless running."""
+    """Freeze a running rollout: caps hold, bake and ramp clocks stop. A canary that breaks an
+    absolute gate ceiling is still rolled back. Exit 3 unless running."""
     _operator(name, "pause", redis, ns, actor, reason, output, debug)
 
 

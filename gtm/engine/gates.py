@@ -103,6 +103,27 @@ def _clean(xs: Sequence[float] | None) -> list[float]:
     return [float(x) for x in xs or () if x is not None and math.isfinite(x)]
 
 
+def ceiling_breach(spec: GateSpec, canary: Mapping[str, Sequence[float]]) -> str | None:
+    """Why the canary's newest ``min_samples`` samples break an absolute ceiling, or None.
+
+    Checked on every tick of a canary or ramping region, during its bake time and while the
+    rollout is paused too: a ceiling (e.g. ``max_error_rate``) needs no baseline and no
+    statistics, so there is no reason to wait before rolling back.
+    """
+    need = spec.min_samples
+    for metric in spec.metrics:
+        top = ceiling(spec, metric)
+        c = _clean(canary.get(metric))[-need:]
+        if top is None or len(c) < need:
+            continue
+        centre = statistics.fmean(c) if metric == "error_rate" else statistics.median(c)
+        if centre > top:
+            name = "mean" if metric == "error_rate" else "median"
+            return (f"gate {metric} failed: canary {name} {fmt(metric, centre)} > ceiling {fmt(metric, top)} "
+                    f"(n={len(c)}) on the newest samples")
+    return None
+
+
 def judge_metric(
     spec: GateSpec, metric: GateMetric | str, canary: Sequence[float], baseline: Sequence[float]
 ) -> MetricResult:

@@ -46,7 +46,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gtm.engine.gates import evaluate
+from gtm.engine.gates import ceiling_breach, evaluate
 from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport, ModelStats
 from gtm.models.rollout import RolloutSpec, WeightCap
@@ -353,8 +353,16 @@ def advance(
     Returns:
         The new state; ``state`` itself when nothing changed.
     """
-    if state.status in ("paused", "halted", "done"):
+    if state.status in ("halted", "done"):
         return state
+    if state.status == "paused":
+        # Frozen, except for safety: a canary breaking an absolute ceiling still rolls back.
+        st = state.model_copy(deep=True)
+        fresh = {r: rep for r, rep in reports.items() if now - rep.observed_at <= st.report_timeout_s}
+        for region in _wave_regions(st):
+            if st.regions[region].phase in ("canary", "ramping") and _breached(st, region, fresh, now, token):
+                break
+        return state if st == state else st
     if state.status == "aborted" and all(p.phase != "reverting" for p in state.regions.values()):
         return state
     st = state.model_copy(deep=True)
@@ -462,7 +470,8 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
                         f"replicas (reported: {seen})")
         return
     if p.phase == "canary":
-        _sample(st, region, fresh)
+        if _breached(st, region, fresh, now, token):
+            return
         baked = now - p.since
         if baked < spec.bake_time_s:
             p.reason = f"baking at {spec.canary_fraction:.0%}: {baked:.0f}/{spec.bake_time_s:g}s"
@@ -482,7 +491,8 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
             p.reason = f"baked {baked:.0f}s; gates wait: {result.reason}"
         return
     if p.phase == "ramping":
-        _sample(st, region, fresh)
+        if _breached(st, region, fresh, now, token):
+            return
         if now - p.since < spec.ramp_interval_s:
             return
         # Judged again before every step up, on each side's newest ``min_samples`` samples: a
@@ -502,6 +512,20 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
             st.record(now, f"ramping {spec.ramp_steps[nxt]:.0%}", reason, region=region, token=token)
         else:
             _enter(st, region, "done", now, f"promoted: {spec.target_version} at full weight", token=token)
+
+
+def _breached(st: RolloutState, region: str, fresh: Mapping[str, FleetReport], now: float,
+              token: int | None) -> bool:
+    """Sample ``region`` (canary or ramping) and roll it back if its newest samples break an
+    absolute ceiling; returns whether it did."""
+    _sample(st, region, fresh)
+    why = ceiling_breach(st.spec.gates, st.regions[region].canary)
+    if why is None:
+        return False
+    phase = st.regions[region].phase
+    _rollback(st, region, f"{why}, during {'bake' if phase == 'canary' else 'ramp'}"
+              + (" while paused" if st.status == "paused" else ""), now, token)
+    return True
 
 
 def _rollback(st: RolloutState, region: str, why: str, now: float, token: int | None) -> None:
