@@ -24,6 +24,8 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     leader = status.get("leader") or "none"
     state = status.get("desired")
     head = f"leader: {leader}   generation: {state['generation'] if state else '-'}"
+    if state and state.get("policy_digest"):
+        head += f"   policy: {escape(str(state['policy_digest'])[:19])}"
     if state and state.get("held"):
         head += f"   [bold red]HELD: {escape(state['hold_reason'])}[/]"
     console.print(head)
@@ -62,7 +64,11 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
         )
     console.print(t)
     if not state:
-        console.print("[yellow]no desired state yet: is a controller running?[/]")
+        hint = ""
+        if leader == "none" and not any(r.get("observed_at") for r in status["regions"]):
+            hint = (f" Namespace {escape(str(status.get('namespace', '?')))!r} holds no reports either: "
+                    "check --ns / GTM_NAMESPACE and --redis.")
+        console.print(f"[yellow]no desired state yet: is a controller running?{hint}[/]")
         return
     p = Table(title="pools")
     for col in ("pool", "segment", "mode", "weights", "services"):

@@ -89,6 +89,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         )
     return {
         "now": now,
+        "namespace": store.keys.ns,
         "leader": leader,
         "controller": controller,
         "policy_digest": config.digest if config is not None else None,
