@@ -135,6 +135,27 @@ def _store_url(redis: str | None) -> str:
         raise typer.Exit(2) from None
 
 
+def _policy_snapshot(url: str, ns: str) -> tuple[Config, float] | None:
+    """The leader's policy snapshot from Redis as ``(Config, written_at)``, or None when there is
+    none or it cannot be read or used (the reason is printed)."""
+    from gtm.config.snapshot import load_snapshot
+    from gtm.store import connect
+
+    async def go() -> str | None:
+        store = connect(url, ns=ns)
+        try:
+            return await store.get_policy_snapshot()
+        finally:
+            await store.aclose()
+
+    try:
+        text = asyncio.run(go())
+        return load_snapshot(text) if text is not None else None
+    except (ConfigError, StoreError) as exc:
+        err_console.print(f"[yellow]no usable policy snapshot in Redis[/]: {escape(str(exc))}", highlight=False)
+        return None
+
+
 def _hostport(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -844,7 +865,9 @@ def controller(
 
     Several replicas may run: one leader plans and writes (fencing token), the others serve
     DNS from the leader's desired state. A policy file that stops validating is rejected and
-    the last good policy stays in force. Stop with SIGTERM.
+    the last good policy stays in force. A controller that starts while its policy does not
+    validate starts from the policy the leader last ran (kept in Redis) if there is one, and
+    says so; otherwise it exits 2. Stop with SIGTERM.
     """
     from gtm.controller.loop import Controller, ControllerSettings, file_config_loader
     from gtm.providers.embedded_dns import EmbeddedDnsServer
@@ -866,11 +889,24 @@ def controller(
                                      regions_dir=regions, refresh_s=git_refresh)
         except ConfigError as exc:
             _fail(exc, False, 2)
+    url = _store_url(redis)
+    seeded = False
     try:
         cfg = loader()
     except ConfigError as exc:
-        _fail(exc, False, 2)
-    url = _store_url(redis)
+        snap = _policy_snapshot(url, ns)
+        if snap is None:
+            _fail(exc, False, 2)
+        cfg, written_at = snap
+        seeded = True
+        age = time.time() - written_at
+        err_console.print(
+            f"[bold red]POLICY REJECTED[/]: {escape(str(exc))}\n[yellow]starting from the policy the leader last "
+            f"ran[/] (snapshot in Redis, digest {cfg.digest[:19]}"
+            + (f", commit {cfg.commit[:12]}" if cfg.commit else "") + f", written {age:.0f}s ago); "
+            "the files are retried every cycle and take over once they validate.",
+            highlight=False,
+        )
     from gtm.providers.registry import build_providers
 
     try:
@@ -910,6 +946,8 @@ def controller(
         ctl = Controller(store, loader, publishers, ControllerSettings(tick_s=tick), providers=providers,
                          provider_resync_s=provider_resync, caps_provider=RolloutDriver(store),
                          provider_factory=build_providers)
+        if seeded:
+            ctl.seed_config(cfg)
         for p in providers:
             log.info("controller: provider %s (%s) for zones %s", p.name, type(p).__name__, ", ".join(p.zones))
         runner = None

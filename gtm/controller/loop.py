@@ -109,6 +109,7 @@ class Controller:
         self.workers = [self._worker(p) for p in providers]
         self._next_workers: list[ProviderWorker] | None = None
         self._provider_sig: str | None = None
+        self._snapshot_digest: str | None = None
         self.settings = settings or ControllerSettings()
         self.caps_provider = caps_provider
         self.stats = ControllerStats()
@@ -226,15 +227,21 @@ class Controller:
                 w.submit(self.state)
         log.info("providers reconfigured: %s", ", ".join(w.name for w in new) or "none")
 
+    def seed_config(self, cfg: Config) -> None:
+        """Start from ``cfg`` (e.g. the leader's policy snapshot) when the loader cannot give
+        a valid policy yet: it stays in force until the loader's policy validates. The
+        providers passed in must have been built from it."""
+        self.config = cfg
+        self._provider_sig = _provider_signature(cfg)
+        self._info_dirty = True
+
     def _reconfigure_providers(self, cfg: Config) -> None:
         """Build new providers when the policy's ``providers`` (or zones, owner id) changed.
 
         A failure to build them (bad credentials file, unknown zone) keeps the providers in
         force, counts a config error and says so in ``last_error``.
         """
-        sig = json.dumps([[p.model_dump(mode="json") for p in cfg.policy.providers],
-                          [z.model_dump(mode="json") for z in cfg.policy.zones], cfg.policy.owner_id],
-                         sort_keys=True)
+        sig = _provider_signature(cfg)
         if self._provider_sig is None or self.provider_factory is None:
             self._provider_sig = sig  # the providers given at start were built from this policy
             return
@@ -399,6 +406,11 @@ class Controller:
             "updated_at": self.clock(),
         }
         await self.store.put_applied("controller", info)
+        if self.lease is not None and self._snapshot_digest != self.config.digest:
+            from gtm.config.snapshot import dump_snapshot
+
+            await self.store.put_policy_snapshot(dump_snapshot(self.config, self.clock()), lease_value=self.lease[0])
+            self._snapshot_digest = self.config.digest
         if info["policy_rejected"]:
             await self.store.append_audit({"ts": info["updated_at"], "action": "policy rejected",
                                            "reason": info["policy_rejected"], "fencing_token": self.fencing_token})
@@ -497,3 +509,10 @@ def file_config_loader(policies: str, regions: str) -> Callable[[], Config]:
         return cfg
 
     return load
+
+
+def _provider_signature(cfg: Config) -> str:
+    """What the record-holding providers are built from: their config, the zones, the owner id."""
+    return json.dumps([[p.model_dump(mode="json") for p in cfg.policy.providers],
+                       [z.model_dump(mode="json") for z in cfg.policy.zones], cfg.policy.owner_id],
+                      sort_keys=True)

@@ -58,6 +58,11 @@ class Keys:
         return f"{self.prefix}damping-cleared"
 
     @property
+    def policy_snapshot(self) -> str:
+        """JSON of the policy and inventory the leader runs (``Store.put_policy_snapshot``)."""
+        return f"{self.prefix}policy-in-force"
+
+    @property
     def desired(self) -> str:
         return f"{self.prefix}desired"
 

@@ -289,6 +289,25 @@ class Store:
         if not ok:
             raise LeaseLostError("leader lease lost; desired state not written")
 
+    async def put_policy_snapshot(self, doc: str, *, lease_value: str) -> None:
+        """Store the policy in force (``Config`` as JSON, see ``gtm.config.snapshot``) while
+        ``lease_value`` holds the lease, so a controller that starts while its own policy files
+        are broken can start from it. Raises ``LeaseLostError`` / ``StoreError``."""
+        try:
+            ok = await self._if_leader(lease_value, lambda pipe: pipe.set(self.keys.policy_snapshot, doc))
+        except RedisError as exc:
+            raise StoreError(f"writing the policy snapshot: {exc}") from exc
+        if not ok:
+            raise LeaseLostError("leader lease lost; policy snapshot not written")
+
+    async def get_policy_snapshot(self) -> str | None:
+        """The stored policy snapshot (JSON), or None. Raises ``StoreError``."""
+        try:
+            text = await self.client.get(self.keys.policy_snapshot)
+        except RedisError as exc:
+            raise StoreError(f"reading the policy snapshot: {exc}") from exc
+        return text if isinstance(text, str) else None
+
     async def _if_leader(self, lease_value: str, op: Callable[[Any], Any]) -> bool:
         """Run ``op(pipeline)`` in a MULTI/EXEC only while ``lease_value`` holds the lease.
 
