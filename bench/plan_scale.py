@@ -95,8 +95,64 @@ def time_plan(n_services: int, *, distinct: bool, repeats: int = 5) -> dict[str,
     }
 
 
+def time_example_policy(repeats: int = 2000) -> dict[str, Any]:
+    """``plan()`` on the repository's own ``policies/`` and ``regions/``, every region healthy.
+
+    ``steady_us``: the same reports every time. ``changing_us``: every region's spare capacity
+    per model moves on every plan (no pool can be reused). Microseconds, median.
+    """
+    from pathlib import Path
+
+    from gtm.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "policies", root / "regions")
+    now = 1_800_000_000.0
+    models = sorted({s.model for s in cfg.policy.services if s.model})
+
+    def reports(k: int) -> dict[str, FleetReport]:
+        out = {}
+        for i, r in enumerate(sorted(cfg.inventory.regions)):
+            spare = 1.0 + 0.5 * ((k + i) % 5)
+            out[r] = FleetReport(
+                region=r, agent_id="bench", seq=1, observed_at=now, interval_s=2.0, healthy=True,
+                consecutive_ok=10, spare_capacity=spare * len(models),
+                models={m: ModelStats(model=m, replicas_total=4, replicas_healthy=4, spare_capacity=spare)
+                        for m in models},
+            )
+        return out
+
+    prev = plan(cfg.policy, cfg.inventory, reports(0), {}, None, now, digest=cfg.digest)
+    steady, changing = [], []
+    same = reports(0)
+    varied = [reports(k) for k in range(5)]
+    def fresh(reps: dict[str, FleetReport], t: float) -> dict[str, FleetReport]:
+        return {r: rep.model_copy(update={"observed_at": t}) for r, rep in reps.items()}
+
+    t = now
+    for _ in range(repeats):
+        t += 0.5
+        reps = fresh(same, t)
+        t0 = time.perf_counter()
+        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest)
+        steady.append(time.perf_counter() - t0)
+    for i in range(repeats):
+        t += 0.5
+        reps = fresh(varied[i % 5], t)
+        t0 = time.perf_counter()
+        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest)
+        changing.append(time.perf_counter() - t0)
+    assert not prev.held, prev.hold_reason
+    return {
+        "services": len(cfg.policy.services), "regions": len(cfg.inventory.regions), "pools": len(prev.pools),
+        "steady_us": round(statistics.median(steady) * 1e6, 1),
+        "changing_us": round(statistics.median(changing) * 1e6, 1),
+        "repeats": repeats,
+    }
+
+
 def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000)) -> dict[str, Any]:
-    out: dict[str, Any] = {"shared": [], "distinct": []}
+    out: dict[str, Any] = {"example_policy": time_example_policy(), "shared": [], "distinct": []}
     for n in sizes:
         out["shared"].append(time_plan(n, distinct=False, repeats=5 if n <= 10_000 else 3))
         out["distinct"].append(time_plan(n, distinct=True, repeats=5 if n <= 10_000 else 3))
