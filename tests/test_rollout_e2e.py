@@ -82,7 +82,8 @@ class Fleets:
 
     def controller(self, owner: str) -> Controller:
         return Controller(
-            self.store, lambda: self.config, [], ControllerSettings(owner=owner, tick_s=0.05, lease_ttl_s=1.0),
+            # A 3 s lease, as in production: a loaded CI runner can stall a cycle past 1 s.
+            self.store, lambda: self.config, [], ControllerSettings(owner=owner, tick_s=0.05, lease_ttl_s=3.0),
             caps_provider=RolloutDriver(self.store),
         )
 
