@@ -59,11 +59,15 @@ async def test_drain_needs_the_token(store: Store) -> None:
         assert ovs["eu-west-1"].kind == "drain" and ovs["eu-west-1"].actor == "ops"
         entry = (await store.read_audit(1))[0][1]
         assert (entry["action"], entry["actor"], entry["via"]) == ("drain", "ops", "api")
-        r = await client.delete("/v1/regions/eu-west-1/drain", headers={"Authorization": f"Bearer {TOKEN}"})
+        r = await client.delete("/v1/regions/eu-west-1/drain", headers={"Authorization": f"Bearer {TOKEN}"},
+                                json={"reason": "kernel done", "actor": "ops"})
         assert r.status == 200
         assert await store.get_overrides() == {}
         entry = (await store.read_audit(1))[0][1]
         assert entry["action"] == "undrain" and entry["region"] == "eu-west-1" and entry["via"] == "api"
+        assert entry["reason"] == "kernel done" and entry["actor"] == "ops"
+        r = await client.delete("/v1/regions/mars-1/drain", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 404 and "unknown region" in (await r.json())["error"]
     finally:
         await client.close()
 

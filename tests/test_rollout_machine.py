@@ -421,6 +421,12 @@ def test_a_region_is_ready_for_deploy_only_after_weight_0_held_for_ttl_plus_grac
     ready = next(h for h in st.history if h.phase == "ready-for-deploy")
     assert ready.at - again_at == 35 and "weight 0 held 35s" in ready.reason
     assert st.ready_for_deploy("eu-west-1")
+    # Lifted after it was announced ready (a failure elsewhere): no longer ready for deploy.
+    world.now += 1
+    st = machine.advance(st, world.reports(), world.now, token=1, weights=serving)
+    p = st.regions["eu-west-1"]
+    assert p.phase == "draining" and not st.ready_for_deploy("eu-west-1")
+    assert "drain lifted before deploy: the region serves again (weight 255)" in p.reason
 
 
 def test_service_weights_reads_the_routing_in_force() -> None:

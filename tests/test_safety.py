@@ -337,3 +337,25 @@ def test_cordoned_region_beside_a_nearly_full_fleet_gets_a_bounded_weight() -> N
     w = weights(state, CHAT, "default")
     assert w["eu-central-1"] == 255, "cordoned: held at its previous weight, never above"
     assert w["us-east-1"] > 1 and all(0 <= v <= 255 for v in w.values()), w  # ramping to the top
+
+
+def test_drain_projection_counts_the_rollouts_in_force_and_cordons_move_nothing() -> None:
+    from gtm.config.loader import Config, policy_digest
+    from gtm.controller.drain import project_drain
+    from gtm.models.rollout import WeightCap
+
+    policy = make_policy(min_healthy_regions=1, headroom=0.0, max_drained=4)
+    cfg = Config(policy=policy, inventory=INV, digest=policy_digest(policy, INV), files=())
+    caps = {"chat": {"eu-west-1": WeightCap(0.0, "rollout x: draining for deploy of v2")}}
+    state = plan(policy, INV, reps(T0), {}, None, T0, caps=caps)
+    for i in range(1, 6):  # the rollout's deploy drain has taken eu-west-1 out
+        state = plan(policy, INV, reps(T0 + i, seq=1 + i), {}, state, T0 + i, caps=caps)
+    assert weights(state, CHAT, "eu")["eu-west-1"] == 0
+    ov = make_override("eu-central-1", since=T0 + 6)
+    blind = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, ov, T0 + 6)
+    seen = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, ov, T0 + 6, caps=caps)
+    assert seen.held and any("min_healthy_regions 1" in h for h in seen.held), seen.held
+    assert not blind.held, "without the rollout's caps the projection would wave it through"
+    cordon = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, make_override("eu-central-1", "cordon"), T0 + 6,
+                           caps=caps)
+    assert cordon.loads == {} and not cordon.held

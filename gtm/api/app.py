@@ -250,7 +250,7 @@ class DrainRequest(BaseModel):
         kind: ``drain`` (step to 0) or ``cordon`` (never raise the weight).
         reason: why, 1-500 characters (status and audit).
         actor: who asks, 1-100 characters.
-        expires_in: lift the override by itself after this many seconds (>= 1, finite).
+        expires_in: lift the override by itself after this many seconds (1 s to 1 year).
         force: drain even when the safety rules would hold it (audited), as ``gtm drain --force``.
     """
 
@@ -259,7 +259,7 @@ class DrainRequest(BaseModel):
     kind: Literal["drain", "cordon"] = "drain"
     reason: str = Field(min_length=1, max_length=500)
     actor: str = Field(default="api", min_length=1, max_length=100)
-    expires_in: float | None = Field(default=None, ge=1)
+    expires_in: float | None = Field(default=None, ge=1, le=31_536_000)
     force: StrictBool = False
 
 
@@ -296,8 +296,13 @@ async def _drain(request: web.Request) -> web.Response:
     previous = await store.get_desired()
     # Playing the drain forward plans up to a few hundred times: off the event loop that
     # answers DNS and runs the controller.
+    from gtm.controller.rollout import current_caps
+
+    caps = await current_caps(store, cfg.policy)
+    cleared = await store.get_damping_cleared()
     proj = await asyncio.to_thread(
-        project_drain, cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now
+        lambda: project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now,
+                              caps=caps, damping_cleared=cleared)
     )
     projection = {"held_by_safety": proj.held, "projected_shares": proj.shares, "projected_load": proj.loads,
                   "capacity_unit": proj.unit}
@@ -317,13 +322,21 @@ async def _drain(request: web.Request) -> web.Response:
 async def _undrain(request: web.Request) -> web.Response:
     _authorize(request)
     region = request.match_info["region"]
+    if region not in _cfg(request).inventory.regions:
+        return web.json_response({"error": f"unknown region {region!r}"}, status=404)
     store: Store = request.app[STORE_KEY]
     lifted = (await store.get_overrides()).get(region)
     existed = await store.delete_override(region)
     if not existed:
         return web.json_response({"error": f"{region} has no drain or cordon"}, status=404)
+    body: Any = {}
+    if request.can_read_body:
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+    body = body if isinstance(body, dict) else {}
     with contextlib.suppress(StoreError):
-        await store.append_audit({"ts": time.time(), "action": "undrain", "region": region, "actor": "api",
-                                  "reason": "", "via": "api",
+        await store.append_audit({"ts": time.time(), "action": "undrain", "region": region,
+                                  "actor": str(body.get("actor") or "api")[:100],
+                                  "reason": str(body.get("reason") or "")[:500], "via": "api",
                                   "lifted": lifted.model_dump() if lifted is not None else None})
     return web.json_response({"region": region, "removed": True})

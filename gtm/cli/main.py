@@ -485,7 +485,12 @@ def drain(
                 return await _drain_without_config(store, ov, previous, replaced, dry_run)
             names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
             reports, _ = await store.get_reports(names)
-            proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now)
+            from gtm.controller.rollout import current_caps
+
+            caps = await current_caps(store, cfg.policy)
+            cleared = await store.get_damping_cleared()
+            proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now,
+                                 caps=caps, damping_cleared=cleared)
             refused = bool(proj.held) and not force
             written = not dry_run and not refused
             if written:
@@ -557,8 +562,11 @@ def _print_drain(
     elif dry_run:
         console.print(f"would {kind} [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}")
     else:
-        console.print(f"{kind}ed [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}" if cordon else
-                      f"drained [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}")
+        until = ""
+        if data["override"].get("expires_at"):
+            until = f"; lifted by itself at {time.strftime('%H:%M:%S', time.localtime(data['override']['expires_at']))}"
+        console.print((f"{kind}ed [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}" if cordon else
+                       f"drained [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}") + until)
         if data["held_by_safety"]:
             console.print("[yellow]--force: safety rules overridden (audited):[/]")
             for h in data["held_by_safety"]:
@@ -1002,7 +1010,7 @@ def sim(
 
 @app.command()
 def audit(
-    count: int = typer.Option(20, help="How many entries, newest first."),
+    count: int = typer.Option(20, min=1, max=10_000, help="How many entries, newest first."),
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     output: Output = OutputOpt,

@@ -11,6 +11,7 @@ from gtm.engine import plan
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport
+from gtm.models.rollout import WeightCap
 
 
 @dataclass
@@ -41,13 +42,23 @@ def project_drain(
     override: Override,
     now: float,
     max_steps: int = 300,
+    *,
+    caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
+    damping_cleared: Mapping[str, float] | None = None,
 ) -> DrainProjection:
     """Play the drain forward one planned step at a time until the region is at weight 0 in
-    every pool, or until the engine holds it (then ``held`` says why, with the numbers)."""
+    every pool, or until the engine holds it (then ``held`` says why, with the numbers).
+
+    ``caps`` (the rollouts in force) and ``damping_cleared`` are the controller's other inputs:
+    without them a drain beside a rollout's deploy drain would be projected against traffic
+    the rollout is taking away. A cordon moves no traffic: it is planned once, and no other
+    region takes load.
+    """
     rules = cfg.policy.safety
     region = override.region
     ovs = {**overrides, region: override}
-    state = plan(cfg.policy, cfg.inventory, reports, overrides, previous, now, digest=cfg.digest)
+    extra_inputs = {"caps": caps or None, "damping_cleared": damping_cleared or None}
+    state = plan(cfg.policy, cfg.inventory, reports, overrides, previous, now, digest=cfg.digest, **extra_inputs)
     before = state
     t = now
     out = DrainProjection()
@@ -56,7 +67,7 @@ def project_drain(
         t += rules.step_interval_s
         # Today's reports, kept fresh as simulated time moves on (else they would age out).
         fresh = {r: rep.model_copy(update={"observed_at": max(rep.observed_at, t)}) for r, rep in reports.items()}
-        state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest)
+        state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest, **extra_inputs)
         weights = tuple(p.weight_of(region) for p in state.pools.values())
         if override.kind == "cordon" or all(w == 0 for w in weights):
             out.steps = step + 1
@@ -74,6 +85,8 @@ def project_drain(
     out.unit = st.capacity_unit if st is not None else "replicas"
     extra: dict[str, float] = {}
     pools_with = [p for p in state.pools.values() if any(m.region == region for m in p.members)]
+    if override.kind == "cordon":
+        pools_with = []  # the region keeps its traffic: nobody takes load
     for pool in pools_with:
         share = _shares_of(pool)
         for r, s in share.items():

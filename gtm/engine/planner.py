@@ -782,7 +782,7 @@ def _decisions(
             out.append(Decision(
                 f"region {r}", "flap damping",
                 f"{len(st.transitions)} transitions in or out of service within the window: kept out for "
-                f"{st.damped_until - now:.0f}s (`gtm undamp {r}` lifts it early)",
+                f"{st.damped_until - now:.0f}s (`gtm undamp {r} --reason ...` lifts it early)",
             ))
         elif was_damped and st.damped_until == 0:
             early = p is not None and p.damped_until > now

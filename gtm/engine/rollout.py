@@ -318,6 +318,8 @@ def release(state: RolloutState, region: str, now: float, *, actor: str, reason:
     if state.status != "aborted":
         raise ValueError(f"rollout {state.name} is {state.status}; only an aborted rollout's regions can be released")
     reverting = sorted(r for r, p in state.regions.items() if p.phase == "reverting")
+    if region not in state.regions:
+        raise ValueError(f"unknown region {region!r}: rollout {state.name} covers {', '.join(sorted(state.regions))}")
     if region not in reverting:
         held = ", ".join(reverting) or "none"
         raise ValueError(f"region {region} is not routed away by rollout {state.name} (reverting: {held})")
@@ -460,6 +462,15 @@ def _tick_region(st: RolloutState, region: str, fresh: Mapping[str, FleetReport]
             p.reason = f"drained: weight 0 for {held:.0f}/{wait:g}s (TTL + grace) before deploy"
         return
     if p.phase == "ready-for-deploy":
+        w = None if weights is None else weights.get(region, 0)
+        if spec.drain_first and w is not None and w > 0:
+            # The safety rules lifted the drain (a failure elsewhere): the region serves again,
+            # so it is not ready for a deploy any more; `wait-ready` waits again.
+            _enter(st, region, "draining", now,
+                   f"drain lifted before deploy: the region serves again (weight {w}); not ready for deploy "
+                   f"until it is back at weight 0 for TTL {st.ttl_s:g}s + grace {spec.drain_grace_s:g}s",
+                   token=token)
+            return
         on, seen = _on_target(st, fresh.get(region))
         if on >= spec.min_healthy_replicas:
             _enter(st, region, "canary", now,
