@@ -89,9 +89,12 @@ def _check_step(sc: Scenario, step: Step, prev: DesiredState, cur: DesiredState)
                 )
             # (5) a drain step is taken only with the capacity to absorb it: the other serving
             # regions' spare covers the region's load × (1 + headroom), and enough of them remain.
+            # A region that cannot serve (failed, no healthy replica of the model) leaves at
+            # once whatever its override: that is a failure move, not a drain step.
             if (
                 ov is not None and ov.kind == "drain" and not ov.force and m.weight < was
                 and pool.mode == "normal" and cur.regions[m.region].state in SERVING_STATES
+                and not m.reason.startswith("failover:")
             ):
                 others = [o for o in pool.members if o.region != m.region and o.weight > 0]
                 units = {cur.regions[o.region].capacity_unit for o in [*others, m]}
