@@ -12,23 +12,32 @@ Exit codes (scripts can trust them):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from gtm.cli.common import (
+    config_or_exit,
+    config_or_warn,
+    console,
+    err_console,
+    fail,
+    print_json,
+    run,
+    store_url,
+)
 from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
+from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
-from gtm.config.settings import Settings, redact
+from gtm.config.settings import redact
 from gtm.errors import ConfigError, GtmError, StoreError
 from gtm.log import get_logger, setup_logging
 
@@ -53,8 +62,6 @@ from gtm.cli.rollout import rollout_app  # noqa: E402 - the sub-app needs the sh
 
 app.add_typer(rollout_app, name="rollout")
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
 log = get_logger("cli")
 
 
@@ -72,67 +79,21 @@ GitRegionsPathOpt = typer.Option(
 )
 
 
-def _fail(exc: BaseException, debug: bool, code: int = 1) -> None:
-    if debug:
-        raise exc
-    err_console.print(f"[red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]], debug: bool) -> T:
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except ConfigError as exc:
-        _fail(exc, debug, 2)
-    except GtmError as exc:
-        _fail(exc, debug, 1)
-    raise AssertionError("unreachable")
-
-
-def _config(policies: str, regions: str, debug: bool) -> Config:
-    try:
-        return load_config(policies, regions)
-    except ConfigError as exc:
-        _fail(exc, debug, 2)
-    raise AssertionError("unreachable")
-
-
 def _config_in_force(
     policies: str, regions: str, policies_git: str | None, policies_path: str, git_regions_path: str | None,
     debug: bool,
 ) -> Config:
     """--policies files, or the commit --policies-git REPO[@REF] names (exit 2 if it does not validate)."""
     if not policies_git:
-        return _config(policies, regions, debug)
+        return config_or_exit(policies, regions, debug)
     from gtm.config.git import load_git_spec, parse_git_spec
 
     try:
         return load_git_spec(parse_git_spec(policies_git), policies_path=policies_path, regions_dir=regions,
                              regions_path=git_regions_path)
     except ConfigError as exc:
-        _fail(exc, debug, 2)
+        fail(exc, debug, 2)
     raise AssertionError("unreachable")
-
-
-def _config_or_warn(policies: str, regions: str) -> Config | None:
-    """The local config, or None with a warning: read-only views must work with broken files."""
-    try:
-        return load_config(policies, regions)
-    except ConfigError as exc:
-        err_console.print(
-            f"[yellow]warning[/]: local policy/inventory files do not validate ({len(exc.reasons)} problem(s); "
-            f"first: {escape(exc.reasons[0]) if exc.reasons else '?'}); showing what Redis holds. "
-            "`gtm policy validate` lists them all."
-        )
-        return None
-
-
-def _store_url(redis: str | None) -> str:
-    try:
-        return Settings().resolved_redis_url(redis)
-    except OSError as exc:
-        err_console.print(f"[red]ConfigError[/]: cannot read GTM_REDIS_PASSWORD_FILE: {exc.strerror or exc}")
-        raise typer.Exit(2) from None
 
 
 def _policy_snapshot(url: str, ns: str) -> tuple[Config, float] | None:
@@ -166,10 +127,6 @@ def _hostport(value: str, flag: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
 # -- status / plan ------------------------------------------------------------------------
 
 
@@ -190,18 +147,18 @@ def status(
     from gtm.controller.status import gather_status
     from gtm.store import connect
 
-    cfg = _config_or_warn(policies, regions)
+    cfg = config_or_warn(policies, regions)
 
     async def go() -> dict[str, Any]:
-        store = connect(_store_url(redis), ns=ns)
+        store = connect(store_url(redis), ns=ns)
         try:
             return await gather_status(store, cfg)
         finally:
             await store.aclose()
 
-    data = _run(go, debug)
+    data = run(go, debug)
     if output is Output.json:
-        _print_json(data)
+        print_json(data)
     else:
         render_status(console, data)
 
@@ -260,7 +217,7 @@ def plan_cmd(
     async def go() -> Any:
         from gtm.controller.provider_plan import plan_providers
 
-        store = connect(_store_url(redis), ns=ns)
+        store = connect(store_url(redis), ns=ns)
         try:
             t0 = time.perf_counter()
             state, previous = await plan_now(store, cfg)
@@ -270,10 +227,10 @@ def plan_cmd(
         finally:
             await store.aclose()
 
-    state, previous, ms, outcomes = _run(go, debug)
+    state, previous, ms, outcomes = run(go, debug)
     changed = previous is None or previous.routing_digest() != state.routing_digest()
     if output is Output.json:
-        _print_json(
+        print_json(
             {
                 "providers": [o.to_dict() for o in outcomes],
                 "changed": changed,
@@ -350,13 +307,13 @@ def apply_cmd(
     from gtm.controller.status import plan_now
     from gtm.store import connect
 
-    cfg = _config(policies, regions, debug)
+    cfg = config_or_exit(policies, regions, debug)
     if not [p for p in cfg.policy.providers if p.kind != "embedded"]:
         err_console.print("the policy names no DNS providers (`providers:`); nothing to apply")
         raise typer.Exit(0)
 
     async def go() -> Any:
-        store = connect(_store_url(redis), ns=ns)
+        store = connect(store_url(redis), ns=ns)
         try:
             state, _ = await plan_now(store, cfg)
         finally:
@@ -367,12 +324,12 @@ def apply_cmd(
             return state, await apply_providers(cfg.policy, state, force=force, names=provider)
         return state, await plan_providers(cfg.policy, state, names=provider)
 
-    state, outcomes = _run(go, debug)
+    state, outcomes = run(go, debug)
     if not state.services:
         err_console.print(f"[red]RefusedError[/]: nothing to publish: {escape(state.hold_reason or 'no routing yet')}")
         raise typer.Exit(3)
     if output is Output.json:
-        _print_json({"dry_run": not yes, "generation": state.generation, "providers": [o.to_dict() for o in outcomes]})
+        print_json({"dry_run": not yes, "generation": state.generation, "providers": [o.to_dict() for o in outcomes]})
     else:
         if not yes:
             console.print("[bold]dry run[/]: nothing written (add --yes to apply)")
@@ -397,18 +354,18 @@ def _plan_candidate(
         cand = load_candidate(candidate, policies_path=policies_path, regions_dir=regions,
                               regions_path=git_regions_path)
     except ConfigError as exc:
-        _fail(exc, debug, 2)
+        fail(exc, debug, 2)
 
     async def go() -> Any:
         if assume_healthy:
             return await candidate_states(None, cfg, cand, time.time())
-        store = connect(_store_url(redis), ns=ns)
+        store = connect(store_url(redis), ns=ns)
         try:
             return await candidate_states(store, cfg, cand, time.time())
         finally:
             await store.aclose()
 
-    before, after = _run(go, debug)
+    before, after = run(go, debug)
     if before.held or after.held:
         err_console.print(f"[red]StaleInputs[/]: {escape(before.hold_reason or after.hold_reason)}; "
                           "a routing diff would "
@@ -417,7 +374,7 @@ def _plan_candidate(
     changes = routing_diff(before, after)
     doc = diff_report(cfg, cand, before, after, changes)
     if output is Output.json:
-        _print_json(doc)
+        print_json(doc)
     else:
         for line in render_lines(doc):
             console.print(line, highlight=False, soft_wrap=True, markup=False)
@@ -428,269 +385,9 @@ def _plan_candidate(
 # -- drain / undrain ----------------------------------------------------------------------
 
 
-@app.command()
-def drain(
-    region: str = typer.Argument(..., help="Region to drain, e.g. eu-west-1."),
-    reason: str = typer.Option(..., "--reason", "-r", help="Why (shown in status and audit). Required."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
-    cordon: bool = typer.Option(False, "--cordon", help="Cordon instead: keep current weight, never raise it."),
-    expires_in: float | None = typer.Option(
-        None, "--expires-in", min=1, max=31_536_000,
-        help="Lift the override by itself after this many seconds (1 s to 1 year)."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Drain even when safety rules (headroom, min healthy, max drained) hold it; audited."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
-    redis: str | None = RedisOpt,
-    ns: str = NsOpt,
-    policies: str = PoliciesOpt,
-    regions: str = RegionsOpt,
-    output: Output = OutputOpt,
-    debug: bool = DebugOpt,
-) -> None:
-    """Drain a region: step its weight down to 0 (planned steps), and hold it there.
-
-    First plays the drain forward with the current reports and shows where the traffic goes
-    and the load the other regions would take. If the safety rules would hold it (capacity
-    headroom, min_healthy_regions, max_drained) it refuses with the numbers and exits 3,
-    unless --force (written to the audit stream). Undo with `gtm undrain REGION`.
-    Exit 3 also for an unknown region.
-    """
-    from gtm.controller.drain import project_drain
-    from gtm.models.override import Override
-    from gtm.store import connect
-
-    cfg = _config_or_warn(policies, regions)
-    if cfg is not None and region not in cfg.inventory.regions:
-        known = ", ".join(sorted(cfg.inventory.regions))
-        err_console.print(f"[red]RefusedError[/]: unknown region {escape(repr(region))}; known: {known}")
-        raise typer.Exit(3)
-    if not reason.strip() or len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is shown in status and audit)")
-        raise typer.Exit(2)
-    now = time.time()
-    ov = Override(
-        region=region, kind="cordon" if cordon else "drain", reason=reason, actor=actor,
-        since=now, expires_at=now + expires_in if expires_in else None, force=force,
-    )
-
-    async def go() -> dict[str, Any]:
-        store = connect(_store_url(redis), ns=ns)
-        try:
-            overrides = await store.get_overrides()
-            replaced = overrides.get(region)
-            previous = await store.get_desired()
-            if cfg is None:
-                return await _drain_without_config(store, ov, previous, replaced, dry_run)
-            names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
-            reports, _ = await store.get_reports(names)
-            from gtm.controller.rollout import current_caps
-
-            caps = await current_caps(store, cfg.policy)
-            cleared = await store.get_damping_cleared()
-            proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now,
-                                 caps=caps, damping_cleared=cleared)
-            refused = bool(proj.held) and not force
-            written = not dry_run and not refused
-            if written:
-                await store.put_override(ov)
-                await store.append_audit({
-                    "ts": now, "action": ov.kind + (" --force" if force else ""), "region": region,
-                    "actor": actor, "reason": reason, "expires_at": ov.expires_at,
-                    **({"overridden_safety": proj.held} if force else {}),
-                })
-            return {
-                "override": ov.model_dump(), "written": written, "refused": refused,
-                "held_by_safety": proj.held, "projected_shares": proj.shares,
-                "projected_load": proj.loads, "capacity_unit": proj.unit, "steps": proj.steps,
-                "replaces": replaced.model_dump() if replaced is not None else None,
-            }
-        finally:
-            await store.aclose()
-
-    data = _run(go, debug)
-    if output is Output.json:
-        _print_json(data)
-    elif cfg is not None:
-        _print_drain(data, region, reason, actor, cordon, dry_run, cfg)
-    elif data["refused"]:
-        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
-    else:
-        console.print(f"{'would write' if dry_run else 'wrote'} {ov.kind} of [bold]{escape(region)}[/] "
-                      f"({escape(reason)}) by {escape(actor)}; "
-                      "no projection (local policy files invalid): the controller still applies its safety rules")
-    if data["refused"]:
-        raise typer.Exit(3)
-
-
-async def _drain_without_config(
-    store: Any, ov: Any, previous: Any, replaced: Any, dry_run: bool
-) -> dict[str, Any]:
-    """Drain when the local files do not validate: check the region against what the controller
-    plans (Redis), write the override, and leave the safety rules to the controller."""
-    known = sorted(previous.regions) if previous is not None else []
-    if ov.region not in known:
-        return {"refused": True, "written": False,
-                "error": f"unknown region {ov.region!r}; the controller plans {', '.join(known) or 'nothing yet'}"}
-    if not dry_run:
-        await store.put_override(ov)
-        await store.append_audit({"ts": ov.since, "action": ov.kind + (" --force" if ov.force else ""),
-                                  "region": ov.region, "actor": ov.actor, "reason": ov.reason,
-                                  "expires_at": ov.expires_at, "note": "local policy files invalid: no projection"})
-    return {
-        "override": ov.model_dump(), "written": not dry_run, "refused": False, "held_by_safety": [],
-        "projected_shares": {}, "projected_load": {}, "capacity_unit": "", "steps": 0,
-        "replaces": replaced.model_dump() if replaced is not None else None,
-        "warning": "local policy files invalid: no projection; the controller applies its safety rules",
-    }
-
-
-def _print_drain(
-    data: dict[str, Any], region: str, reason: str, actor: str, cordon: bool, dry_run: bool, cfg: Config
-) -> None:
-    kind = "cordon" if cordon else "drain"
-    if data.get("replaces"):
-        old = data["replaces"]
-        console.print(f"note: replaces the {old['kind']} by {old['actor']} ({old['reason']})",
-                      highlight=False, markup=False)
-    if data["refused"]:
-        err_console.print(f"[red]RefusedError[/]: {kind} of {escape(region)} would be held by the safety rules:")
-        for h in data["held_by_safety"]:
-            err_console.print(f"  - {h}", highlight=False, markup=False)
-        err_console.print("nothing written; use --force --reason '...' to drain anyway (audited)")
-    elif dry_run:
-        console.print(f"would {kind} [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}")
-    else:
-        until = ""
-        if data["override"].get("expires_at"):
-            until = f"; lifted by itself at {time.strftime('%H:%M:%S', time.localtime(data['override']['expires_at']))}"
-        console.print((f"{kind}ed [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}" if cordon else
-                       f"drained [bold]{escape(region)}[/] ({escape(reason)}) by {escape(actor)}") + until)
-        if data["held_by_safety"]:
-            console.print("[yellow]--force: safety rules overridden (audited):[/]")
-            for h in data["held_by_safety"]:
-                console.print(f"  - {h}", highlight=False, markup=False)
-    for pool, shares in data["projected_shares"].items():
-        txt = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "DARK"
-        console.print(f"  projected {pool}: {txt}", highlight=False, markup=False)
-    unit = data["capacity_unit"]
-    for r, v in data["projected_load"].items():
-        console.print(
-            f"  {r}: load {v['load']:.2f} {unit}, spare {v['spare']:.2f} → takes +{v['extra']:.2f}, "
-            f"spare after {v['spare_after']:.2f}", highlight=False, markup=False,
-        )
-    if data["written"] and not cordon:
-        rules = cfg.policy.safety
-        console.print(
-            f"the controller steps the weight down by {rules.planned_step} every {rules.step_interval_s:g}s; "
-            f"watch with `gtm status`"
-        )
-
-
-@app.command()
-def undrain(
-    region: str = typer.Argument(..., help="Region to return to service."),
-    reason: str = typer.Option("", "--reason", "-r", help="Why (written to the audit stream)."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
-    redis: str | None = RedisOpt,
-    ns: str = NsOpt,
-    output: Output = OutputOpt,
-    debug: bool = DebugOpt,
-) -> None:
-    """Lift a drain or cordon: the weight ramps back up in planned steps. Audited.
-
-    Exit 3 if the region had no override.
-    """
-    from gtm.store import connect
-
-    if len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be at most 500 characters")
-        raise typer.Exit(2)
-
-    async def go() -> dict[str, Any] | None:
-        store = connect(_store_url(redis), ns=ns)
-        try:
-            lifted = (await store.get_overrides()).get(region)
-            if not await store.delete_override(region):
-                return None
-            entry = {"ts": time.time(), "action": "undrain", "region": region, "actor": actor, "reason": reason,
-                     "lifted": lifted.model_dump() if lifted is not None else None}
-            with contextlib.suppress(StoreError):
-                await store.append_audit(entry)
-            return entry
-        finally:
-            await store.aclose()
-
-    lifted = _run(go, debug)
-    existed = lifted is not None
-    if output is Output.json:
-        _print_json({"region": region, "removed": existed, "lifted": (lifted or {}).get("lifted")})
-    elif existed:
-        console.print(f"undrained [bold]{escape(region)}[/]: weight ramps back up in planned steps")
-    else:
-        err_console.print(f"{region} had no drain or cordon", markup=False)
-    if not existed:
-        raise typer.Exit(3)
-
-
-@app.command()
-def undamp(
-    region: str = typer.Argument(..., help="Region whose flap damping to clear."),
-    reason: str = typer.Option(..., "--reason", "-r", help="Why (e.g. the fix that stops it flapping). Required."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
-    redis: str | None = RedisOpt,
-    ns: str = NsOpt,
-    output: Output = OutputOpt,
-    debug: bool = DebugOpt,
-) -> None:
-    """Clear a region's flap damping before its penalty runs out.
-
-    A region that went in and out of service `flap_threshold` times within `flap_window_s`
-    stays out for `flap_penalty_s` (shown as DAMPED in `gtm status`). Once the cause is fixed,
-    this lets it back at once: its past transitions stop counting, and if it is healthy its
-    weight ramps up in planned steps. Written to the audit stream. Exit 3 if the controller's
-    current plan does not show REGION damped (nothing is written).
-    """
-    from gtm.store import connect
-
-    if not reason.strip() or len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is written to the audit stream)")
-        raise typer.Exit(2)
-
-    async def go() -> dict[str, Any]:
-        store = connect(_store_url(redis), ns=ns)
-        try:
-            now = time.time()
-            state = await store.get_desired()
-            status = state.regions.get(region) if state is not None else None
-            if status is None:
-                known = ", ".join(sorted(state.regions)) if state is not None else "nothing yet"
-                return {"region": region, "cleared": False,
-                        "error": f"unknown region {region!r}; the controller plans {known}"}
-            if status.damped_until <= now:
-                return {"region": region, "cleared": False, "error": f"{region} is not damped"}
-            await store.clear_damping(region, now, actor, reason)
-            await store.append_audit({"ts": now, "action": "undamp", "region": region, "actor": actor,
-                                      "reason": reason, "damped_until": status.damped_until})
-            return {"region": region, "cleared": True, "at": now, "was_damped_until": status.damped_until,
-                    "remaining_s": status.damped_until - now, "state": status.state}
-        finally:
-            await store.aclose()
-
-    data = _run(go, debug)
-    if output is Output.json:
-        _print_json(data)
-    elif data["cleared"]:
-        console.print(
-            f"cleared flap damping of [bold]{escape(region)}[/] ({data['remaining_s']:.0f}s of penalty left) "
-            f"by {escape(actor)}; "
-            f"it is {data['state']}: a healthy region ramps back in planned steps; watch with `gtm status`"
-        )
-    else:
-        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
-    if not data["cleared"]:
-        raise typer.Exit(3)
+app.command()(drain)
+app.command()(undrain)
+app.command()(undamp)
 
 
 # -- policy -------------------------------------------------------------------------------
@@ -712,14 +409,14 @@ def policy_validate(
         cfg = load_config(targets, regions)
     except ConfigError as exc:
         if output is Output.json:
-            _print_json({"valid": False, "errors": exc.reasons})
+            print_json({"valid": False, "errors": exc.reasons})
         else:
             for r in exc.reasons:
                 err_console.print(r, highlight=False, soft_wrap=True, markup=False)
             err_console.print(f"[red]invalid[/]: {len(exc.reasons)} problem(s)")
         raise typer.Exit(2) from None
     if output is Output.json:
-        _print_json({"valid": True, "digest": cfg.digest, "files": list(cfg.files)})
+        print_json({"valid": True, "digest": cfg.digest, "files": list(cfg.files)})
     else:
         console.print(
             f"[green]valid[/]: {len(cfg.policy.services)} service(s), "
@@ -751,10 +448,10 @@ def policy_verify(
     try:
         cfg = load_config(paths or [policies], regions)
     except ConfigError as exc:
-        _fail(exc, False, 2)
+        fail(exc, False, 2)
     res = verify(cfg.policy, cfg.inventory, load=load, max_exhaustive=max_exhaustive)
     if output is Output.json:
-        _print_json({
+        print_json({
             "regions": list(res.regions), "exhaustive": res.exhaustive, "max_failures": res.max_failures,
             "scenarios": res.scenarios, "broken": res.broken, "seconds": round(res.seconds, 3),
             "notable": [sc.__dict__ for sc in res.notable],
@@ -817,7 +514,7 @@ def agent(
     try:
         inv = load_inventory(regions)
     except ConfigError as exc:
-        _fail(exc, False, 2)
+        fail(exc, False, 2)
     if region not in inv.regions:
         known = ", ".join(sorted(inv.regions))
         err_console.print(f"[red]ConfigError[/]: unknown region {escape(repr(region))}; known: {known}")
@@ -826,7 +523,7 @@ def agent(
         scrape_interval_s=scrape_interval, heartbeat_s=heartbeat, report_ttl_s=report_ttl,
         scrape_timeout_s=scrape_timeout,
     )
-    url = _store_url(redis)
+    url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
 
     async def go() -> None:
@@ -896,15 +593,15 @@ def controller(
             loader = GitPolicySource(spec.repo, spec.ref, policies_path=policies_path, regions_path=git_regions_path,
                                      regions_dir=regions, refresh_s=git_refresh)
         except ConfigError as exc:
-            _fail(exc, False, 2)
-    url = _store_url(redis)
+            fail(exc, False, 2)
+    url = store_url(redis)
     seeded = False
     try:
         cfg = loader()
     except ConfigError as exc:
         snap = _policy_snapshot(url, ns)
         if snap is None:
-            _fail(exc, False, 2)
+            fail(exc, False, 2)
         cfg, written_at = snap
         seeded = True
         age = time.time() - written_at
@@ -920,7 +617,7 @@ def controller(
     try:
         providers = build_providers(cfg.policy)
     except ConfigError as exc:
-        _fail(exc, False, 2)
+        fail(exc, False, 2)
     dns_addr = _hostport(dns_listen, "--dns-listen") if dns_listen != "off" else None
     api_addr = _hostport(api_listen, "--api-listen") if api_listen != "off" else None
     token = None
@@ -930,7 +627,7 @@ def controller(
         try:
             token = api_token_from_env()
         except ConfigError as exc:
-            _fail(exc, False, 2)
+            fail(exc, False, 2)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -1020,16 +717,16 @@ def audit(
     from gtm.store import connect
 
     async def go() -> list[tuple[str, dict[str, str]]]:
-        store = connect(_store_url(redis), ns=ns)
+        store = connect(store_url(redis), ns=ns)
         try:
             return await store.read_audit(count)
         finally:
             await store.aclose()
 
-    rows = _run(go, debug)
+    rows = run(go, debug)
     decoded = [{"id": i, **{k: _maybe_json(v) for k, v in f.items()}} for i, f in rows]
     if output is Output.json:
-        _print_json(decoded)
+        print_json(decoded)
         return
     for e in decoded:
         ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e.get("ts", 0))))

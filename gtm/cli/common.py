@@ -1,0 +1,78 @@
+"""What every ``gtm`` command shares: the consoles, running a coroutine with the documented
+exit codes, loading the local policy, the Redis URL, JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from gtm.config.loader import Config, load_config
+from gtm.config.settings import Settings
+from gtm.errors import ConfigError, GtmError
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(exc: BaseException, debug: bool, code: int = 1) -> NoReturn:
+    """Print ``exc`` as ``ErrorType: message`` and exit with ``code`` (re-raise with --debug)."""
+    if debug:
+        raise exc
+    err_console.print(f"[red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
+    raise typer.Exit(code)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]], debug: bool) -> T:
+    """Run ``coro_fn()``; a ``ConfigError`` exits 2, any other ``GtmError`` exits 1."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except ConfigError as exc:
+        fail(exc, debug, 2)
+    except GtmError as exc:
+        fail(exc, debug, 1)
+    raise AssertionError("unreachable")
+
+
+def config_or_exit(policies: str, regions: str, debug: bool) -> Config:
+    """The local policy and inventory, or exit 2 with every problem."""
+    try:
+        return load_config(policies, regions)
+    except ConfigError as exc:
+        fail(exc, debug, 2)
+    raise AssertionError("unreachable")
+
+
+def config_or_warn(policies: str, regions: str) -> Config | None:
+    """The local config, or None with a warning: read-only views must work with broken files."""
+    try:
+        return load_config(policies, regions)
+    except ConfigError as exc:
+        err_console.print(
+            f"[yellow]warning[/]: local policy/inventory files do not validate ({len(exc.reasons)} problem(s); "
+            f"first: {escape(exc.reasons[0]) if exc.reasons else '?'}); showing what Redis holds. "
+            "`gtm policy validate` lists them all."
+        )
+        return None
+
+
+def store_url(redis: str | None) -> str:
+    """``--redis`` / ``GTM_REDIS_URL`` with the password file applied; exit 2 if it cannot be read."""
+    try:
+        return Settings().resolved_redis_url(redis)
+    except OSError as exc:
+        err_console.print(f"[red]ConfigError[/]: cannot read GTM_REDIS_PASSWORD_FILE: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented, key-sorted JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
