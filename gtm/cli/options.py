@@ -3,6 +3,7 @@ the same way: Redis URL, namespace, policy and inventory paths, output format, d
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 
@@ -38,3 +39,6 @@ PoliciesOpt = typer.Option("policies", "--policies", envvar="GTM_POLICIES", help
 RegionsOpt = typer.Option("regions", "--regions", envvar="GTM_REGIONS", help="Region inventory directory.")
 OutputOpt = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
+ActorOpt = typer.Option(
+    os.environ.get("USER", "operator"), "--actor", help="Who asks (shown in status and the audit stream)."
+)

@@ -5,7 +5,6 @@ the ``gtm`` app by ``gtm.cli.main``."""
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from gtm.cli.common import config_or_warn, console, err_console, print_json, run, store_url
-from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
+from gtm.cli.options import ActorOpt, DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.config.loader import Config
 from gtm.errors import StoreError
 
@@ -21,7 +20,7 @@ from gtm.errors import StoreError
 def drain(
     region: str = typer.Argument(..., help="Region to drain, e.g. eu-west-1."),
     reason: str = typer.Option(..., "--reason", "-r", help="Why (shown in status and audit). Required."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
+    actor: str = ActorOpt,
     cordon: bool = typer.Option(False, "--cordon", help="Cordon instead: keep current weight, never raise it."),
     expires_in: float | None = typer.Option(
         None, "--expires-in", min=1, max=31_536_000,
@@ -180,7 +179,7 @@ def _print_drain(
 def undrain(
     region: str = typer.Argument(..., help="Region to return to service."),
     reason: str = typer.Option("", "--reason", "-r", help="Why (written to the audit stream)."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
+    actor: str = ActorOpt,
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     output: Output = OutputOpt,
@@ -225,7 +224,7 @@ def undrain(
 def undamp(
     region: str = typer.Argument(..., help="Region whose flap damping to clear."),
     reason: str = typer.Option(..., "--reason", "-r", help="Why (e.g. the fix that stops it flapping). Required."),
-    actor: str = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks."),
+    actor: str = ActorOpt,
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     output: Output = OutputOpt,

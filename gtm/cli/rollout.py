@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gtm.cli.options import DebugOpt, NsOpt, Output, PoliciesOpt, RedisOpt, RegionsOpt
+from gtm.cli.options import ActorOpt, DebugOpt, NsOpt, Output, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.cli.options import OutputOpt as JsonOpt
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings
@@ -49,7 +48,6 @@ EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
 
 log = get_logger("cli.rollout")
-ActorOpt = typer.Option(os.environ.get("USER", "operator"), "--actor", help="Who asks (shown in status and audit).")
 ReasonOpt = typer.Option("", "--reason", "-r", help="Why (shown in status and audit).")
 
 
