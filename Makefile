@@ -30,7 +30,7 @@ test: $(STAMP) services
 	$(BIN)/ruff check gtm tests bench
 	$(BIN)/gtm policy validate
 	$(BIN)/gtm policy verify --max-rows 5
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	GTM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## soak: the property tests with a fresh random search, 50x the examples (about 10 minutes)
 soak: $(STAMP)

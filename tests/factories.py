@@ -389,13 +389,14 @@ def scenarios(draw: st.DrawFn, max_steps: int = 6) -> Scenario:
 
 
 def skip_or_fail(reason: str) -> None:
-    """Skip on a developer's machine without the component; fail in CI (``CI`` set), where
-    ``make test`` must have installed and started it."""
+    """Skip when pytest runs bare on a developer's machine without the component; fail under
+    ``make test`` (which sets ``GTM_REQUIRE_SERVICES=1`` after installing and starting every
+    component) and in CI (``CI`` set): there a missing component is an error, never a skip."""
     import os
 
     import pytest
 
-    if os.environ.get("CI"):
+    if os.environ.get("GTM_REQUIRE_SERVICES") or os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must provide it: see scripts/ensure-services.sh)")
     pytest.skip(reason)
 

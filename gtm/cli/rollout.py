@@ -192,12 +192,20 @@ def start(
 
 
 def _operator(
-    name: str, action: str, redis: str | None, ns: str, actor: str, reason: str, output: str, debug: bool
+    name: str, action: str, redis: str | None, ns: str, actor: str, reason: str, output: str, debug: bool,
+    region: str | None = None,
 ) -> None:
+    """An operator's transition of a stored rollout (pause, resume, abort, release REGION):
+    compare-and-set in Redis, then audited. Exit 3 when the machine refuses it."""
     from gtm.controller.rollout import update
     from gtm.engine import rollout as machine
 
-    fn = {"pause": machine.pause, "resume": machine.resume, "abort": machine.abort}[action]
+    def fn(st: machine.RolloutState, now: float, *, actor: str, reason: str) -> machine.RolloutState:
+        if action == "release":
+            assert region is not None
+            return machine.release(st, region, now, actor=actor, reason=reason)
+        return {"pause": machine.pause, "resume": machine.resume, "abort": machine.abort}[action](
+            st, now, actor=actor, reason=reason)
 
     async def go() -> machine.RolloutState:
         store = _connect(redis, ns)
@@ -210,7 +218,7 @@ def _operator(
                 return new.model_copy(update={"updated_at": time.time()})
 
             st = await update(store, name, change)
-            await _audit(store, action, name, actor, reason)
+            await _audit(store, action, name, actor, reason, region)
             return st
         finally:
             await store.aclose()
@@ -218,6 +226,8 @@ def _operator(
     st = _run(go, debug)
     if output == "json":
         _json(machine.summary(st))
+    elif region is not None:
+        console.print(f"rollout [bold]{name}[/]: released {region}: {escape(st.regions[region].reason)}")
     else:
         console.print(f"rollout [bold]{name}[/] {st.status}: {escape(st.reason)}")
 
@@ -268,34 +278,10 @@ def release(
     recovery (paced by the policy's planned_step). Exit 3 if the rollout is not aborted or does
     not hold REGION (the message lists the regions it holds).
     """
-    from gtm.controller.rollout import update
-    from gtm.engine import rollout as machine
-
     if not reason.strip() or len(reason) > 500:
         err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is written to the audit stream)")
         raise typer.Exit(2)
-
-    async def go() -> machine.RolloutState:
-        store = _connect(redis, ns)
-        try:
-
-            def change(current: machine.RolloutState | None) -> machine.RolloutState:
-                if current is None:
-                    raise _Refused(f"no rollout {name!r} was started")
-                new = machine.release(current, region, time.time(), actor=actor, reason=reason)
-                return new.model_copy(update={"updated_at": time.time()})
-
-            st = await update(store, name, change)
-            await _audit(store, "release", name, actor, reason, region)
-            return st
-        finally:
-            await store.aclose()
-
-    st = _run(go, debug)
-    if output == "json":
-        _json(machine.summary(st))
-    else:
-        console.print(f"rollout [bold]{name}[/]: released {region}: {escape(st.regions[region].reason)}")
+    _operator(name, "release", redis, ns, actor, reason, output, debug, region=region)
 
 
 # -- status / wait-ready ------------------------------------------------------------------------

@@ -54,18 +54,7 @@ async def plan_providers(
     policy: Policy, state: DesiredState, names: Sequence[str] = (), providers: Sequence[Provider] | None = None
 ) -> list[ProviderOutcome]:
     """Observe and plan every record-holding provider of ``policy`` (or only ``names``); no write."""
-    out = []
-    cfgs = [p for p in policy.providers if p.kind != "embedded" and (not names or p.name in names)]
-    built = {p.name: p for p in providers or ()}
-    for cfg in cfgs:
-        res = ProviderOutcome(cfg.name, cfg.kind)
-        try:
-            prov = built.get(cfg.name) or build_provider(cfg, policy)
-            res.plans = await prov.plan_state(state)
-        except GtmError as exc:
-            res.error = f"{type(exc).__name__}: {exc}"
-        out.append(res)
-    return out
+    return await _each_provider(policy, state, names, providers, apply=False, force=False)
 
 
 async def apply_providers(
@@ -73,6 +62,14 @@ async def apply_providers(
     providers: Sequence[Provider] | None = None,
 ) -> list[ProviderOutcome]:
     """Plan and apply for real; a plan touching too much of a zone is refused unless ``force``."""
+    return await _each_provider(policy, state, names, providers, apply=True, force=force)
+
+
+async def _each_provider(
+    policy: Policy, state: DesiredState, names: Sequence[str], providers: Sequence[Provider] | None,
+    *, apply: bool, force: bool,
+) -> list[ProviderOutcome]:
+    """Plan (and with ``apply``, apply) per provider; one provider's error never stops the others."""
     out = []
     cfgs = [p for p in policy.providers if p.kind != "embedded" and (not names or p.name in names)]
     built = {p.name: p for p in providers or ()}
@@ -81,7 +78,7 @@ async def apply_providers(
         try:
             prov = built.get(cfg.name) or build_provider(cfg, policy)
             res.plans = await prov.plan_state(state)
-            for plan in res.plans:
+            for plan in res.plans if apply else ():
                 r = await prov.apply(plan, dry_run=False, force=force)
                 res.applied.append({"zone": plan.zone, "api_calls": r.api_calls, "changes": r.changes})
         except GtmError as exc:
