@@ -4,13 +4,22 @@
 
     GtmError
     ├── ConfigError (ValueError)        a policy or inventory file is invalid; carries every reason
+    ├── GitError                        a ``git`` command failed or timed out (Git-backed policies)
     ├── StoreError                      the Redis store failed or is unreachable
     │   └── LeaseLostError              this controller no longer holds the leader lease
     ├── ReportRejectedError (ValueError) an agent report failed validation (counted, never fatal)
     ├── ScrapeError                     a fleet source could not be scraped or parsed
-    └── ProviderError                   a DNS / anycast provider refused or failed a change
-        ├── TemporaryProviderError      retry later (throttling, 5xx, timeouts)
-        └── PermanentProviderError      do not retry (bad credentials, invalid change)
+    ├── ProviderError                   a DNS / anycast provider refused or failed a change
+    │   ├── TemporaryProviderError      retry later (throttling, 5xx, timeouts)
+    │   └── PermanentProviderError      do not retry (bad credentials, invalid change)
+    │       └── UnsafePlanError         a plan would rewrite more of a zone than allowed
+    ├── UsageError (ValueError)         an operator's request is malformed (CLI exit 2, HTTP 400)
+    ├── RefusedError                    a well-formed request that cannot be done now (exit 3, HTTP 409)
+    │   ├── UnknownRegionError          the region is not in the inventory / plan (HTTP 404)
+    │   └── RolloutError                a rollout command that does not fit the rollout's state
+    ├── StartupError                    a daemon could not start (port taken, ...)
+    └── InvariantError                  a programming error: an illegal state transition; never
+                                        shown to an operator as a refusal
 
 Third-party exceptions are translated at the boundary and raised ``from`` the original.
 """
@@ -34,6 +43,10 @@ class ConfigError(GtmError, ValueError):
     def __init__(self, reasons: Sequence[str]) -> None:
         self.reasons = list(reasons)
         super().__init__("\n".join(self.reasons) if self.reasons else "invalid configuration")
+
+
+class GitError(GtmError):
+    """A ``git`` command failed or timed out (message: the command and git's stderr)."""
 
 
 class StoreError(GtmError):
@@ -70,3 +83,45 @@ class TemporaryProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     """A provider failure that retrying will not fix."""
+
+
+class UnsafePlanError(PermanentProviderError):
+    """A plan touches more than the allowed share of the zone's owned record sets."""
+
+
+class UsageError(GtmError, ValueError):
+    """An operator's request is malformed (a missing reason, a value out of range).
+
+    The CLI exits 2, the HTTP API answers 400. Nothing was written.
+
+    Attributes:
+        problems: one line per bad field (``reason: String should have at least 1 character``).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems) or [message]
+        super().__init__(message)
+
+
+class RefusedError(GtmError):
+    """A well-formed request that cannot be done now (the safety rules hold it, the region is
+    not damped, the rollout is in another state). The CLI exits 3, the API answers 409.
+    Nothing was written."""
+
+
+class UnknownRegionError(RefusedError):
+    """The region named is not in the inventory (or, without local files, not in the plan in
+    force). The API answers 404."""
+
+
+class RolloutError(RefusedError):
+    """A rollout command that cannot be done now (unknown name, wrong status, ...)."""
+
+
+class StartupError(GtmError):
+    """A daemon could not start (e.g. its port is taken)."""
+
+
+class InvariantError(GtmError):
+    """A programming error: the code reached a state it must never reach (an illegal rollout
+    transition, a plan that breaks an invariant). Never caught as an operator refusal."""

@@ -183,7 +183,7 @@ def test_weight_only_changes_are_not_destructive() -> None:
     ), owned_before=3)
     import pytest
 
-    from gtm.providers.records import UnsafePlanError
+    from gtm.errors import UnsafePlanError
 
     with pytest.raises(UnsafePlanError, match="deletes/rewrites 2 of 3"):
         rewrite.raise_if_unsafe(0.5)

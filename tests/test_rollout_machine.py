@@ -11,6 +11,7 @@ import pytest
 from gtm.engine import plan
 from gtm.engine import rollout as machine
 from gtm.engine.rollout import IN_FLIGHT, RolloutState
+from gtm.errors import RolloutError
 from gtm.models.report import FleetReport, ModelStats
 from gtm.models.rollout import GateSpec, RolloutSpec
 from tests.factories import FOUR_REGIONS, MODEL, T0, eu_segment, make_inventory, make_policy, make_service
@@ -180,17 +181,17 @@ def test_gate_failure_rolls_back_halts_and_waits_for_an_operator() -> None:
     world.now += 1
     aborted = machine.advance(aborted, world.reports(), world.now)
     assert aborted.regions["eu-west-1"].phase == "reverted" and machine.caps(aborted) == {}
-    with pytest.raises(ValueError, match="already aborted"):
+    with pytest.raises(RolloutError, match="already aborted"):
         machine.abort(aborted, world.now, actor="bob")
 
 
 def test_release_lets_an_aborted_region_serve_the_target_version() -> None:
     world = World(bad={"v2": {"error_rate": 0.2}})
     st = drive(new_state(make_spec()), world, until="halted")
-    with pytest.raises(ValueError, match="only an aborted rollout"):
+    with pytest.raises(RolloutError, match="only an aborted rollout"):
         machine.release(st, "eu-west-1", world.now, actor="carol")
     aborted = machine.abort(st, world.now, actor="bob", reason="bad build")
-    with pytest.raises(ValueError, match=r"region us-east-1 is not routed away .*\(reverting: eu-west-1\)"):
+    with pytest.raises(RolloutError, match=r"region us-east-1 is not routed away .*\(reverting: eu-west-1\)"):
         machine.release(aborted, "us-east-1", world.now, actor="carol")
     released = machine.release(aborted, "eu-west-1", world.now + 1, actor="carol", reason="needed for capacity")
     assert aborted.regions["eu-west-1"].phase == "reverting", "the stored state is not modified"
@@ -342,7 +343,7 @@ def test_pause_freezes_and_resume_keeps_the_bake_clock() -> None:
     assert paused.regions["eu-west-1"].phase == "canary" and paused.regions["eu-west-1"].since == since
     st = machine.resume(paused, world.now, actor="bob")
     assert st.regions["eu-west-1"].since == since + 500
-    with pytest.raises(ValueError, match="only a paused or halted rollout resumes"):
+    with pytest.raises(RolloutError, match="only a paused or halted rollout resumes"):
         machine.resume(machine.abort(st, world.now, actor="x"), world.now, actor="x")
 
 

@@ -343,6 +343,7 @@ def test_drain_projection_counts_the_rollouts_in_force_and_cordons_move_nothing(
     from gtm.config.loader import Config, policy_digest
     from gtm.controller.drain import project_drain
     from gtm.models.rollout import WeightCap
+    from gtm.store.inputs import PlanInputs
 
     policy = make_policy(min_healthy_regions=1, headroom=0.0, max_drained=4)
     cfg = Config(policy=policy, inventory=INV, digest=policy_digest(policy, INV), files=())
@@ -352,10 +353,10 @@ def test_drain_projection_counts_the_rollouts_in_force_and_cordons_move_nothing(
         state = plan(policy, INV, reps(T0 + i, seq=1 + i), {}, state, T0 + i, caps=caps)
     assert weights(state, CHAT, "eu")["eu-west-1"] == 0
     ov = make_override("eu-central-1", since=T0 + 6)
-    blind = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, ov, T0 + 6)
-    seen = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, ov, T0 + 6, caps=caps)
+    blind = project_drain(cfg, PlanInputs(reports=reps(T0 + 6, seq=8), previous=state), ov, T0 + 6)
+    with_caps = PlanInputs(reports=reps(T0 + 6, seq=8), previous=state, caps=caps)
+    seen = project_drain(cfg, with_caps, ov, T0 + 6)
     assert seen.held and any("min_healthy_regions 1" in h for h in seen.held), seen.held
     assert not blind.held, "without the rollout's caps the projection would wave it through"
-    cordon = project_drain(cfg, reps(T0 + 6, seq=8), {}, state, make_override("eu-central-1", "cordon"), T0 + 6,
-                           caps=caps)
+    cordon = project_drain(cfg, with_caps, make_override("eu-central-1", "cordon"), T0 + 6)
     assert cordon.loads == {} and not cordon.held

@@ -33,6 +33,7 @@ from factories import (
 
 from gtm.engine import plan
 from gtm.errors import LeaseLostError, StoreError
+from gtm.models.audit import AuditEntry
 from gtm.models.plan import DesiredState
 from gtm.store import Store, connect
 from gtm.store.keys import Keys
@@ -286,22 +287,43 @@ async def test_fenced_put_desired_refused_after_takeover(store: Store) -> None:
 
 
 async def test_audit_append_and_read_newest_first(store: Store) -> None:
+    from gtm.models.audit import AuditDecision, AuditEntry
+
     ids = []
-    for i in range(5):
-        ids.append(
-            await store.append_audit(
-                {"what": f"change-{i}", "n": i, "detail": {"regions": ["a", "b"]}, "token": 7}
-            )
-        )
+    entries = [
+        AuditEntry(ts=1000.0 + i, action=f"change-{i}", region="eu-west-1", actor="ops", via="cli",
+                   fencing_token=7, overridden_safety=["a", "b"] if i == 4 else [],
+                   decisions=[AuditDecision(subject="pool default", action="weight 255 -> 0", reason="drain")])
+        for i in range(5)
+    ]
+    for e in entries:
+        ids.append(await store.append_audit(e))
     assert len(set(ids)) == 5
     rows = await store.read_audit(count=10)
     assert [i for i, _ in rows] == list(reversed(ids))
-    assert [f["what"] for _, f in rows] == [f"change-{i}" for i in (4, 3, 2, 1, 0)]
+    assert [f["action"] for _, f in rows] == [f"change-{i}" for i in (4, 3, 2, 1, 0)]
     newest = rows[0][1]
     assert newest == {
-        "what": "change-4", "n": "4", "detail": '{"regions": ["a", "b"]}', "token": "7",
+        "ts": "1004.0", "action": "change-4", "region": "eu-west-1", "actor": "ops", "via": "cli",
+        "fencing_token": "7", "overridden_safety": '["a", "b"]',
+        "decisions": '[{"action": "weight 255 -> 0", "reason": "drain", "subject": "pool default"}]',
     }
-    assert [f["what"] for _, f in await store.read_audit(count=2)] == ["change-4", "change-3"]
+    assert AuditEntry.from_fields(newest) == entries[4], "the stream fields read back as the entry written"
+    assert [f["action"] for _, f in await store.read_audit(count=2)] == ["change-4", "change-3"]
+
+
+def test_audit_entry_reads_fields_of_older_versions() -> None:
+    from gtm.models.audit import AuditEntry
+
+    old = {"ts": "1700000000.5", "action": "drain --force", "region": "eu-west-1", "actor": "ops",
+           "reason": "driver upgrade", "expires_at": "null", "overridden_safety": '["min_healthy_regions 2"]',
+           "what": "a field no version knows"}
+    entry = AuditEntry.from_fields(old)
+    assert (entry.action, entry.region, entry.overridden_safety) == ("drain --force", "eu-west-1",
+                                                                     ["min_healthy_regions 2"])
+    assert entry.expires_at is None and entry.ts == 1700000000.5
+    with pytest.raises(ValueError, match="not an audit entry"):
+        AuditEntry.from_fields({"action": "no timestamp"})
 
 
 # -- Redis going away ------------------------------------------------------------------------
@@ -385,7 +407,7 @@ async def test_store_errors_when_redis_dies_and_recovers(
             store.get_desired(),
             store.acquire_lease("ctl", 1000),
             store.renew_lease("ctl|1", 1000),
-            store.append_audit({"what": "x"}),
+            store.append_audit(AuditEntry(ts=1.0, action="x")),
             store.read_audit(),
             store.publish("wake"),
         ]

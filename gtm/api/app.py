@@ -6,7 +6,12 @@
 | GET | ``/v1/status`` | none | the ``gtm status -o json`` document |
 | GET | ``/metrics`` | none | Prometheus text: controller counters, region health, weights |
 | POST | ``/v1/regions/{region}/drain`` | bearer token | body ``{"reason", "actor", "kind", "expires_in"}`` |
-| DELETE | ``/v1/regions/{region}/drain`` | bearer token | lift the override |
+| DELETE | ``/v1/regions/{region}/drain`` | bearer token | lift the override; body ``{"reason", "actor"}`` optional |
+| POST | ``/v1/regions/{region}/undamp`` | bearer token | body ``{"reason", "actor"}``: clear flap damping |
+
+Drain, undrain and undamp go through ``gtm.controller.actions``, the same functions the CLI
+calls: a malformed body answers 400, an unknown region 404, a refusal 409 (nothing written),
+Redis trouble 503.
 
 Anything that changes state needs ``Authorization: Bearer <token>``; the token comes from
 ``GTM_API_TOKEN`` or the file named by ``GTM_API_TOKEN_FILE``. With no token configured, the
@@ -16,25 +21,21 @@ constant time and never logged.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
 import os
-import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gtm.config.loader import Config
+from gtm.controller import actions
 from gtm.controller.loop import Controller
 from gtm.controller.status import gather_status
-from gtm.errors import ConfigError, GtmError, StoreError
-from gtm.models.override import Override
+from gtm.errors import ConfigError, GtmError, RefusedError, StoreError, UnknownRegionError, UsageError
 from gtm.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def build_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/v1/regions/{region}/drain", _drain)
     app.router.add_delete("/v1/regions/{region}/drain", _undrain)
+    app.router.add_post("/v1/regions/{region}/undamp", _undamp)
     return app
 
 
@@ -97,6 +99,12 @@ def build_app(
 async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
     try:
         return await handler(request)  # type: ignore[no-any-return]
+    except UsageError as exc:
+        return web.json_response({"error": str(exc), "problems": exc.problems}, status=400)
+    except UnknownRegionError as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+    except RefusedError as exc:
+        return web.json_response({"error": str(exc)}, status=409)
     except StoreError as exc:
         return web.json_response({"error": "StoreError", "message": str(exc)}, status=503)
 
@@ -243,100 +251,73 @@ class _ControllerCounters:
         yield lag
 
 
-class DrainRequest(BaseModel):
-    """Body of ``POST /v1/regions/{region}/drain``; unknown fields are rejected.
-
-    Attributes:
-        kind: ``drain`` (step to 0) or ``cordon`` (never raise the weight).
-        reason: why, 1-500 characters (status and audit).
-        actor: who asks, 1-100 characters.
-        expires_in: lift the override by itself after this many seconds (1 s to 1 year).
-        force: drain even when the safety rules would hold it (audited), as ``gtm drain --force``.
-    """
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    kind: Literal["drain", "cordon"] = "drain"
-    reason: str = Field(min_length=1, max_length=500)
-    actor: str = Field(default="api", min_length=1, max_length=100)
-    expires_in: float | None = Field(default=None, ge=1, le=31_536_000)
-    force: StrictBool = False
-
-
 async def _drain(request: web.Request) -> web.Response:
-    """Drain or cordon a region, with the same safety projection as ``gtm drain``: a drain the
-    safety rules would hold is refused with 409 and the reasons, unless ``force`` (audited)."""
-    from gtm.controller.drain import project_drain
-
+    """Drain or cordon a region through ``gtm.controller.actions.drain``, as ``gtm drain``
+    does: body ``{"reason", "actor", "kind", "expires_in", "force"}`` (unknown fields are
+    rejected). A drain the safety rules would hold is refused with 409 and the reasons, unless
+    ``force`` (audited with the holds it overrode)."""
     _authorize(request)
     region = request.match_info["region"]
-    cfg = _cfg(request)
-    if region not in cfg.inventory.regions:
-        return web.json_response({"error": f"unknown region {region!r}"}, status=404)
-    try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"error": "body must be JSON"}, status=400)
-    if not isinstance(body, dict):
-        return web.json_response({"error": "body must be a JSON object"}, status=400)
-    try:
-        req = DrainRequest.model_validate(body)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
-        return web.json_response({"error": "invalid drain request", "problems": problems}, status=400)
-    now = time.time()
-    ov = Override(
-        region=region, kind=req.kind, reason=req.reason, actor=req.actor, since=now,
-        expires_at=now + req.expires_in if req.expires_in is not None else None, force=req.force,
-    )
-    store: Store = request.app[STORE_KEY]
-    names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
-    reports, _ = await store.get_reports(names)
-    overrides = await store.get_overrides()
-    previous = await store.get_desired()
-    # Playing the drain forward plans up to a few hundred times: off the event loop that
-    # answers DNS and runs the controller.
-    from gtm.controller.rollout import current_caps
-
-    caps = await current_caps(store, cfg.policy)
-    cleared = await store.get_damping_cleared()
-    proj = await asyncio.to_thread(
-        lambda: project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now,
-                              caps=caps, damping_cleared=cleared)
-    )
-    projection = {"held_by_safety": proj.held, "projected_shares": proj.shares, "projected_load": proj.loads,
-                  "capacity_unit": proj.unit}
-    if proj.held and not req.force:
+    body = await _json_body(request, required=True)
+    order = actions.DrainOrder.parse({"actor": "api", **body, "region": region}, via="api")
+    outcome = await actions.drain(request.app[STORE_KEY], _cfg(request), order, via="api")
+    data = outcome.to_dict()
+    projection = {k: data[k] for k in ("held_by_safety", "projected_shares", "projected_load", "capacity_unit")}
+    if outcome.refused:
         return web.json_response(
-            {"error": f"{req.kind} of {region} would be held by the safety rules; nothing written "
+            {"error": f"{order.kind} of {region} would be held by the safety rules; nothing written "
                       "(send force: true to override, audited)", **projection},
             status=409,
         )
-    await store.put_override(ov)
-    await store.append_audit({"ts": now, "action": ov.kind + (" --force" if req.force else ""), "region": region,
-                              "actor": ov.actor, "reason": ov.reason, "expires_at": ov.expires_at, "via": "api",
-                              **({"overridden_safety": proj.held} if req.force else {})})
-    return web.json_response({"override": ov.model_dump(), **projection}, status=201)
+    return web.json_response({"override": data["override"], **projection}, status=201)
 
 
 async def _undrain(request: web.Request) -> web.Response:
+    """Lift a drain or cordon through ``gtm.controller.actions.undrain``; optional body
+    ``{"actor", "reason"}``. 404 when the region has none."""
     _authorize(request)
     region = request.match_info["region"]
-    if region not in _cfg(request).inventory.regions:
-        return web.json_response({"error": f"unknown region {region!r}"}, status=404)
-    store: Store = request.app[STORE_KEY]
-    lifted = (await store.get_overrides()).get(region)
-    existed = await store.delete_override(region)
-    if not existed:
+    body = await _json_body(request, required=False)
+    outcome = await actions.undrain(
+        request.app[STORE_KEY], _cfg(request), region, actor=_text(body, "actor", "api"),
+        reason=_text(body, "reason", ""), via="api",
+    )
+    if not outcome.removed:
         return web.json_response({"error": f"{region} has no drain or cordon"}, status=404)
-    body: Any = {}
-    if request.can_read_body:
-        with contextlib.suppress(ValueError):
-            body = await request.json()
-    body = body if isinstance(body, dict) else {}
-    with contextlib.suppress(StoreError):
-        await store.append_audit({"ts": time.time(), "action": "undrain", "region": region,
-                                  "actor": str(body.get("actor") or "api")[:100],
-                                  "reason": str(body.get("reason") or "")[:500], "via": "api",
-                                  "lifted": lifted.model_dump() if lifted is not None else None})
-    return web.json_response({"region": region, "removed": True})
+    return web.json_response({"region": region, "removed": True,
+                              "lifted": outcome.lifted.model_dump() if outcome.lifted is not None else None})
+
+
+async def _undamp(request: web.Request) -> web.Response:
+    """Clear a region's flap damping through ``gtm.controller.actions.undamp``, as ``gtm
+    undamp`` does: body ``{"reason", "actor"}``, reason required. 409 when it is not damped."""
+    _authorize(request)
+    region = request.match_info["region"]
+    body = await _json_body(request, required=True)
+    done = await actions.undamp(request.app[STORE_KEY], region, actor=_text(body, "actor", "api"),
+                                reason=_text(body, "reason", ""), via="api")
+    return web.json_response({"region": region, "cleared": True, "at": done.at,
+                              "was_damped_until": done.was_damped_until, "remaining_s": done.remaining_s,
+                              "state": done.state})
+
+
+async def _json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
+    """The request's JSON object; ``{}`` when optional and absent. Raises ``UsageError``."""
+    if not request.can_read_body:
+        if required:
+            raise UsageError("body must be a JSON object")
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise UsageError("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise UsageError(f"{name} must be a string")
+    return value

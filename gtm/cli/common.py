@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings
-from gtm.errors import ConfigError, GtmError
+from gtm.errors import ConfigError, GtmError, RefusedError, UsageError
 
 T = TypeVar("T")
 
@@ -31,14 +31,34 @@ def fail(exc: BaseException, debug: bool, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def run(coro_fn: Callable[[], Awaitable[T]], debug: bool) -> T:
-    """Run ``coro_fn()``; a ``ConfigError`` exits 2, any other ``GtmError`` exits 1."""
+EXIT_ERROR = 1
+"""Something failed (Redis unreachable, a provider error)."""
+EXIT_USAGE = 2
+"""The command line or the local configuration is invalid; nothing was done."""
+EXIT_REFUSED = 3
+"""The request is valid but refused now (safety rules, unknown region, wrong state); nothing written."""
+
+
+def run(
+    coro_fn: Callable[[], Awaitable[T]],
+    debug: bool,
+    *,
+    on_refused: Callable[[RefusedError], None] | None = None,
+) -> T:
+    """Run ``coro_fn()`` with the documented exit codes: ``ConfigError`` and ``UsageError``
+    exit 2, ``RefusedError`` (and its ``UnknownRegionError``) exits 3, any other ``GtmError``
+    exits 1. ``on_refused`` prints a refusal itself (e.g. as JSON for ``-o json``)."""
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except ConfigError as exc:
-        fail(exc, debug, 2)
+    except (ConfigError, UsageError) as exc:
+        fail(exc, debug, EXIT_USAGE)
+    except RefusedError as exc:
+        if on_refused is not None and not debug:
+            on_refused(exc)
+            raise typer.Exit(EXIT_REFUSED) from None
+        fail(exc, debug, EXIT_REFUSED)
     except GtmError as exc:
-        fail(exc, debug, 1)
+        fail(exc, debug, EXIT_ERROR)
     raise AssertionError("unreachable")
 
 

@@ -38,7 +38,7 @@ from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, Red
 from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import redact
-from gtm.errors import ConfigError, GtmError, StoreError
+from gtm.errors import ConfigError, StartupError, StoreError
 from gtm.log import get_logger, setup_logging
 
 T = TypeVar("T")
@@ -687,10 +687,6 @@ def controller(
     except StartupError as exc:
         err_console.print(f"[red]StartupError[/]: {escape(str(exc))} (use another HOST:PORT, or 'off')")
         raise typer.Exit(1) from None
-
-
-class StartupError(GtmError):
-    """A daemon could not start (e.g. its port is taken)."""
 
 
 @app.command()

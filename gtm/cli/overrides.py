@@ -4,17 +4,26 @@ the ``gtm`` app by ``gtm.cli.main``."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 import typer
 from rich.markup import escape
 
-from gtm.cli.common import config_or_warn, console, err_console, print_json, run, store_url
+from gtm.cli.common import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    config_or_warn,
+    console,
+    err_console,
+    fail,
+    print_json,
+    run,
+    store_url,
+)
 from gtm.cli.options import ActorOpt, DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.config.loader import Config
-from gtm.errors import StoreError
+from gtm.errors import RefusedError, UsageError
 
 
 def drain(
@@ -45,93 +54,36 @@ def drain(
     unless --force (written to the audit stream). Undo with `gtm undrain REGION`.
     Exit 3 also for an unknown region.
     """
-    from gtm.controller.drain import project_drain
-    from gtm.models.override import Override
+    from gtm.controller import actions
     from gtm.store import connect
 
     cfg = config_or_warn(policies, regions)
-    if cfg is not None and region not in cfg.inventory.regions:
-        known = ", ".join(sorted(cfg.inventory.regions))
-        err_console.print(f"[red]RefusedError[/]: unknown region {escape(repr(region))}; known: {known}")
-        raise typer.Exit(3)
-    if not reason.strip() or len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is shown in status and audit)")
-        raise typer.Exit(2)
-    now = time.time()
-    ov = Override(
-        region=region, kind="cordon" if cordon else "drain", reason=reason, actor=actor,
-        since=now, expires_at=now + expires_in if expires_in else None, force=force,
-    )
+    try:
+        order = actions.DrainOrder.parse({"region": region, "kind": "cordon" if cordon else "drain",
+                                          "reason": reason, "actor": actor, "expires_in": expires_in,
+                                          "force": force}, via="cli")
+    except UsageError as exc:
+        fail(exc, debug, EXIT_USAGE)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> actions.DrainOutcome:
         store = connect(store_url(redis), ns=ns)
         try:
-            overrides = await store.get_overrides()
-            replaced = overrides.get(region)
-            previous = await store.get_desired()
-            if cfg is None:
-                return await _drain_without_config(store, ov, previous, replaced, dry_run)
-            names = sorted(cfg.policy.region_names & cfg.inventory.regions.keys())
-            reports, _ = await store.get_reports(names)
-            from gtm.controller.rollout import current_caps
-
-            caps = await current_caps(store, cfg.policy)
-            cleared = await store.get_damping_cleared()
-            proj = project_drain(cfg, reports, overrides, previous, ov.model_copy(update={"force": False}), now,
-                                 caps=caps, damping_cleared=cleared)
-            refused = bool(proj.held) and not force
-            written = not dry_run and not refused
-            if written:
-                await store.put_override(ov)
-                await store.append_audit({
-                    "ts": now, "action": ov.kind + (" --force" if force else ""), "region": region,
-                    "actor": actor, "reason": reason, "expires_at": ov.expires_at,
-                    **({"overridden_safety": proj.held} if force else {}),
-                })
-            return {
-                "override": ov.model_dump(), "written": written, "refused": refused,
-                "held_by_safety": proj.held, "projected_shares": proj.shares,
-                "projected_load": proj.loads, "capacity_unit": proj.unit, "steps": proj.steps,
-                "replaces": replaced.model_dump() if replaced is not None else None,
-            }
+            return await actions.drain(store, cfg, order, via="cli", dry_run=dry_run)
         finally:
             await store.aclose()
 
-    data = run(go, debug)
+    outcome = run(go, debug)
+    data = outcome.to_dict()
     if output is Output.json:
         print_json(data)
     elif cfg is not None:
         _print_drain(data, region, reason, actor, cordon, dry_run, cfg)
-    elif data["refused"]:
-        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
     else:
-        console.print(f"{'would write' if dry_run else 'wrote'} {ov.kind} of [bold]{escape(region)}[/] "
+        console.print(f"{'would write' if dry_run else 'wrote'} {order.kind} of [bold]{escape(region)}[/] "
                       f"({escape(reason)}) by {escape(actor)}; "
                       "no projection (local policy files invalid): the controller still applies its safety rules")
-    if data["refused"]:
-        raise typer.Exit(3)
-
-
-async def _drain_without_config(
-    store: Any, ov: Any, previous: Any, replaced: Any, dry_run: bool
-) -> dict[str, Any]:
-    """Drain when the local files do not validate: check the region against what the controller
-    plans (Redis), write the override, and leave the safety rules to the controller."""
-    known = sorted(previous.regions) if previous is not None else []
-    if ov.region not in known:
-        return {"refused": True, "written": False,
-                "error": f"unknown region {ov.region!r}; the controller plans {', '.join(known) or 'nothing yet'}"}
-    if not dry_run:
-        await store.put_override(ov)
-        await store.append_audit({"ts": ov.since, "action": ov.kind + (" --force" if ov.force else ""),
-                                  "region": ov.region, "actor": ov.actor, "reason": ov.reason,
-                                  "expires_at": ov.expires_at, "note": "local policy files invalid: no projection"})
-    return {
-        "override": ov.model_dump(), "written": not dry_run, "refused": False, "held_by_safety": [],
-        "projected_shares": {}, "projected_load": {}, "capacity_unit": "", "steps": 0,
-        "replaces": replaced.model_dump() if replaced is not None else None,
-        "warning": "local policy files invalid: no projection; the controller applies its safety rules",
-    }
+    if outcome.refused:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def _print_drain(
@@ -189,36 +141,26 @@ def undrain(
 
     Exit 3 if the region had no override.
     """
+    from gtm.controller import actions
     from gtm.store import connect
 
-    if len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be at most 500 characters")
-        raise typer.Exit(2)
-
-    async def go() -> dict[str, Any] | None:
+    async def go() -> actions.UndrainOutcome:
         store = connect(store_url(redis), ns=ns)
         try:
-            lifted = (await store.get_overrides()).get(region)
-            if not await store.delete_override(region):
-                return None
-            entry = {"ts": time.time(), "action": "undrain", "region": region, "actor": actor, "reason": reason,
-                     "lifted": lifted.model_dump() if lifted is not None else None}
-            with contextlib.suppress(StoreError):
-                await store.append_audit(entry)
-            return entry
+            return await actions.undrain(store, None, region, actor=actor, reason=reason, via="cli")
         finally:
             await store.aclose()
 
-    lifted = run(go, debug)
-    existed = lifted is not None
+    outcome = run(go, debug)
     if output is Output.json:
-        print_json({"region": region, "removed": existed, "lifted": (lifted or {}).get("lifted")})
-    elif existed:
+        print_json({"region": region, "removed": outcome.removed,
+                    "lifted": outcome.lifted.model_dump() if outcome.lifted is not None else None})
+    elif outcome.removed:
         console.print(f"undrained [bold]{escape(region)}[/]: weight ramps back up in planned steps")
     else:
         err_console.print(f"{region} had no drain or cordon", markup=False)
-    if not existed:
-        raise typer.Exit(3)
+    if not outcome.removed:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def undamp(
@@ -238,43 +180,26 @@ def undamp(
     weight ramps up in planned steps. Written to the audit stream. Exit 3 if the controller's
     current plan does not show REGION damped (nothing is written).
     """
+    from gtm.controller import actions
     from gtm.store import connect
 
-    if not reason.strip() or len(reason) > 500:
-        err_console.print("[red]UsageError[/]: --reason must be 1-500 characters (it is written to the audit stream)")
-        raise typer.Exit(2)
-
-    async def go() -> dict[str, Any]:
+    async def go() -> actions.UndampOutcome:
         store = connect(store_url(redis), ns=ns)
         try:
-            now = time.time()
-            state = await store.get_desired()
-            status = state.regions.get(region) if state is not None else None
-            if status is None:
-                known = ", ".join(sorted(state.regions)) if state is not None else "nothing yet"
-                return {"region": region, "cleared": False,
-                        "error": f"unknown region {region!r}; the controller plans {known}"}
-            if status.damped_until <= now:
-                return {"region": region, "cleared": False, "error": f"{region} is not damped"}
-            await store.clear_damping(region, now, actor, reason)
-            await store.append_audit({"ts": now, "action": "undamp", "region": region, "actor": actor,
-                                      "reason": reason, "damped_until": status.damped_until})
-            return {"region": region, "cleared": True, "at": now, "was_damped_until": status.damped_until,
-                    "remaining_s": status.damped_until - now, "state": status.state}
+            return await actions.undamp(store, region, actor=actor, reason=reason, via="cli")
         finally:
             await store.aclose()
 
-    data = run(go, debug)
-    if output is Output.json:
-        print_json(data)
-    elif data["cleared"]:
-        console.print(
-            f"cleared flap damping of [bold]{escape(region)}[/] ({data['remaining_s']:.0f}s of penalty left) "
-            f"by {escape(actor)}; "
-            f"it is {data['state']}: a healthy region ramps back in planned steps; watch with `gtm status`"
-        )
-    else:
-        err_console.print(f"[red]RefusedError[/]: {escape(data['error'])}")
-    if not data["cleared"]:
-        raise typer.Exit(3)
+    def refused_json(exc: RefusedError) -> None:
+        print_json({"region": region, "cleared": False, "error": str(exc)})
 
+    done = run(go, debug, on_refused=refused_json if output is Output.json else None)
+    if output is Output.json:
+        print_json({"region": region, "cleared": True, "at": done.at, "was_damped_until": done.was_damped_until,
+                    "remaining_s": done.remaining_s, "state": done.state})
+        return
+    console.print(
+        f"cleared flap damping of [bold]{escape(region)}[/] ({done.remaining_s:.0f}s of penalty left) "
+        f"by {escape(actor)}; "
+        f"it is {done.state}: a healthy region ramps back in planned steps; watch with `gtm status`"
+    )

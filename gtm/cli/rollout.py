@@ -28,7 +28,7 @@ from gtm.cli.options import ActorOpt, DebugOpt, NsOpt, Output, PoliciesOpt, Redi
 from gtm.cli.options import OutputOpt as JsonOpt
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings
-from gtm.errors import ConfigError, GtmError
+from gtm.errors import ConfigError, GtmError, RefusedError
 from gtm.log import get_logger
 
 T = TypeVar("T")
@@ -51,16 +51,10 @@ log = get_logger("cli.rollout")
 ReasonOpt = typer.Option("", "--reason", "-r", help="Why (shown in status and audit).")
 
 
-class _Refused(Exception):
-    """The request is valid but cannot be done now (exit 3)."""
-
-
 def _run(fn: Callable[[], Awaitable[T]], debug: bool) -> T:
-    from gtm.controller.rollout import RolloutError
-
     try:
         return asyncio.run(fn())  # type: ignore[arg-type]
-    except (_Refused, RolloutError) as exc:
+    except RefusedError as exc:
         if debug:
             raise
         err_console.print(f"[red]RefusedError[/]: {escape(str(exc))}")
@@ -101,10 +95,10 @@ async def _audit(store: Any, action: str, name: str, actor: str, reason: str, re
     """Record an operator's rollout command in the audit stream (``gtm audit``). The rollout's
     own history already holds it: a failure here is logged, not raised."""
     from gtm.errors import StoreError
+    from gtm.models.audit import AuditEntry
 
-    entry = {"ts": time.time(), "action": f"rollout {action} {name}", "actor": actor, "reason": reason}
-    if region is not None:
-        entry["region"] = region
+    entry = AuditEntry(ts=time.time(), action=f"rollout {action} {name}", actor=actor, reason=reason, region=region,
+                       rollout=name, via="cli")
     try:
         await store.append_audit(entry)
     except StoreError as exc:
@@ -159,19 +153,20 @@ def start(
             others = await load(store, [r.name for r in cfg.policy.rollouts if r.service == spec.service])
             busy = [n for n, (st, _) in others.items() if n != name and st.active]
             if busy:
-                raise _Refused(f"rollout {busy[0]} of service {spec.service} is still active; finish or abort it first")
+                raise RefusedError(
+                    f"rollout {busy[0]} of service {spec.service} is still active; finish or abort it first")
 
             mine = others.get(name)
             if mine is not None and mine[0].active:
-                raise _Refused(f"rollout {name} is already {mine[0].status} (step {mine[0].step})")
+                raise RefusedError(f"rollout {name} is already {mine[0].status} (step {mine[0].step})")
             reports, _bad = await store.get_reports(sorted({r for w in spec.waves for r in w}))
             done = already_deployed(spec, svc.model, reports, time.time(), cfg.policy.health.report_timeout_s)
             if done is not None:
-                raise _Refused(done)
+                raise RefusedError(done)
 
             def change(current: machine.RolloutState | None) -> machine.RolloutState:
                 if current is not None and current.active:
-                    raise _Refused(f"rollout {name} is already {current.status} (step {current.step})")
+                    raise RefusedError(f"rollout {name} is already {current.status} (step {current.step})")
                 return machine.start(
                     spec, time.time(), model=svc.model, service_regions=svc.regions, ttl_s=float(svc.ttl),
                     report_timeout_s=cfg.policy.health.report_timeout_s, actor=actor, reason=reason,
@@ -213,7 +208,7 @@ def _operator(
 
             def change(current: machine.RolloutState | None) -> machine.RolloutState:
                 if current is None:
-                    raise _Refused(f"no rollout {name!r} was started")
+                    raise RefusedError(f"no rollout {name!r} was started")
                 new = fn(current, time.time(), actor=actor, reason=reason)
                 return new.model_copy(update={"updated_at": time.time()})
 
@@ -312,7 +307,7 @@ def status(
         finally:
             await store.aclose()
         if name and name not in states:
-            raise _Refused(f"no rollout {name!r} was started")
+            raise RefusedError(f"no rollout {name!r} was started")
         return {n: machine.summary(st) for n, (st, _) in sorted(states.items())}
 
     data = _run(go, debug)
@@ -384,15 +379,15 @@ def wait_ready(
             while True:
                 states = await load(store, [name])
                 if name not in states:
-                    raise _Refused(f"no rollout {name!r} was started")
+                    raise RefusedError(f"no rollout {name!r} was started")
                 st = states[name][0]
                 p = st.regions.get(region)
                 if p is None:
-                    raise _Refused(f"rollout {name} does not include region {region!r}")
+                    raise RefusedError(f"rollout {name} does not include region {region!r}")
                 if st.ready_for_deploy(region):
                     return True, f"{region} ready for deploy of {st.spec.target_version}: {p.phase} ({p.reason})"
                 if st.status in ("aborted", "done"):
-                    raise _Refused(f"rollout {name} is {st.status}; {region} is {p.phase}")
+                    raise RefusedError(f"rollout {name} is {st.status}; {region} is {p.phase}")
                 if time.monotonic() >= deadline:
                     why = f"timed out after {timeout:g}s: {region} is {p.phase} ({p.reason}); rollout {st.status}"
                     return False, why

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from gtm.config.loader import Config, load_config
-from gtm.errors import ConfigError
+from gtm.errors import ConfigError, GitError
 from gtm.log import get_logger
 
 log = get_logger("config.git")
@@ -48,10 +48,6 @@ log = get_logger("config.git")
 DEFAULT_REFRESH_S = 30.0
 DEFAULT_TIMEOUT_S = 20.0
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:")
-
-
-class GitCommandError(Exception):
-    """A ``git`` command failed or timed out (message: the command and git's stderr)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ def run_git(args: Sequence[str], *, git_dir: str | None = None, timeout_s: float
     """Run ``git [--git-dir=...] --literal-pathspecs ARGS``; returns stdout.
 
     Raises:
-        GitCommandError: non-zero exit, timeout, or no ``git`` executable.
+        GitError: non-zero exit, timeout, or no ``git`` executable.
     """
     cmd = ["git", "--literal-pathspecs"]
     if git_dir is not None:
@@ -120,12 +116,12 @@ def run_git(args: Sequence[str], *, git_dir: str | None = None, timeout_s: float
             cmd, capture_output=True, timeout=timeout_s, env=_git_env(), stdin=subprocess.DEVNULL, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise GitCommandError(f"git {args[0]} timed out after {timeout_s:g}s") from exc
+        raise GitError(f"git {args[0]} timed out after {timeout_s:g}s") from exc
     except OSError as exc:
-        raise GitCommandError(f"cannot run git: {exc}") from exc
+        raise GitError(f"cannot run git: {exc}") from exc
     if res.returncode != 0:
         err = res.stderr.decode(errors="replace").strip().splitlines()
-        raise GitCommandError(f"git {args[0]} failed: {err[-1] if err else f'exit {res.returncode}'}")
+        raise GitError(f"git {args[0]} failed: {err[-1] if err else f'exit {res.returncode}'}")
     return res.stdout
 
 
@@ -133,14 +129,14 @@ def resolve_commit(git_dir: str, ref: str, timeout_s: float = DEFAULT_TIMEOUT_S)
     """The full commit id ``ref`` points at.
 
     Raises:
-        GitCommandError: unknown ref.
+        GitError: unknown ref.
     """
     if ref.startswith("-"):
-        raise GitCommandError(f"ref {ref!r} may not start with '-'")
+        raise GitError(f"ref {ref!r} may not start with '-'")
     out = run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], git_dir=git_dir, timeout_s=timeout_s)
     sha = out.decode().strip()
     if not sha:
-        raise GitCommandError(f"ref {ref!r} not found")
+        raise GitError(f"ref {ref!r} not found")
     return sha
 
 
@@ -202,7 +198,7 @@ def load_config_at_commit(
             for p in wanted:
                 if _materialise(git_dir, sha, p.strip("/"), root, timeout_s) == 0:
                     missing.append(f"{prefix}{p}: not found in the commit")
-        except GitCommandError as exc:
+        except GitError as exc:
             raise ConfigError([f"{prefix}cannot read the commit: {exc}"]) from exc
         if missing:
             raise ConfigError(missing)
@@ -322,7 +318,7 @@ class GitPolicySource:
                 raise ConfigError([f"git: {self.repo}: no such repository"])
             try:
                 out = run_git(["-C", self.repo, "rev-parse", "--absolute-git-dir"], timeout_s=self.timeout_s)
-            except GitCommandError as exc:
+            except GitError as exc:
                 raise ConfigError([f"git: {self.repo}: not a Git repository ({exc})"]) from exc
             self._git_dir = out.decode().strip()
             return self._git_dir
@@ -336,7 +332,7 @@ class GitPolicySource:
         try:
             run_git(["clone", "--bare", "--quiet", "--", self.repo, str(tmp)], timeout_s=self.timeout_s)
             os.replace(tmp, target)
-        except GitCommandError as exc:
+        except GitError as exc:
             raise ConfigError([f"git: cannot clone {self.repo}: {exc}"]) from exc
         except OSError:
             if not (target / "HEAD").exists():
@@ -363,7 +359,7 @@ class GitPolicySource:
                  "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
                 git_dir=git_dir, timeout_s=self.timeout_s,
             )
-        except GitCommandError as exc:
+        except GitError as exc:
             with self._lock:
                 first = not self._fetch_failing
                 self._fetch_failing = True
@@ -417,7 +413,7 @@ class GitPolicySource:
                 self.fetch()
         try:
             sha = resolve_commit(git_dir, self.ref, self.timeout_s)
-        except GitCommandError as exc:
+        except GitError as exc:
             err = ConfigError([f"git: {self.repo}@{self.ref}: cannot resolve the ref: {exc}"])
             if err.reasons[0] != self.last_error:
                 log.error("git: %s; keeping commit %s", err.reasons[0], self.commit[:12] or "(none)")

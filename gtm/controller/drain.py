@@ -3,15 +3,13 @@ regions would take, and whether the safety rules would hold it (pure, from Redis
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gtm.config.loader import Config
 from gtm.engine import plan
 from gtm.models.override import Override
-from gtm.models.plan import DesiredState
-from gtm.models.report import FleetReport
-from gtm.models.rollout import WeightCap
+from gtm.models.plan import DesiredState, PoolPlan
+from gtm.store.inputs import PlanInputs
 
 
 @dataclass
@@ -36,29 +34,26 @@ class DrainProjection:
 
 def project_drain(
     cfg: Config,
-    reports: Mapping[str, FleetReport],
-    overrides: Mapping[str, Override],
-    previous: DesiredState | None,
+    inputs: PlanInputs,
     override: Override,
     now: float,
     max_steps: int = 300,
-    *,
-    caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
-    damping_cleared: Mapping[str, float] | None = None,
 ) -> DrainProjection:
     """Play the drain forward one planned step at a time until the region is at weight 0 in
     every pool, or until the engine holds it (then ``held`` says why, with the numbers).
 
-    ``caps`` (the rollouts in force) and ``damping_cleared`` are the controller's other inputs:
-    without them a drain beside a rollout's deploy drain would be projected against traffic
-    the rollout is taking away. A cordon moves no traffic: it is planned once, and no other
-    region takes load.
+    ``inputs`` are the controller's (``gtm.store.inputs.read_plan_inputs``): with the rollouts
+    in force (``caps``) and the damping clears, so a drain beside a rollout's deploy drain is
+    not projected against traffic the rollout is taking away. A cordon moves no traffic: it is
+    planned once, and no other region takes load. Pure: reads and writes nothing.
     """
     rules = cfg.policy.safety
     region = override.region
-    ovs = {**overrides, region: override}
-    extra_inputs = {"caps": caps or None, "damping_cleared": damping_cleared or None}
-    state = plan(cfg.policy, cfg.inventory, reports, overrides, previous, now, digest=cfg.digest, **extra_inputs)
+    reports = inputs.reports
+    ovs = {**inputs.overrides, region: override}
+    caps, cleared = inputs.caps or None, inputs.damping_cleared or None
+    state = plan(cfg.policy, cfg.inventory, reports, inputs.overrides, inputs.previous, now, digest=cfg.digest,
+                 caps=caps, damping_cleared=cleared)
     before = state
     t = now
     out = DrainProjection()
@@ -67,7 +62,8 @@ def project_drain(
         t += rules.step_interval_s
         # Today's reports, kept fresh as simulated time moves on (else they would age out).
         fresh = {r: rep.model_copy(update={"observed_at": max(rep.observed_at, t)}) for r, rep in reports.items()}
-        state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest, **extra_inputs)
+        state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest, caps=caps,
+                     damping_cleared=cleared)
         weights = tuple(p.weight_of(region) for p in state.pools.values())
         if override.kind == "cordon" or all(w == 0 for w in weights):
             out.steps = step + 1
@@ -103,8 +99,8 @@ def project_drain(
     return out
 
 
-def _shares_of(pool: object) -> dict[str, float]:
-    members = pool.members  # type: ignore[attr-defined]
+def _shares_of(pool: PoolPlan) -> dict[str, float]:
+    members = pool.members
     total = sum(m.weight for m in members)
     return {m.region: m.weight / total for m in members if m.weight > 0} if total else {}
 

@@ -29,10 +29,12 @@ from gtm.controller.provider_worker import ProviderWorker
 from gtm.engine import plan
 from gtm.errors import ConfigError, LeaseLostError, ProviderError, StoreError
 from gtm.log import get_logger
+from gtm.models.audit import AuditDecision, AuditEntry
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.providers.base import Publisher
 from gtm.store import Store
+from gtm.store.inputs import planned_regions, read_plan_inputs
 
 log = get_logger("controller")
 
@@ -192,10 +194,11 @@ class Controller:
                 continue
             try:
                 if await self.store.delete_override_if(ov):
-                    await self.store.append_audit({
-                        "ts": now, "action": f"{ov.kind} expired", "region": region, "actor": ov.actor,
-                        "reason": ov.reason, "expires_at": ov.expires_at, "fencing_token": self.fencing_token,
-                    })
+                    await self.store.append_audit(AuditEntry(
+                        ts=now, action=f"{ov.kind} expired", region=region, actor=ov.actor, via="controller",
+                        reason=ov.reason, expires_at=ov.expires_at, fencing_token=self.fencing_token,
+                        lifted=ov.model_dump(), **self._policy_fields(),
+                    ))
                     log.info("%s of %s by %s expired; removed", ov.kind, region, ov.actor)
             except StoreError as exc:
                 log.warning("_expire_overrides: %s", exc)
@@ -331,15 +334,17 @@ class Controller:
             if not self.is_leader:
                 await self._follow()
                 return self.state
-            regions = sorted(self.config.policy.region_names & self.config.inventory.regions.keys())
-            reports, rejected = await self.store.get_reports(regions)
-            overrides = await self.store.get_overrides()
-            cleared = await self.store.get_damping_cleared()
-            if self.state is None or self._reread:
-                stored = await self.store.get_desired()
+            # Rollout caps come from the rollout driver (it advances the rollouts), and the
+            # previous plan is this replica's own unless it just became leader.
+            reread = self.state is None or self._reread
+            inputs = await read_plan_inputs(
+                self.store, planned_regions(self.config.policy, self.config.inventory.regions), previous=reread
+            )
+            if reread:
                 # An emptied Redis must not erase what this replica still knows: keep ours.
-                self.state = stored if stored is not None else self.state
+                self.state = inputs.previous if inputs.previous is not None else self.state
                 self._reread = False
+            reports, rejected, overrides = inputs.reports, inputs.rejected, inputs.overrides
         except LeaseLostError:
             log.warning("cycle: lease lost; following")
             self.lease = None
@@ -357,7 +362,7 @@ class Controller:
             caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
             new = plan(
                 self.config.policy, self.config.inventory, reports, overrides, previous, now,
-                digest=self.config.digest, caps=caps, damping_cleared=cleared,
+                digest=self.config.digest, caps=caps, damping_cleared=inputs.damping_cleared,
             )
         except Exception:  # never make things worse: keep serving the last good routing
             self.stats.engine_errors += 1
@@ -412,9 +417,17 @@ class Controller:
             await self.store.put_policy_snapshot(dump_snapshot(self.config, self.clock()), lease_value=self.lease[0])
             self._snapshot_digest = self.config.digest
         if info["policy_rejected"]:
-            await self.store.append_audit({"ts": info["updated_at"], "action": "policy rejected",
-                                           "reason": info["policy_rejected"], "fencing_token": self.fencing_token})
+            await self.store.append_audit(AuditEntry(
+                ts=float(info["updated_at"]), action="policy rejected", reason=str(info["policy_rejected"]),
+                actor="controller", via="controller", fencing_token=self.fencing_token, **self._policy_fields(),
+            ))
         self._info_dirty = False
+
+    def _policy_fields(self) -> dict[str, str]:
+        """The policy in force, for audit entries."""
+        if self.config is None:
+            return {}
+        return {"policy_digest": self.config.digest, "policy_commit": self.config.commit}
 
     async def _follow(self) -> None:
         stored = await self.store.get_desired()
@@ -426,19 +439,13 @@ class Controller:
         assert self.lease is not None
         try:
             await self.store.put_desired(state, lease_value=self.lease[0])
-            entry: dict[str, Any] = {
-                "ts": state.generated_at,
-                "generation": state.generation,
-                "policy_digest": state.policy_digest,
-                "policy_commit": self.config.commit if self.config is not None else "",
-                "fencing_token": self.lease[1],
-                "held": state.held,
-                "decisions": [
-                    {"subject": d.subject, "action": d.action, "reason": d.reason}
-                    for d in state.decisions
-                ],
-            }
-            await self.store.append_audit(entry)
+            await self.store.append_audit(AuditEntry(
+                ts=state.generated_at, generation=state.generation, policy_digest=state.policy_digest,
+                policy_commit=self.config.commit if self.config is not None else "",
+                fencing_token=self.lease[1], held=state.held, actor="controller", via="controller",
+                decisions=[AuditDecision(subject=d.subject, action=d.action, reason=d.reason)
+                           for d in state.decisions],
+            ))
         except LeaseLostError:
             log.warning("_persist: lease lost; not writing")
             self.lease = None

@@ -24,64 +24,26 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from gtm.engine import rollout as machine
 from gtm.engine.rollout import RolloutState
-from gtm.errors import GtmError, LeaseLostError, StoreError
+from gtm.errors import LeaseLostError, RolloutError, StoreError
 from gtm.log import get_logger
+from gtm.models.audit import AuditDecision, AuditEntry
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.models.report import FleetReport
-from gtm.models.rollout import WeightCap
+from gtm.store.rollouts import Caps, caps_of, dump, load, parse
+from gtm.store.rollouts import current_caps as store_current_caps
 from gtm.store.store import Store
 
 log = get_logger("controller.rollout")
 
-Caps = dict[str, dict[str, WeightCap]]
-
-
-class RolloutError(GtmError):
-    """A rollout command that cannot be done now (unknown name, wrong status, ...)."""
-
-
-def parse(name: str, text: str) -> RolloutState | None:
-    """A stored rollout state, or None (logged) when it cannot be read."""
-    try:
-        return RolloutState.model_validate_json(text)
-    except ValidationError as exc:
-        log.error("parse: stored rollout %s unreadable, ignoring it: %s", name, str(exc).splitlines()[0])
-        return None
-
-
-def dump(state: RolloutState) -> str:
-    return state.model_dump_json()
-
-
-def caps_of(states: Mapping[str, RolloutState]) -> Caps:
-    """Weight caps of every rollout, per service (one active rollout per service)."""
-    out: Caps = {}
-    for st in states.values():
-        c = machine.caps(st)
-        if c:
-            out.setdefault(st.spec.service, {}).update(c)
-    return out
-
-
-async def load(store: Store, names: list[str]) -> dict[str, tuple[RolloutState, str]]:
-    """Stored rollouts by name: ``(state, text as stored)``; unreadable ones left out."""
-    out = {}
-    for name, text in (await store.get_rollouts(names)).items():
-        st = parse(name, text)
-        if st is not None:
-            out[name] = (st, text)
-    return out
+__all__ = ["Caps", "RolloutDriver", "caps_of", "current_caps", "dump", "load", "parse", "update"]
 
 
 async def current_caps(store: Store, policy: Policy) -> Caps:
-    """The caps the stored rollouts impose now, without advancing them (for ``gtm plan``)."""
-    states = await load(store, [r.name for r in policy.rollouts])
-    return caps_of({n: s for n, (s, _) in states.items()})
+    """The caps the stored rollouts of ``policy`` impose now, without advancing them."""
+    return await store_current_caps(store, [r.name for r in policy.rollouts])
 
 
 async def update(
@@ -95,7 +57,7 @@ async def update(
 
     Args:
         change: the new state from the stored one (None if there is none); raise
-            ``RolloutError`` / ``ValueError`` to refuse.
+            ``RolloutError`` to refuse. Any other exception is a bug and propagates.
 
     Raises:
         RolloutError: ``change`` refused, or the state kept changing under us.
@@ -104,10 +66,7 @@ async def update(
     for _ in range(attempts):
         text = (await store.get_rollouts([name])).get(name)
         current = parse(name, text) if text is not None else None
-        try:
-            new = change(current)
-        except ValueError as exc:
-            raise RolloutError(str(exc)) from exc
+        new = change(current)
         new = new.model_copy(update={"rev": (current.rev if current else 0) + 1})
         if await store.put_rollout(name, dump(new), expect=text):
             return new
@@ -202,13 +161,11 @@ class RolloutDriver:
         for rec in new.history[len(old.history):]:
             log.info("rollout %s step %d: %s%s (%s)", new.name, rec.step, f"{rec.region} → " if rec.region else "",
                      rec.phase, rec.reason)
-            entry = {
-                "ts": rec.at,
-                "rollout": new.name,
-                "step": rec.step,
-                "fencing_token": token,
-                "decisions": [{"subject": f"rollout {new.name}" + (f" {rec.region}" if rec.region else ""),
-                               "action": rec.phase, "reason": rec.reason}],
-            }
+            entry = AuditEntry(
+                ts=rec.at, rollout=new.name, step=rec.step, fencing_token=token, actor="controller",
+                via="controller", region=rec.region or None,
+                decisions=[AuditDecision(subject=f"rollout {new.name}" + (f" {rec.region}" if rec.region else ""),
+                                         action=rec.phase, reason=rec.reason)],
+            )
             with contextlib.suppress(StoreError):
                 await self.store.append_audit(entry)

@@ -21,6 +21,7 @@ from gtm.models.override import Override
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.report import FleetReport, ModelStats
 from gtm.store import Store
+from gtm.store.inputs import read_plan_inputs
 
 KINDS = (
     "service-added", "service-removed", "segment-added", "segment-removed", "match", "residency",
@@ -241,10 +242,14 @@ def plan_pair(
     overrides: Mapping[str, Override],
     previous: DesiredState | None,
     now: float,
+    damping_cleared: Mapping[str, float] | None = None,
 ) -> tuple[DesiredState, DesiredState]:
-    """Plan the policy in force and the candidate from the same inputs (pure)."""
-    before = plan(in_force.policy, in_force.inventory, reports, overrides, previous, now, digest=in_force.digest)
-    after = plan(candidate.policy, candidate.inventory, reports, overrides, previous, now, digest=candidate.digest)
+    """Plan the policy in force and the candidate from the same inputs (pure);
+    ``damping_cleared`` as for ``engine.plan``."""
+    before = plan(in_force.policy, in_force.inventory, reports, overrides, previous, now, digest=in_force.digest,
+                  damping_cleared=damping_cleared)
+    after = plan(candidate.policy, candidate.inventory, reports, overrides, previous, now, digest=candidate.digest,
+                 damping_cleared=damping_cleared)
     return before, after
 
 
@@ -278,10 +283,9 @@ async def candidate_states(
         (in_force.policy.region_names & in_force.inventory.regions.keys())
         | (candidate.policy.region_names & candidate.inventory.regions.keys())
     )
-    reports, _ = await store.get_reports(names)
-    overrides = await store.get_overrides()
-    previous = await store.get_desired()
-    return plan_pair(in_force, candidate, reports, overrides, previous, now)
+    inputs = await read_plan_inputs(store, names)
+    return plan_pair(in_force, candidate, inputs.reports, inputs.overrides, inputs.previous, now,
+                     damping_cleared=inputs.damping_cleared)
 
 
 def render_lines(doc: dict[str, Any]) -> list[str]:

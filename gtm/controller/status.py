@@ -9,6 +9,7 @@ from gtm.config.loader import Config
 from gtm.engine import plan
 from gtm.models.plan import DesiredState
 from gtm.store import Store
+from gtm.store.inputs import planned_regions, read_plan_inputs
 
 
 async def gather_status(store: Store, config: Config | None, now: float | None = None) -> dict[str, Any]:
@@ -24,22 +25,21 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         StoreError: Redis unreachable.
     """
     now = time.time() if now is None else now
-    overrides = await store.get_overrides()
-    desired = await store.get_desired()
     if config is not None:
         regions = sorted(config.inventory.regions)
+        inputs = await read_plan_inputs(store, regions, rollouts=[r.name for r in config.policy.rollouts])
     else:
-        regions = sorted(set(desired.regions if desired is not None else ()) | set(overrides))
-    reports, _ = await store.get_reports(regions)
+        # No valid local files: every region Redis knows of (the plan in force, overrides).
+        known = await read_plan_inputs(store, [])
+        regions = sorted(set(known.previous.regions if known.previous is not None else ()) | set(known.overrides))
+        inputs = await read_plan_inputs(store, regions)
+    reports, overrides, desired = inputs.reports, inputs.overrides, inputs.previous
     leader = await store.leader()
     controller = await store.get_applied("controller") or {}
     rollout_caps: dict[str, list[str]] = {}
-    if config is not None:
-        from gtm.controller.rollout import current_caps
-
-        for svc, region_caps in (await current_caps(store, config.policy)).items():
-            for region, cap in region_caps.items():
-                rollout_caps.setdefault(region, []).append(f"{svc}: {cap.reason}")
+    for svc, region_caps in inputs.caps.items():
+        for region, cap in region_caps.items():
+            rollout_caps.setdefault(region, []).append(f"{svc}: {cap.reason}")
     rejected = await store.rejected_counts()
     # The audit entry written with the desired state (controller ``_persist``) carries its
     # commit; other entries (forced drains, rejected policies) may be newer.
@@ -121,17 +121,10 @@ async def plan_now(store: Store, config: Config, now: float | None = None) -> tu
         ``(plan, previous)``, previous being the stored desired state (or None).
     """
     now = time.time() if now is None else now
-    regions = sorted(config.policy.region_names & config.inventory.regions.keys())
-    reports, _ = await store.get_reports(regions)
-    overrides = await store.get_overrides()
-    cleared = await store.get_damping_cleared()
-    previous = await store.get_desired()
-    from gtm.controller.rollout import current_caps
-
-    caps = await current_caps(store, config.policy)
-    state = plan(config.policy, config.inventory, reports, overrides, previous, now, digest=config.digest,
-                 caps=caps or None, damping_cleared=cleared)
-    return state, previous
+    inputs = await read_plan_inputs(store, planned_regions(config.policy, config.inventory.regions),
+                                    rollouts=[r.name for r in config.policy.rollouts])
+    state = plan(config.policy, config.inventory, now=now, digest=config.digest, **inputs.plan_kwargs())
+    return state, inputs.previous
 
 
 def pools_with_services(state: DesiredState) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gtm.engine.gates import ceiling_breach, evaluate
+from gtm.errors import RolloutError
 from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport, ModelStats
 from gtm.models.rollout import RolloutSpec, WeightCap
@@ -222,9 +223,9 @@ def start(
 
 
 def pause(state: RolloutState, now: float, *, actor: str, reason: str = "") -> RolloutState:
-    """Freeze a running rollout. Raises ``ValueError`` unless it is running."""
+    """Freeze a running rollout. Raises ``RolloutError`` unless it is running."""
     if state.status != "running":
-        raise ValueError(f"rollout {state.name} is {state.status}, not running")
+        raise RolloutError(f"rollout {state.name} is {state.status}, not running")
     st = state.model_copy(deep=True)
     st.status, st.paused_at = "paused", now
     st.record(now, "paused", f"paused by {actor}" + (f": {reason}" if reason else "") + "; caps hold", actor=actor)
@@ -232,9 +233,9 @@ def pause(state: RolloutState, now: float, *, actor: str, reason: str = "") -> R
 
 
 def resume(state: RolloutState, now: float, *, actor: str, reason: str = "") -> RolloutState:
-    """Continue a paused rollout, or retry a halted one. Raises ``ValueError`` otherwise."""
+    """Continue a paused rollout, or retry a halted one. Raises ``RolloutError`` otherwise."""
     if state.status not in ("paused", "halted"):
-        raise ValueError(f"rollout {state.name} is {state.status}: only a paused or halted rollout resumes")
+        raise RolloutError(f"rollout {state.name} is {state.status}: only a paused or halted rollout resumes")
     st = state.model_copy(deep=True)
     why = f" ({reason})" if reason else ""
     if st.status == "paused":
@@ -259,9 +260,9 @@ def resume(state: RolloutState, now: float, *, actor: str, reason: str = "") -> 
 
 def abort(state: RolloutState, now: float, *, actor: str, reason: str = "") -> RolloutState:
     """End an active rollout. Regions in flight are routed away until they no longer serve
-    the target version. Raises ``ValueError`` if it already ended."""
+    the target version. Raises ``RolloutError`` if it already ended."""
     if not state.active:
-        raise ValueError(f"rollout {state.name} already {state.status}")
+        raise RolloutError(f"rollout {state.name} already {state.status}")
     st = state.model_copy(deep=True)
     st.status, st.paused_at = "aborted", None
     for region in _wave_regions(st):
@@ -312,17 +313,17 @@ def release(state: RolloutState, region: str, now: float, *, actor: str, reason:
     healthy replica serves the target version.
 
     Raises:
-        ValueError: the rollout is not aborted, or ``region`` is not one of its reverting
+        RolloutError: the rollout is not aborted, or ``region`` is not one of its reverting
             regions (the message lists them).
     """
     if state.status != "aborted":
-        raise ValueError(f"rollout {state.name} is {state.status}; only an aborted rollout's regions can be released")
+        raise RolloutError(f"rollout {state.name} is {state.status}; only an aborted rollout's regions can be released")
     reverting = sorted(r for r, p in state.regions.items() if p.phase == "reverting")
     if region not in state.regions:
-        raise ValueError(f"unknown region {region!r}: rollout {state.name} covers {', '.join(sorted(state.regions))}")
+        raise RolloutError(f"unknown region {region!r}: rollout {state.name} covers {', '.join(sorted(state.regions))}")
     if region not in reverting:
         held = ", ".join(reverting) or "none"
-        raise ValueError(f"region {region} is not routed away by rollout {state.name} (reverting: {held})")
+        raise RolloutError(f"region {region} is not routed away by rollout {state.name} (reverting: {held})")
     st = state.model_copy(deep=True)
     why = f"released by {actor}" + (f": {reason}" if reason else "")
     _enter(st, region, "reverted", now, f"{why}; normal routing, may still serve {st.spec.target_version}",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gtm.errors import PermanentProviderError
+from gtm.errors import UnsafePlanError
 
 OWNER_PREFIX = "_gtm-owner"
 """Ownership markers are TXT records at ``_gtm-owner.<name>`` (ExternalDNS' TXT registry idea)."""
@@ -122,10 +122,6 @@ class Change:
         rs = self.record
         alias_last = "1" if rs.alias_target else "0"
         return (order, alias_last, rs.name, f"{rs.rdtype}/{rs.set_identifier or ''}")
-
-
-class UnsafePlanError(PermanentProviderError):
-    """A plan touches more than the allowed share of the zone's owned record sets."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gtm.errors import ConfigError, LeaseLostError, StoreError
 from gtm.log import get_logger
+from gtm.models.audit import AuditEntry
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport
@@ -198,27 +199,44 @@ class Store:
         operator may have replaced it meanwhile); returns whether it was deleted.
         Raises ``StoreError``."""
         key = self.keys.override(override.region)
+
+        async def same(pipe: Any) -> bool:
+            return _parse_override(await pipe.get(key)) == override
+
+        def delete(pipe: Any) -> None:
+            pipe.delete(key)
+            pipe.publish(self.keys.events, f"override:{override.region}")
+
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    text = await pipe.get(key)
-                    try:
-                        same = text is not None and Override.model_validate_json(text) == override
-                    except ValidationError:
-                        same = False
-                    if not same:
-                        await pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.publish(self.keys.events, f"override:{override.region}")
-                    await pipe.execute()
-                except WatchError:
-                    return False
+            return await self.compare_and_set([key], same, delete)
         except RedisError as exc:
             raise StoreError(f"deleting override for {override.region}: {exc}") from exc
-        return True
+
+    async def put_override_if(self, override: Override, expect: Override | None) -> bool:
+        """Set ``override.region``'s override only if the one stored is still ``expect`` (None:
+        no override), and wake the controller; returns whether it was written (False: another
+        operator changed it since it was read). Raises ``StoreError``."""
+        key = self.keys.override(override.region)
+
+        async def unchanged(pipe: Any) -> bool:
+            return _parse_override(await pipe.get(key)) == expect
+
+        def put(pipe: Any) -> None:
+            pipe.set(key, override.model_dump_json())
+            pipe.publish(self.keys.events, f"override:{override.region}")
+
+        try:
+            return await self.compare_and_set([key], unchanged, put)
+        except RedisError as exc:
+            raise StoreError(f"writing override for {override.region}: {exc}") from exc
+
+    async def get_override(self, region: str) -> Override | None:
+        """``region``'s override as stored (expired ones included), or None (also when it
+        cannot be parsed). Raises ``StoreError``."""
+        try:
+            return _parse_override(await self.client.get(self.keys.override(region)))
+        except RedisError as exc:
+            raise StoreError(f"reading override for {region}: {exc}") from exc
 
     async def get_overrides(self) -> dict[str, Override]:
         """Every override, by region; malformed ones are logged and skipped."""
@@ -309,19 +327,45 @@ class Store:
         return text if isinstance(text, str) else None
 
     async def _if_leader(self, lease_value: str, op: Callable[[Any], Any]) -> bool:
-        """Run ``op(pipeline)`` in a MULTI/EXEC only while ``lease_value`` holds the lease.
+        """Run ``op(pipeline)`` in a MULTI/EXEC only while ``lease_value`` holds the lease."""
 
-        WATCH on the leader key makes the check and the write atomic (no Lua needed, so the
-        embedded fakeredis store behaves the same as a real server).
+        async def holds(pipe: Any) -> bool:
+            return bool(await pipe.get(self.keys.leader) == lease_value)
+
+        return await self.compare_and_set([self.keys.leader], holds, op)
+
+    async def compare_and_set(
+        self,
+        watch: Sequence[str],
+        check: Callable[[Any], Awaitable[bool]],
+        write: Callable[[Any], Any],
+    ) -> bool:
+        """The one optimistic transaction of the store: WATCH ``watch``, let ``check(pipe)``
+        read them (immediate mode) and decide, then ``write(pipe)`` in MULTI/EXEC.
+
+        WATCH makes the check and the write atomic without Lua, so the embedded fakeredis
+        store behaves the same as a real server.
+
+        Args:
+            watch: keys whose change between the check and the write cancels the write.
+            check: reads through the pipeline; False leaves everything as it is. It may raise
+                (e.g. ``LeaseLostError``); the watch is then dropped.
+            write: queues the writes on the pipeline (MULTI already started).
+
+        Returns:
+            True when written; False when ``check`` said no or a watched key changed meanwhile.
+
+        Raises:
+            RedisError: untranslated (callers name what they were writing in a ``StoreError``).
         """
         async with self.client.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(self.keys.leader)
-                if await pipe.get(self.keys.leader) != lease_value:
+                await pipe.watch(*watch)
+                if not await check(pipe):
                     await pipe.unwatch()
                     return False
                 pipe.multi()
-                op(pipe)
+                write(pipe)
                 await pipe.execute()
             except WatchError:
                 return False
@@ -357,13 +401,14 @@ class Store:
 
     # -- audit ---------------------------------------------------------------------------
 
-    async def append_audit(self, entry: dict[str, Any]) -> str:
-        """Append one audit entry (values are JSON-encoded); returns its stream id."""
-        fields = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in entry.items()}
+    async def append_audit(self, entry: AuditEntry) -> str:
+        """Append one audit entry (``AuditEntry.to_fields``); returns its stream id.
+        Raises ``StoreError``."""
         try:
             return str(
                 await self.client.xadd(
-                    self.keys.audit, fields, maxlen=AUDIT_STREAM_MAXLEN, approximate=True
+                    self.keys.audit, entry.to_fields(),  # type: ignore[arg-type]
+                    maxlen=AUDIT_STREAM_MAXLEN, approximate=True,
                 )
             )
         except RedisError as exc:
@@ -396,17 +441,14 @@ class Store:
             token = int(await self.client.incr(self.keys.epoch))
             value = f"{owner}|{token}"
             # Swap the claim for the tokened value only while the claim is still ours.
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(self.keys.leader)
-                    if await pipe.get(self.keys.leader) != claim:
-                        await pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    pipe.set(self.keys.leader, value, px=ttl_ms)
-                    await pipe.execute()
-                except WatchError:
-                    return None
+
+            async def still_ours(pipe: Any) -> bool:
+                return bool(await pipe.get(self.keys.leader) == claim)
+
+            if not await self.compare_and_set(
+                [self.keys.leader], still_ours, lambda pipe: pipe.set(self.keys.leader, value, px=ttl_ms)
+            ):
+                return None
         except RedisError as exc:
             raise StoreError(f"acquiring lease: {exc}") from exc
         return value, token
@@ -466,25 +508,21 @@ class Store:
             StoreError: Redis failed.
         """
         key = self.keys.rollout(name)
+        watch = [key, *([self.keys.leader] if lease_value is not None else [])]
+
+        async def unchanged(pipe: Any) -> bool:
+            if lease_value is not None and await pipe.get(self.keys.leader) != lease_value:
+                raise LeaseLostError("leader lease lost; rollout state not written")
+            return bool(await pipe.get(key) == expect)
+
+        def put(pipe: Any) -> None:
+            pipe.set(key, data)
+            pipe.publish(self.keys.events, f"rollout:{name}")
+
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key, *([self.keys.leader] if lease_value is not None else []))
-                    if lease_value is not None and await pipe.get(self.keys.leader) != lease_value:
-                        await pipe.unwatch()
-                        raise LeaseLostError("leader lease lost; rollout state not written")
-                    if await pipe.get(key) != expect:
-                        await pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.set(key, data)
-                    pipe.publish(self.keys.events, f"rollout:{name}")
-                    await pipe.execute()
-                except WatchError:
-                    return False
+            return await self.compare_and_set(watch, unchanged, put)
         except RedisError as exc:
             raise StoreError(f"writing rollout {name}: {exc}") from exc
-        return True
 
     async def delete_rollout(self, name: str) -> bool:
         """Remove a rollout's state (tests and clean-up); returns whether it existed."""
@@ -516,6 +554,15 @@ class Store:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
+
+
+def _parse_override(text: str | None) -> Override | None:
+    if text is None:
+        return None
+    try:
+        return Override.model_validate_json(text)
+    except ValidationError:
+        return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,0 +1,90 @@
+"""The one reader of the engine's inputs from Redis.
+
+``engine.plan(policy, inventory, reports, overrides, previous, now, caps=..., damping_cleared=...)``
+takes everything as arguments. Whoever plans (the controller's loop, ``gtm plan``, ``gtm
+status``, the drain projection of the CLI and the API, the routing diff) reads those arguments
+here, so a new input (anycast state, vantage-point probes) is added in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gtm.models.override import Override
+from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy
+from gtm.models.report import FleetReport
+from gtm.store.rollouts import Caps, current_caps
+from gtm.store.store import Store
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What Redis holds for one plan.
+
+    Attributes:
+        reports: latest valid report per region (stale ones included: the engine judges age).
+        rejected: one message per newly seen malformed report (already counted in Redis).
+        overrides: operator overrides (drain, cordon) per region, expired ones included.
+        damping_cleared: region → unix seconds an operator last cleared its flap damping.
+        caps: rollout weight caps, service → region → ``WeightCap``, of the stored rollouts
+            (not advanced; the controller's rollout driver advances them and passes its own).
+        previous: the stored desired state (the routing in force), or None.
+    """
+
+    reports: dict[str, FleetReport] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    overrides: dict[str, Override] = field(default_factory=dict)
+    damping_cleared: dict[str, float] = field(default_factory=dict)
+    caps: Caps = field(default_factory=dict)
+    previous: DesiredState | None = None
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``engine.plan`` these inputs fill (besides the policy,
+        inventory, ``now`` and ``digest``): ``reports``, ``overrides``, ``previous``, ``caps``,
+        ``damping_cleared``."""
+        return {
+            "reports": self.reports, "overrides": self.overrides, "previous": self.previous,
+            "caps": self.caps or None, "damping_cleared": self.damping_cleared,
+        }
+
+    def with_override(self, override: Override) -> PlanInputs:
+        """These inputs with ``override`` in force for its region (a projection's what-if)."""
+        return replace(self, overrides={**self.overrides, override.region: override})
+
+
+def planned_regions(policy: Policy, inventory_regions: Iterable[str]) -> list[str]:
+    """The regions a plan covers: named by the policy and present in the inventory, sorted."""
+    return sorted(policy.region_names & set(inventory_regions))
+
+
+async def read_plan_inputs(
+    store: Store,
+    regions: Iterable[str],
+    *,
+    rollouts: Iterable[str] = (),
+    previous: bool = True,
+) -> PlanInputs:
+    """Read the engine's inputs.
+
+    Args:
+        store: the Redis store.
+        regions: whose reports to read (usually ``planned_regions(policy, inventory)``).
+        rollouts: names of the rollouts whose caps apply (the policy's ``rollouts``); their
+            stored states are read, not advanced.
+        previous: whether to read the stored desired state too (the controller's loop keeps
+            its own between cycles).
+
+    Raises:
+        StoreError: Redis could not be read.
+    """
+    reports, rejected = await store.get_reports(sorted(set(regions)))
+    overrides = await store.get_overrides()
+    cleared = await store.get_damping_cleared()
+    names = sorted(set(rollouts))
+    caps = await current_caps(store, names) if names else {}
+    stored = await store.get_desired() if previous else None
+    return PlanInputs(reports=reports, rejected=rejected, overrides=overrides, damping_cleared=cleared,
+                      caps=caps, previous=stored)
