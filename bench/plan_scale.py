@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from gtm.engine import plan
+from gtm.engine import PlanCache, plan
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory, Region
 from gtm.models.report import FleetReport, ModelStats
@@ -75,13 +75,14 @@ def build(n_services: int, *, distinct: bool, seed: int = 7) -> tuple[Policy, In
 def time_plan(n_services: int, *, distinct: bool, repeats: int = 5) -> dict[str, Any]:
     policy, inv, reports = build(n_services, distinct=distinct)
     now = 1_800_000_000.0
+    cache = PlanCache()
     t0 = time.perf_counter()
-    prev = plan(policy, inv, reports, {}, None, now, digest="bench")  # cold: compiles services → pools
+    prev = plan(policy, inv, reports, {}, None, now, digest="bench", cache=cache)  # cold: compiles services → pools
     cold_ms = (time.perf_counter() - t0) * 1000
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        prev = plan(policy, inv, reports, {}, prev, now + 1 + i, digest="bench")
+        prev = plan(policy, inv, reports, {}, prev, now + 1 + i, digest="bench", cache=cache)
         times.append((time.perf_counter() - t0) * 1000)
     return {
         "services": n_services,
@@ -122,7 +123,8 @@ def time_example_policy(repeats: int = 2000) -> dict[str, Any]:
             )
         return out
 
-    prev = plan(cfg.policy, cfg.inventory, reports(0), {}, None, now, digest=cfg.digest)
+    cache = PlanCache()
+    prev = plan(cfg.policy, cfg.inventory, reports(0), {}, None, now, digest=cfg.digest, cache=cache)
     steady, changing = [], []
     same = reports(0)
     varied = [reports(k) for k in range(5)]
@@ -134,13 +136,13 @@ def time_example_policy(repeats: int = 2000) -> dict[str, Any]:
         t += 0.5
         reps = fresh(same, t)
         t0 = time.perf_counter()
-        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest)
+        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest, cache=cache)
         steady.append(time.perf_counter() - t0)
     for i in range(repeats):
         t += 0.5
         reps = fresh(varied[i % 5], t)
         t0 = time.perf_counter()
-        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest)
+        prev = plan(cfg.policy, cfg.inventory, reps, {}, prev, t, digest=cfg.digest, cache=cache)
         changing.append(time.perf_counter() - t0)
     assert not prev.held, prev.hold_reason
     return {

@@ -449,7 +449,9 @@ def policy_verify(
         cfg = load_config(paths or [policies], regions)
     except ConfigError as exc:
         fail(exc, False, 2)
+    t0 = time.perf_counter()
     res = verify(cfg.policy, cfg.inventory, load=load, max_exhaustive=max_exhaustive)
+    res.seconds = time.perf_counter() - t0
     if output is Output.json:
         print_json({
             "regions": list(res.regions), "exhaustive": res.exhaustive, "max_failures": res.max_failures,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gtm.config.loader import Config
-from gtm.engine import plan
+from gtm.engine import PlanCache, plan
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState, PoolPlan
 from gtm.store.inputs import PlanInputs
@@ -52,8 +52,9 @@ def project_drain(
     reports = inputs.reports
     ovs = {**inputs.overrides, region: override}
     caps, cleared = inputs.caps or None, inputs.damping_cleared or None
+    cache = PlanCache()
     state = plan(cfg.policy, cfg.inventory, reports, inputs.overrides, inputs.previous, now, digest=cfg.digest,
-                 caps=caps, damping_cleared=cleared)
+                 caps=caps, damping_cleared=cleared, cache=cache)
     before = state
     t = now
     out = DrainProjection()
@@ -63,7 +64,7 @@ def project_drain(
         # Today's reports, kept fresh as simulated time moves on (else they would age out).
         fresh = {r: rep.model_copy(update={"observed_at": max(rep.observed_at, t)}) for r, rep in reports.items()}
         state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest, caps=caps,
-                     damping_cleared=cleared)
+                     damping_cleared=cleared, cache=cache)
         weights = tuple(p.weight_of(region) for p in state.pools.values())
         if override.kind == "cordon" or all(w == 0 for w in weights):
             out.steps = step + 1

@@ -26,7 +26,7 @@ from typing import Any
 
 from gtm.config.loader import Config, load_config
 from gtm.controller.provider_worker import ProviderWorker
-from gtm.engine import plan
+from gtm.engine import PlanCache, plan
 from gtm.errors import ConfigError, LeaseLostError, ProviderError, StoreError
 from gtm.log import get_logger
 from gtm.models.audit import AuditDecision, AuditEntry
@@ -119,6 +119,7 @@ class Controller:
         self.state: DesiredState | None = None
         self.lease: tuple[str, int] | None = None
         self._wake = asyncio.Event()
+        self._plan_cache = PlanCache()
         self._applied: dict[str, str] = {}
         self._reread = False
         self._leader_since = 0.0
@@ -363,6 +364,7 @@ class Controller:
             new = plan(
                 self.config.policy, self.config.inventory, reports, overrides, previous, now,
                 digest=self.config.digest, caps=caps, damping_cleared=inputs.damping_cleared,
+                cache=self._plan_cache,
             )
         except Exception:  # never make things worse: keep serving the last good routing
             self.stats.engine_errors += 1

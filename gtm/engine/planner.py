@@ -67,6 +67,7 @@ def plan(
     digest: str = "",
     caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
     damping_cleared: Mapping[str, float] | None = None,
+    cache: PlanCache | None = None,
 ) -> DesiredState:
     """Compute the desired routing.
 
@@ -83,11 +84,15 @@ def plan(
         damping_cleared: region → unix seconds an operator cleared its flap damping
             (``gtm undamp``); earlier transitions no longer count and a penalty begun by then
             is lifted (the region then ramps back in planned steps).
+        cache: what to reuse between calls (``PlanCache``): a caller that plans again and again
+            (the controller's loop, a drain projection, ``policy verify``) passes one and keeps
+            it; without one every call compiles the policy afresh. The plan is the same either
+            way (a property test holds that); only the time differs.
 
     Returns:
         The desired state. Its ``generation`` grows only when the routing changes.
     """
-    compiled = _compile(policy, inventory)
+    compiled = cache.compiled(policy, inventory) if cache is not None else _compile(policy, inventory)
     regions = compiled.regions
     stale = [r for r in regions if not is_fresh(reports.get(r), policy.health, now)]
     if regions and len(stale) / len(regions) > policy.safety.stale_fraction:
@@ -161,20 +166,41 @@ class _Compiled:
     while the signature holds and the previous plan passes that very pool object back."""
 
 
-_COMPILED: list[tuple[Policy, Inventory, _Compiled]] = []
-_COMPILED_MAX = 4
+class PlanCache:
+    """What ``plan()`` may reuse from one call to the next, held by the caller (no hidden
+    module state: two planners never share a cache, and a test can start from an empty one).
+
+    Holds the compiled form of the last few (policy, inventory) pairs (services → pools,
+    endpoints), keyed on the identity of the two frozen models (the controller plans with the
+    same objects until the policy changes), and per compiled pair the pools last planned settled
+    and unchanged. Not thread-safe: one cache per planning loop or thread.
+
+    Args:
+        max_entries: how many (policy, inventory) pairs to keep compiled.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self.max_entries = max_entries
+        self._entries: list[tuple[Policy, Inventory, _Compiled]] = []
+
+    def compiled(self, policy: Policy, inventory: Inventory) -> _Compiled:
+        """The compiled pair, compiled now if it is not held (the oldest then leaves)."""
+        for pol, inv, comp in self._entries:
+            if pol is policy and inv is inventory:
+                return comp
+        comp = _compile(policy, inventory)
+        self._entries.insert(0, (policy, inventory, comp))
+        del self._entries[self.max_entries:]
+        return comp
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
-    """Services → pool ids, computed once per (policy, inventory) pair.
-
-    Memoised on the identity of the two frozen models (the controller plans with the same
-    objects until a policy change), so steady-state planning costs per pool, not per service.
-    The result is shared between plans and must not be mutated.
-    """
-    for pol, inv, comp in _COMPILED:
-        if pol is policy and inv is inventory:
-            return comp
+    """Services → pool ids for one (policy, inventory) pair; ``PlanCache`` keeps the result
+    so steady-state planning costs per pool, not per service. The result is shared between
+    plans and must not be mutated (but for its ``settled_pools``)."""
     services: dict[str, ServicePlan] = {}
     pool_keys: dict[str, _PoolKey] = {}
     key_ids: dict[_PoolKey, str] = {}
@@ -230,10 +256,7 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
     endpoints = {
         r: tuple((e.rdtype, e.value) for e in inventory.regions[r].endpoints) for r in regions
     }
-    comp = _Compiled(services=services, pool_keys=pool_keys, endpoints=endpoints, regions=regions)
-    _COMPILED.insert(0, (policy, inventory, comp))
-    del _COMPILED[_COMPILED_MAX:]
-    return comp
+    return _Compiled(services=services, pool_keys=pool_keys, endpoints=endpoints, regions=regions)
 
 
 def _previous_pool(
