@@ -407,7 +407,7 @@ class Controller:
     async def _write_info(self) -> None:
         """Record the policy in force and any rejection where ``gtm status`` can show it."""
         assert self.config is not None
-        info = {
+        info: dict[str, Any] = {
             "owner": self.settings.owner, "policy_digest": self.config.digest, "policy_commit": self.config.commit,
             "policy_rejected": self.stats.last_error if self.stats.last_error.startswith("policy rejected") else "",
             "updated_at": self.clock(),

@@ -110,21 +110,21 @@ def plan(
     prev_pools = previous.pools if previous is not None else {}
     prev_capped = {pid.partition(".")[0]: p for pid, p in prev_pools.items() if "." in pid}
     pools: dict[str, PoolPlan] = {}
-    cache = compiled.settled_pools
+    settled = compiled.settled_pools
     region_sigs: dict[tuple[str, str | None], tuple[object, ...]] = {}
     for pool_id, key in pool_keys.items():
         prev_pool = _previous_pool(prev_pools, prev_capped, pool_id)
         sig = _pool_signature(key, statuses, reports, active_overrides, admitted, region_sigs)
-        hit = cache.get(pool_id)
+        hit = settled.get(pool_id)
         if hit is not None and prev_pool is not None and hit[1] is prev_pool and hit[0] == sig:
             pools[pool_id] = prev_pool  # settled, same inputs: planning it again gives the same
             continue
-        pool, settled = _plan_pool(pool_id, key, policy, statuses, reports, active_overrides, admitted,
-                                   prev_pool, now)
-        if settled and pool == prev_pool:
-            cache[pool_id] = (sig, pool)
+        pool, is_settled = _plan_pool(pool_id, key, policy, statuses, reports, active_overrides, admitted,
+                                      prev_pool, now)
+        if is_settled and pool == prev_pool:
+            settled[pool_id] = (sig, pool)
         else:
-            cache.pop(pool_id, None)
+            settled.pop(pool_id, None)
         pools[pool_id] = pool
     services, fallback_decisions = apply_fallbacks(policy, inventory, services, pools)
     endpoints = compiled.endpoints
@@ -294,7 +294,7 @@ def _with_caps(
             if not c:
                 routes.append(route)
                 continue
-            new_key: _PoolKey = (*key[:6], c, key[7])  # type: ignore[assignment]
+            new_key: _PoolKey = (key[0], key[1], key[2], key[3], key[4], key[5], c, key[7])
             # Stable while the caps move (canary → ramp), so pacing sees the previous weights.
             pool_id = f"{route.pool_id}.{svc.name}"
             pool_keys[pool_id] = new_key

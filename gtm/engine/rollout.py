@@ -415,7 +415,7 @@ def _run(st: RolloutState, fresh: Mapping[str, FleetReport], now: float, token: 
 
 def _start_wave(st: RolloutState, wave: int, now: float, token: int | None) -> None:
     st.wave = wave
-    first = "draining" if st.spec.drain_first else "ready-for-deploy"
+    first: Phase = "draining" if st.spec.drain_first else "ready-for-deploy"
     for region in st.spec.waves[wave]:
         why = (
             f"wave {wave + 1}/{len(st.spec.waves)}: routed away, waiting TTL {st.ttl_s:g}s + grace "

@@ -169,7 +169,7 @@ class Store:
             raw = await self.client.hgetall(self.keys.rejected)
         except RedisError as exc:
             raise StoreError(f"reading rejected counts: {exc}") from exc
-        return {k: int(v) for k, v in raw.items()}
+        return {_str(k): int(v) for k, v in raw.items()}
 
     # -- overrides -----------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class Store:
         """``region``'s override as stored (expired ones included), or None (also when it
         cannot be parsed). Raises ``StoreError``."""
         try:
-            return _parse_override(await self.client.get(self.keys.override(region)))
+            return _parse_override(_opt_str(await self.client.get(self.keys.override(region))))
         except RedisError as exc:
             raise StoreError(f"reading override for {region}: {exc}") from exc
 
@@ -284,7 +284,7 @@ class Store:
                 log.warning("get_damping_cleared: skipping malformed entry for %s: %s", region, exc)
                 continue
             if math.isfinite(at):
-                out[region] = at
+                out[_str(region)] = at
         return out
 
     # -- desired / applied state ---------------------------------------------------------
@@ -380,7 +380,7 @@ class Store:
         if text is None:
             return None
         try:
-            return DesiredState.from_json(text)
+            return DesiredState.from_json(_str(text))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("get_desired: stored desired state unreadable: %s", exc)
             return None
@@ -420,7 +420,7 @@ class Store:
             rows = await self.client.xrevrange(self.keys.audit, count=count)
         except RedisError as exc:
             raise StoreError(f"reading audit: {exc}") from exc
-        return [(str(i), dict(f)) for i, f in rows]
+        return [(_str(i), {_str(k): _str(v) for k, v in f.items()}) for i, f in rows or [] if i is not None and f]
 
     # -- leader lease and fencing --------------------------------------------------------
 
@@ -490,7 +490,7 @@ class Store:
             raw = await self.client.mget([self.keys.rollout(n) for n in names])
         except RedisError as exc:
             raise StoreError(f"reading rollouts: {exc}") from exc
-        return {n: t for n, t in zip(names, raw, strict=True) if t is not None}
+        return {n: _str(t) for n, t in zip(names, raw, strict=True) if t is not None}
 
     async def put_rollout(
         self, name: str, data: str, *, expect: str | None, lease_value: str | None = None
@@ -554,6 +554,15 @@ class Store:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
+
+
+def _str(value: bytes | str) -> str:
+    """A Redis reply as text (the client decodes replies; fakeredis and the stubs may not say so)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _opt_str(value: bytes | str | None) -> str | None:
+    return None if value is None else _str(value)
 
 
 def _parse_override(text: str | None) -> Override | None:
