@@ -3,7 +3,7 @@ and HTTP-level fault injection for what moto cannot produce (throttling, PENDING
 
 moto 5.2 has two gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
 set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused),
-both fixed by ``MOTO_FIX`` from ``gtm.sim.moto_route53`` (which explains them), applied
+both fixed by ``MOTO_FIX`` from ``gtm.testing.moto`` (which explains them), applied
 in-process here and in the moto server process of ``test_route53_server.py``.
 """
 
@@ -31,7 +31,7 @@ from gtm.models.region import Inventory
 from gtm.providers.records import Observed, RecordSet
 from gtm.providers.registry import provider_class
 from gtm.providers.route53 import DARK_SET_ID, MAX_BATCH_CHARS, MAX_BATCH_RECORDS, Route53Provider
-from gtm.sim.moto_route53 import MOTO_FIX
+from gtm.testing.moto import MOTO_FIX
 from tests.factories import (
     FOUR_REGIONS,
     T0,

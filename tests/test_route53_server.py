@@ -1,6 +1,6 @@
 """Route 53 provider against moto's server in a separate process, over HTTP with ``endpoint_url``.
 
-The server is ``gtm.sim.moto_route53.MotoServer`` (moto's own ``moto.server.main`` with
+The server is ``gtm.testing.moto.MotoServer`` (moto's own ``moto.server.main`` with
 ``MOTO_FIX`` applied first), started once per module; each test resets it with
 ``POST /moto-api/reset``.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gtm.sim.moto_route53 import MotoServer
+from gtm.testing.moto import MotoServer
 from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
 from tests.test_route53 import (
     ADDR,

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +35,7 @@ from gtm.errors import LeaseLostError, StoreError
 from gtm.models.plan import DesiredState
 from gtm.store import Store, connect
 from gtm.store.keys import Keys
+from gtm.testing.ports import free_port
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -307,12 +307,6 @@ async def test_audit_append_and_read_newest_first(store: Store) -> None:
 # -- Redis going away ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -348,7 +342,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes
     """A private redis-server on a spare port; every process started is killed after."""
     if not Path(REDIS_SERVER).exists():  # pragma: no cover
         skip_or_fail("redis-server not installed")
-    port = _free_port()
+    port = free_port()
     procs = [_start_redis(port, tmp_path)]
     try:
         yield port, procs

@@ -800,7 +800,7 @@ def drill(
     and the seconds until it excluded and restored the region are printed. Exits 0 when every
     provider converged and EU answers stayed in the EU; needs `named` and moto[server].
     """
-    from gtm.sim.provider_drill import run_provider_drill
+    from gtm.testing.provider_drill import run_provider_drill
 
     setup_logging("ERROR")
     ok = asyncio.run(run_provider_drill(console, json_out=output is Output.json))

@@ -27,8 +27,6 @@ leaving the ``with`` block). Needs ``moto[server]`` (the ``test`` extra).
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from gtm.sim.procs import stop_process
+from gtm.testing.ports import free_port
+from gtm.testing.procs import stop_process
 
 __all__ = ["MOTO_FIX", "MotoServer", "MotoStartError"]
 
@@ -93,19 +92,6 @@ class MotoStartError(RuntimeError):
     """moto's server is not installed, exited, or did not answer in time."""
 
 
-def _free_port(host: str, low: int = 20000, high: int = 32000) -> int:
-    """A free TCP port on ``host`` below the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise MotoStartError(f"no free port in {low}-{high} on {host}")
-
-
 class MotoServer:
     """moto's server (every AWS service it mocks; Route 53 with ``MOTO_FIX``) in a child process.
 
@@ -128,7 +114,7 @@ class MotoServer:
         self._log = tempfile.NamedTemporaryFile(prefix="gtm-moto-", suffix=".log")  # noqa: SIM115
         last: MotoStartError | None = None
         for _ in range(max(1, attempts)):
-            self.port = port or _free_port(host)
+            self.port = port or free_port(host)
             try:
                 self._run(ready_timeout_s)
                 return
