@@ -21,8 +21,8 @@ import statistics
 import time
 from typing import Any
 
-from gtm.sim.cluster import Cluster
-from gtm.sim.redisproc import RedisProcess
+from gtm.testing.cluster import Cluster
+from gtm.testing.redis import RedisProcess
 
 TARGETS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1")
 

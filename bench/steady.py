@@ -16,8 +16,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gtm.providers.dnsclient import query
-from gtm.sim.cluster import Cluster
-from gtm.sim.redisproc import RedisProcess
+from gtm.testing.cluster import Cluster
+from gtm.testing.redis import RedisProcess
 
 WRITE_COMMANDS = ("set", "xadd", "publish", "eval", "evalsha", "hincrby", "del", "pexpire", "incr")
 

@@ -1,6 +1,9 @@
 """The zero-setup demo: four regions, simulated fleets, agents, controller and embedded DNS in one
 process, on an embedded store (fakeredis), driven through a scripted scenario.
 
+The regions, fleets and agents are ``gtm.testing.scenario``'s (shared with the provider drill);
+only the CLI's ``gtm demo`` imports this module.
+
 Every share printed comes from real DNS queries over UDP to the embedded server, with an EDNS
 Client Subnet option placing the client in the EU or the US.
 """
@@ -10,111 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from gtm.agent.daemon import AgentSettings, RegionAgent
-from gtm.config.loader import Config, policy_digest
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.models.override import Override
-from gtm.models.policy import Policy
-from gtm.models.region import Inventory, Region
 from gtm.providers.dnsclient import query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
-from gtm.sim.fleet import start_fleet
 from gtm.store import connect
-
-FQDN = "chat.gtm.example.com"
-EU_CLIENT = "100.96.7.0/24"
-US_CLIENT = "100.64.9.0/24"
-MODEL = "llama-3.1-8b"
-VERSION = "llama-3.1-8b-2026-10"
-
-# region, jurisdiction, continent, client network, endpoint, engine kind, replicas
-_REGIONS = [
-    ("us-east-1", "US", "NA", "100.64.0.0/16", "192.0.2.10", "vllm", 4),
-    ("us-west-2", "US", "NA", "100.65.0.0/16", "192.0.2.20", "tgi", 2),
-    ("eu-west-1", "EU", "EU", "100.96.0.0/16", "192.0.2.30", "vllm", 3),
-    ("eu-central-1", "EU", "EU", "100.97.0.0/16", "192.0.2.40", "sglang", 2),
-]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def demo_config(ports: dict[str, int]) -> Config:
-    """The demo's inventory and policy (the same shape as ``regions/`` and ``policies/``)."""
-    regions = {}
-    for name, jur, cont, net, addr, kind, replicas in _REGIONS:
-        fleet: list[dict[str, Any]] = [
-            {"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{ports[name]}",
-             "model": MODEL, "version": VERSION, "replicas": replicas},
-        ]
-        if name == "us-east-1":
-            fleet.append({"name": "gpu", "kind": "dcgm", "url": f"http://127.0.0.1:{ports[name]}/dcgm/metrics"})
-        regions[name] = Region.model_validate(
-            {"name": name, "jurisdiction": jur,
-             "geography": {"continent": cont, "client_networks": [net]},
-             "endpoints": [{"address": addr}], "fleet": fleet}
-        )
-    inventory = Inventory(regions=regions)
-    policy = Policy.model_validate(
-        {
-            "name": "demo",
-            "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"],
-                       "nameserver_addresses": {"ns1.gtm.example.com": "192.0.2.53"}}],
-            "health": {"fall": 2, "rise": 3, "report_timeout_s": 6},
-            "safety": {"planned_step": 64, "step_interval_s": 1.0, "weight_deadband": 8},
-            "services": [
-                {"name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30,
-                 "model": MODEL, "routing": "capacity",
-                 "regions": [r[0] for r in _REGIONS],
-                 "segments": [
-                     {"name": "eu", "match": {"continents": ["EU"]},
-                      "residency": {"jurisdictions": ["EU"]}},
-                     {"name": "default"},
-                 ]},
-            ],
-        }
-    )
-    return Config(policy=policy, inventory=inventory, digest=policy_digest(policy, inventory), files=())
-
-
-async def start_fleets_and_agents(
-    cfg: Config,
-    ports: dict[str, int],
-    store: Any,
-    stop: asyncio.Event,
-    runners: list[Any],
-    tasks: list[asyncio.Task[Any]],
-    *,
-    agent_prefix: str,
-) -> None:
-    """Start the demo's simulated fleet and agent for every region, in this process.
-
-    Appends the fleets' runners to ``runners`` and the agents' tasks to ``tasks`` (the caller
-    stops them), so a failure half-way still leaves everything started to be cleaned up.
-    """
-    for name, *_rest, kind, replicas in _REGIONS:
-        runner, _sim = await start_fleet(
-            kind, "127.0.0.1", ports[name], model=MODEL, version=VERSION, replicas=replicas
-        )
-        runners.append(runner)
-    settings = AgentSettings()
-    for name in ports:
-        agent = RegionAgent(cfg.inventory.regions[name], store, settings, agent_id=f"{agent_prefix}-{name}")
-        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{name}"))
+from gtm.testing.ports import free_port
+from gtm.testing.scenario import (
+    ADDRESS_TO_REGION,
+    EU_CLIENT,
+    FQDN,
+    REGIONS,
+    US_CLIENT,
+    scenario_config,
+    set_fleet_mode,
+    start_fleets_and_agents,
+)
 
 
 @dataclass
@@ -179,10 +102,7 @@ class Demo:
         return step
 
     async def set_fleet(self, region: str, mode: str) -> None:
-        async with aiohttp.ClientSession() as s, s.post(
-            f"http://127.0.0.1:{self.fleet_ports[region]}/_sim/state", json={"mode": mode}
-        ) as r:
-            r.raise_for_status()
+        await set_fleet_mode(self.fleet_ports[region], mode)
 
 
 def _fmt(shares: dict[str, float]) -> str:
@@ -191,8 +111,8 @@ def _fmt(shares: dict[str, float]) -> str:
 
 async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False) -> bool:
     """Run the scenario; returns True when every expectation held."""
-    ports = {r[0]: _free_port() for r in _REGIONS}
-    cfg = demo_config(ports)
+    ports = {r[0]: free_port() for r in REGIONS}
+    cfg = scenario_config(ports)
     store = connect("embedded://", ns="demo")
     stop = asyncio.Event()
     runners = []
@@ -202,8 +122,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     await dns.start("127.0.0.1", 0)
     ctl = Controller(store, lambda: cfg, [dns], ControllerSettings(tick_s=0.25))
     tasks.append(asyncio.create_task(ctl.run(stop), name="controller"))
-    addr_to_region = {r[4]: r[0] for r in _REGIONS}
-    demo = Demo(dns, addr_to_region, ports)
+    demo = Demo(dns, ADDRESS_TO_REGION, ports)
 
     def health() -> dict[str, str]:
         st = ctl.state

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure BIND 9 (named, named-checkconf, tsig-keygen) is installed, from Debian's packages.
-# It only installs: the tests and the demo start their own named on a loopback port
-# (gtm/providers/bindserver.py); apt-get does not start the daemon here and this never does.
+# It only installs: the tests and the provider drill start their own named on a loopback port
+# (gtm/testing/bind.py); apt-get does not start the daemon here and this never does.
 set -euo pipefail
 
 have_named() {

@@ -27,6 +27,7 @@ from gtm.models.report import FleetReport
 from gtm.sim import FleetSim, start_fleet
 from gtm.store.keys import Keys
 from gtm.store.store import Store, connect
+from gtm.testing.ports import free_port
 from tests.factories import skip_or_fail
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -393,12 +394,6 @@ async def test_sigstopped_fleet_process_fails_twice_within_budget(store: Store) 
     assert rep is not None and "timeout" in rep.reason
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis(port: int) -> subprocess.Popen[bytes]:
     """Our own throw-away redis-server (no persistence) on ``port``, ready to serve."""
     exe = shutil.which("redis-server")
@@ -427,7 +422,7 @@ def stop_redis(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def test_redis_outage_survived_and_writes_resume(fleet: FleetFactory, caplog: pytest.LogCaptureFixture) -> None:
-    port = _free_port()
+    port = free_port()
     sim = await fleet()
     agent_log = logging.getLogger("gtm.agent")
     agent_log.addHandler(caplog.handler)
@@ -463,7 +458,7 @@ async def test_redis_outage_survived_and_writes_resume(fleet: FleetFactory, capl
 
 async def test_redis_never_reachable_agent_keeps_checking(fleet: FleetFactory) -> None:
     sim = await fleet()
-    nowhere = connect(f"redis://127.0.0.1:{_free_port()}/0", ns="nowhere", timeout_s=0.2)
+    nowhere = connect(f"redis://127.0.0.1:{free_port()}/0", ns="nowhere", timeout_s=0.2)
     agent = RegionAgent(region(src(sim)), nowhere, FAST)
     try:
         async with running(agent) as task:

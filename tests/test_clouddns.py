@@ -1,6 +1,6 @@
 """Google Cloud DNS provider against a local fake of the v1 REST API (real HTTP on 127.0.0.1).
 
-The fake (``gtm.providers.clouddns_fake``) checks changes the way Cloud DNS does (atomic,
+The fake (``tests/support/clouddns_server.py``) checks changes the way Cloud DNS does (atomic,
 409 on a duplicate addition, 412 on a deletion that does not match exactly, ``pending`` then
 ``done``) and counts every request, so the tests assert API traffic, not just outcomes.
 """
@@ -18,7 +18,6 @@ from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderErr
 from gtm.models.plan import DesiredState
 from gtm.models.policy import ProviderConfig
 from gtm.providers.clouddns import DARK_VALUE, CloudDnsProvider
-from gtm.providers.clouddns_fake import FakeCloudDns
 from gtm.providers.records import Plan
 from gtm.providers.registry import build_provider
 from tests.factories import (
@@ -31,6 +30,7 @@ from tests.factories import (
     make_report,
     make_service,
 )
+from tests.support.clouddns_server import FakeCloudDns
 
 PROJECT = "test-project"
 MZ = "gtm-zone"

@@ -14,9 +14,9 @@ from gtm.config.loader import Config, policy_digest
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.errors import ConfigError
 from gtm.models.plan import DesiredState
-from gtm.sim.redisproc import RedisProcess
 from gtm.store import Store, connect
 from gtm.store.keys import Keys
+from gtm.testing.redis import RedisProcess
 from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
 
 

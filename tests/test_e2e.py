@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from gtm.sim.cluster import EU_CLIENT, US_CLIENT, Cluster
-from gtm.sim.redisproc import RedisProcess
+from gtm.testing.cluster import EU_CLIENT, US_CLIENT, Cluster
+from gtm.testing.redis import RedisProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ from gtm.config import load_config
 from gtm.config.snapshot import dump_snapshot, load_snapshot
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.errors import ConfigError
-from gtm.sim.cluster import free_port
 from gtm.store import Store
 from gtm.store.keys import Keys
+from gtm.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ import time
 import pytest
 from rich.console import Console
 
-from gtm.providers.bindserver import find_named
-from gtm.sim.provider_drill import EU_REGIONS, FAILED, run_provider_drill
+from gtm.testing.bind import find_named
+from gtm.testing.provider_drill import EU_REGIONS, FAILED, run_provider_drill
 
 BOUND_S = 15.0
 

@@ -32,11 +32,11 @@ from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderErr
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy, ProviderConfig
 from gtm.models.region import Endpoint, Geography, Inventory, Region
-from gtm.providers.bindserver import BindServer, find_named
 from gtm.providers.dnsclient import query
 from gtm.providers.records import Change, Plan, RecordSet
 from gtm.providers.registry import build_provider
 from gtm.providers.rfc2136 import Rfc2136Provider, dark_marker
+from gtm.testing.bind import BindServer, find_named
 from tests.factories import (
     FOUR_REGIONS,
     T0,

@@ -3,8 +3,8 @@ and HTTP-level fault injection for what moto cannot produce (throttling, PENDING
 
 moto 5.2 has two gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
 set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused),
-both fixed by ``MOTO_FIX`` from ``gtm.sim.moto_route53`` (which explains them), applied
-in-process here and in the moto server process of ``test_route53_server.py``.
+both fixed by ``MOTO_FIX`` from ``gtm.testing.moto`` (which explains them), applied
+in-process here and in ``test_route53_server.py`` (moto's server in a thread).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gtm.models.region import Inventory
 from gtm.providers.records import Observed, RecordSet
 from gtm.providers.registry import provider_class
 from gtm.providers.route53 import DARK_SET_ID, MAX_BATCH_CHARS, MAX_BATCH_RECORDS, Route53Provider
-from gtm.sim.moto_route53 import MOTO_FIX
+from gtm.testing.moto import moto_fixed as _moto_fixed
 from tests.factories import (
     FOUR_REGIONS,
     T0,
@@ -71,14 +71,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 
 @pytest.fixture
 def moto_fixed() -> Iterator[None]:
-    from moto.route53 import models
-
-    orig = models.Route53Backend.change_resource_record_sets
-    exec(MOTO_FIX, {})  # our own patch text, shared with the server process
-    try:
+    with _moto_fixed():  # our own patch text, shared with the server process
         yield
-    finally:
-        models.Route53Backend.change_resource_record_sets = orig
 
 
 @dataclasses.dataclass

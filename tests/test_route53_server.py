@@ -1,8 +1,9 @@
-"""Route 53 provider against moto's server in a separate process, over HTTP with ``endpoint_url``.
+"""Route 53 provider against moto's server, over HTTP with ``endpoint_url``.
 
-The server is ``gtm.sim.moto_route53.MotoServer`` (moto's own ``moto.server.main`` with
-``MOTO_FIX`` applied first), started once per module; each test resets it with
-``POST /moto-api/reset``.
+The server is ``gtm.testing.moto.ThreadedMoto`` (moto's ``ThreadedMotoServer`` in a thread of
+this process, with ``MOTO_FIX`` applied in-process): the HTTP path is the point here, not a
+process boundary (the provider drill runs moto as a child process). Started once per module;
+each test resets it with ``POST /moto-api/reset``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gtm.sim.moto_route53 import MotoServer
+from gtm.testing.moto import ThreadedMoto
 from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
 from tests.test_route53 import (
     ADDR,
@@ -32,13 +33,13 @@ from tests.test_route53 import (
 
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
+def moto_server() -> Iterator[ThreadedMoto]:
+    with ThreadedMoto() as server:
         yield server
 
 
 @pytest.fixture
-def aws(moto_server: MotoServer) -> Aws:
+def aws(moto_server: ThreadedMoto) -> Aws:
     moto_server.reset()
     return make_aws(moto_server.url)
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +36,7 @@ from gtm.models.audit import AuditEntry
 from gtm.models.plan import DesiredState
 from gtm.store import Store, connect
 from gtm.store.keys import Keys
+from gtm.testing.ports import free_port
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -329,12 +329,6 @@ def test_audit_entry_reads_fields_of_older_versions() -> None:
 # -- Redis going away ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -370,7 +364,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes
     """A private redis-server on a spare port; every process started is killed after."""
     if not Path(REDIS_SERVER).exists():  # pragma: no cover
         skip_or_fail("redis-server not installed")
-    port = _free_port()
+    port = free_port()
     procs = [_start_redis(port, tmp_path)]
     try:
         yield port, procs

@@ -796,9 +796,9 @@ def drill(
     throw-away BIND 9 (`named`, RFC2136 + TSIG) and moto's Route 53 server at once; eu-west-1's
     fleet fails, then recovers; each provider is read back (DNS queries, ListResourceRecordSets)
     and the seconds until it excluded and restored the region are printed. Exits 0 when every
-    provider converged and EU answers stayed in the EU; needs `named` and moto[server].
+    provider converged and EU answers stayed in the EU; needs `named` and the `drill` extra (moto[server]).
     """
-    from gtm.sim.provider_drill import run_provider_drill
+    from gtm.testing.provider_drill import run_provider_drill
 
     setup_logging("ERROR")
     ok = asyncio.run(run_provider_drill(console, json_out=output is Output.json))

@@ -11,7 +11,7 @@ Client approach
     work (its bundled discovery document knows ``wrr``/``geo``), but adds a large dependency and
     a second HTTP stack (httplib2) for four REST calls. The price is relying on ``_connection``,
     a private attribute; ``tests/test_clouddns.py`` runs the real stack against
-    ``gtm.providers.clouddns_fake`` so a change there fails loudly.
+    ``tests/support/clouddns_server.py`` so a change there fails loudly.
 
 Rendering
     Cloud DNS routing policies do not nest (a ``geo`` item cannot hold a ``wrr`` policy), so a

@@ -47,9 +47,9 @@ def connect(url: str, *, ns: str = "default", timeout_s: float = 2.0) -> Store:
     The password in ``url`` is never logged.
     """
     if url.startswith("embedded://"):
-        import fakeredis
+        from gtm.store.embedded import embedded_client
 
-        client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        client: aioredis.Redis = embedded_client()
     else:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError([f"Redis URL must start with redis://, rediss:// or unix:// (or be embedded://): "

@@ -19,8 +19,8 @@ Fault injection for tests (``inject``): the next change creation can answer an H
 before committing anything, or commit and then answer the error (a 502 after commit is the
 case a client must not blindly retry). Every request is recorded in ``requests``.
 
-Not a product component: it lives in the package so tests and demos can import it, and it
-binds only to loopback.
+Not a product component: test harness (``tests/support/``), used by ``tests/test_clouddns.py``;
+it binds only to loopback and needs nothing beyond the standard library.
 """
 
 from __future__ import annotations

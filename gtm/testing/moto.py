@@ -1,4 +1,4 @@
-"""moto's Route 53 as a separate server process, with ``MOTO_FIX`` applied (tests, drills).
+"""moto's Route 53 with ``MOTO_FIX`` applied: in a child process or a thread (tests, drills).
 
 moto 5.2 has two gaps that matter to the Route 53 provider, both fixed by ``MOTO_FIX`` (a
 patch text, so it can be ``exec``'d in-process under ``mock_aws`` and in the server process):
@@ -19,27 +19,34 @@ with ``MOTO_FIX`` applied first, on ``127.0.0.1`` and a free port below 32768::
         ...
         moto.reset()  # POST /moto-api/reset: every hosted zone gone
 
+``ThreadedMoto`` is the same server in a thread of this process (moto's ``ThreadedMotoServer``,
+``MOTO_FIX`` applied in-process and undone on ``stop()``), with the same ``url``/``reset()``/
+``stop()``: for tests that need Route 53 over HTTP but not a separate process. ``MotoServer``
+is for when the process boundary matters (the provider drill: moto's request handling off the
+drill's event loop and interpreter, a PID to report and to see gone).
+
 Clients still need credentials (any value: moto does not check them) from boto3's chain,
-e.g. ``AWS_ACCESS_KEY_ID=testing``. The server is stopped by its own PID (``stop()`` or
-leaving the ``with`` block). Needs ``moto[server]`` (the ``test`` extra).
+e.g. ``AWS_ACCESS_KEY_ID=testing``. The child process is stopped by its own PID (``stop()`` or
+leaving the ``with`` block). Needs ``moto[server]`` (the ``drill`` extra, which ``test`` includes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from gtm.sim.procs import stop_process
+from gtm.testing.ports import free_port
+from gtm.testing.procs import stop_process
 
-__all__ = ["MOTO_FIX", "MotoServer", "MotoStartError"]
+__all__ = ["MOTO_FIX", "MotoServer", "MotoStartError", "ThreadedMoto", "moto_fixed"]
 
 MOTO_FIX = '''
 from moto.route53 import models as _r53
@@ -83,27 +90,26 @@ _r53.Route53Backend.change_resource_record_sets = _change_resource_record_sets
 '''
 """Patch text for moto 5.2's ``Route53Backend.change_resource_record_sets`` (see the module doc).
 
-Apply in-process with ``exec(MOTO_FIX, {})`` (restore the original method afterwards);
+Apply in-process with ``moto_fixed()`` (which restores the original method afterwards);
 ``MotoServer`` applies it in the server process."""
+
+@contextlib.contextmanager
+def moto_fixed() -> Iterator[None]:
+    """``MOTO_FIX`` applied to moto in this process for the ``with`` block, then undone."""
+    from moto.route53 import models
+
+    orig = models.Route53Backend.change_resource_record_sets
+    exec(MOTO_FIX, {})  # our own patch text, shared with the server process
+    try:
+        yield
+    finally:
+        models.Route53Backend.change_resource_record_sets = orig
 
 _SERVER = MOTO_FIX + "\nimport sys\nfrom moto.server import main\nmain(sys.argv[1:])\n"
 
 
 class MotoStartError(RuntimeError):
     """moto's server is not installed, exited, or did not answer in time."""
-
-
-def _free_port(host: str, low: int = 20000, high: int = 32000) -> int:
-    """A free TCP port on ``host`` below the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise MotoStartError(f"no free port in {low}-{high} on {host}")
 
 
 class MotoServer:
@@ -128,7 +134,7 @@ class MotoServer:
         self._log = tempfile.NamedTemporaryFile(prefix="gtm-moto-", suffix=".log")  # noqa: SIM115
         last: MotoStartError | None = None
         for _ in range(max(1, attempts)):
-            self.port = port or _free_port(host)
+            self.port = port or free_port(host)
             try:
                 self._run(ready_timeout_s)
                 return
@@ -194,6 +200,57 @@ class MotoServer:
             self._log.close()
 
     def __enter__(self) -> MotoServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ThreadedMoto:
+    """moto's server in a thread of this process (``moto.server.ThreadedMotoServer``), on
+    ``host`` and a port the OS picks, with ``MOTO_FIX`` applied in-process until ``stop()``.
+
+    Starts in the constructor; shares moto's in-process state (``mock_aws`` resets it too).
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._fix = moto_fixed()
+        self._fix.__enter__()
+        self._server: Any = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
+        try:
+            self._server.start()
+        except BaseException:
+            self._fix.__exit__(None, None, None)
+            raise
+        self.host, self.port = self._server.get_host_and_port()
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL (``endpoint_url`` of a boto3 client)."""
+        return f"http://{self.host}:{self.port}"
+
+    def reset(self) -> None:
+        """Forget every resource (``POST /moto-api/reset``)."""
+        req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(req, timeout=5):
+            pass
+
+    def stop(self) -> None:
+        """Stop the server thread and undo ``MOTO_FIX``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._server.stop()
+        finally:
+            self._fix.__exit__(None, None, None)
+
+    def __enter__(self) -> ThreadedMoto:
         return self
 
     def __exit__(

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gtm.sim.procs import stop_process
+from gtm.testing.ports import free_port
+from gtm.testing.procs import stop_process
 
 
 class RedisProcess:
@@ -25,7 +26,7 @@ class RedisProcess:
     """
 
     def __init__(self, port: int = 0, extra: list[str] | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.extra = extra or []
         self.dir = Path(tempfile.mkdtemp(prefix="gtm-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,8 +67,3 @@ class RedisProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -1,4 +1,4 @@
-"""A throw-away BIND 9 primary on loopback, for tests, the demo and benchmarks.
+"""A throw-away BIND 9 primary on loopback, for tests, the provider drill and benchmarks.
 
 ``BindServer`` writes a ``named.conf`` with a freshly generated TSIG key, one primary zone per
 name given (SOA, NS and the name server's address only), and runs ``named -g`` (foreground,
@@ -22,10 +22,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import random
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -41,9 +39,10 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from gtm.sim.procs import stop_process
+from gtm.testing.ports import free_port
+from gtm.testing.procs import stop_process
 
-__all__ = ["BindServer", "BindStartError", "find_named", "free_port"]
+__all__ = ["BindServer", "BindStartError", "find_named"]
 
 _KEY_BYTES = {"hmac-sha1": 20, "hmac-sha224": 28, "hmac-sha256": 32, "hmac-sha384": 48, "hmac-sha512": 64}
 
@@ -57,20 +56,6 @@ def find_named() -> str | None:
     return shutil.which("named") or next(
         (p for p in ("/usr/sbin/named", "/usr/local/sbin/named") if os.access(p, os.X_OK)), None
     )
-
-
-def free_port(host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> int:
-    """A port free for both UDP and TCP on ``host``, below the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(low, high)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-                u.bind((host, port))
-                t.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise BindStartError(f"no free UDP+TCP port in {low}-{high} on {host}")
 
 
 @dataclass

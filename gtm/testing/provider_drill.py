@@ -1,7 +1,7 @@
 """The provider drill: one failover published to three DNS providers at once, read back from each.
 
-In one process, on an embedded store and on 127.0.0.1 only: the demo's four simulated fleets,
-their agents and a controller publishing
+In one process, on an embedded store and on 127.0.0.1 only: the four simulated fleets of
+``gtm.testing.scenario`` (the demo's), their agents and a controller publishing
 
 - to the **embedded DNS** (a local publisher, written in the control loop), read back with
   real queries carrying an EDNS Client Subnet from an EU and a US network (answer shares);
@@ -44,22 +44,32 @@ from rich.console import Console
 from rich.table import Table
 
 from gtm.controller.loop import Controller, ControllerSettings
-from gtm.demo import _REGIONS, EU_CLIENT, FQDN, US_CLIENT, Demo, _free_port, demo_config, start_fleets_and_agents
 from gtm.models.policy import ProviderConfig
-from gtm.providers.bindserver import BindServer
 from gtm.providers.dnsclient import answer_shares, query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
 from gtm.providers.registry import build_provider
-from gtm.sim.moto_route53 import MotoServer
 from gtm.store import connect
+from gtm.testing.bind import BindServer
+from gtm.testing.moto import MotoServer
+from gtm.testing.ports import free_port
+from gtm.testing.scenario import (
+    ADDRESS_TO_REGION,
+    EU_CLIENT,
+    FQDN,
+    REGIONS,
+    US_CLIENT,
+    scenario_config,
+    set_fleet_mode,
+    start_fleets_and_agents,
+)
 
 __all__ = ["ProviderResult", "run_provider_drill"]
 
 ZONE = "gtm.example.com"
 FAILED = "eu-west-1"
-EU_REGIONS = frozenset(r[0] for r in _REGIONS if r[1] == "EU")
-ALL_REGIONS = frozenset(r[0] for r in _REGIONS)
+EU_REGIONS = frozenset(r[0] for r in REGIONS if r[1] == "EU")
+ALL_REGIONS = frozenset(r[0] for r in REGIONS)
 BIND_NAMES = {"default": FQDN, "eu": f"eu.{FQDN}"}
 R53_NAMES = {"default": f"default.pool.{FQDN}", "eu": f"eu.pool.{FQDN}"}
 STEADY_TIMEOUT_S = 25.0
@@ -204,9 +214,9 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
             console.print(msg, highlight=False, soft_wrap=True)
 
     started = time.monotonic()
-    ports = {r[0]: _free_port() for r in _REGIONS}
-    cfg = demo_config(ports)
-    addr_to_region = {r[4]: r[0] for r in _REGIONS}
+    ports = {r[0]: free_port() for r in REGIONS}
+    cfg = scenario_config(ports)
+    addr_to_region = ADDRESS_TO_REGION
     stop = asyncio.Event()
     runners: list[Any] = []
     tasks: list[asyncio.Task[Any]] = []
@@ -246,14 +256,13 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
             say(f"  BIND 9 (named pid {bind.pid}) on :{bind.port}, RFC2136 + TSIG {bind.algorithm}")
             say(f"  Route 53 (moto server pid {moto.pid}) at {moto.url}, hosted zone {zone_id}, 5 calls/s")
 
-            # -- the demo's world: fleets, agents, controller, embedded DNS -----------------
+            # -- the scenario's world: fleets, agents, controller, embedded DNS -------------
             await start_fleets_and_agents(cfg, ports, store, stop, runners, tasks, agent_prefix="drill")
             dns_server = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
             await dns_server.start("127.0.0.1", 0)
             say(f"  embedded DNS on :{dns_server.port}; clients EU {EU_CLIENT}, US {US_CLIENT}\n")
             ctl = Controller(store, lambda: cfg, [dns_server], ControllerSettings(tick_s=0.25), providers=providers)
             tasks.append(asyncio.create_task(ctl.run(stop), name="controller"))
-            demo = Demo(dns_server, addr_to_region, ports)
 
             # -- read-backs -----------------------------------------------------------------
             dns_port = dns_server.port
@@ -364,7 +373,7 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
                 expect(_complete(rb), f"{n}: every region present at steady state; saw {_fmt(rb)!r}")
 
             # 2. the fleet fails
-            await demo.set_fleet(FAILED, "dead")
+            await set_fleet_mode(ports[FAILED], "dead")
             t0 = time.monotonic()
             say(f"[bold]+{t0 - started:4.1f}s[/] {FAILED} fleet fails (health 503) → waiting for every provider")
             failed = await all_until(lambda rb: FAILED not in _regions(rb) and bool(rb.get(eu_view_of(rb))),
@@ -381,7 +390,7 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
                        f"{n}: {FAILED} stays excluded and EU clients keep an EU answer; saw {_fmt(rb)!r}")
 
             # 3. it recovers
-            await demo.set_fleet(FAILED, "healthy")
+            await set_fleet_mode(ports[FAILED], "healthy")
             t0 = time.monotonic()
             say(f"[bold]+{t0 - started:4.1f}s[/] {FAILED} recovers → waiting for it to return everywhere")
             back = await all_until(lambda rb: FAILED in _regions(rb), t0, CONVERGE_TIMEOUT_S)

@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,33 +20,15 @@ from typing import Any
 import yaml
 
 from gtm.providers.dnsclient import query
+from gtm.testing.ports import free_port
+from gtm.testing.scenario import ADDRESS_TO_REGION, EU_CLIENT, FQDN, US_CLIENT
+from gtm.testing.scenario import REGIONS as _SCENARIO_REGIONS
 
-FQDN = "chat.gtm.example.com"
-EU_CLIENT = "100.96.7.0/24"
-US_CLIENT = "100.64.9.0/24"
+__all__ = ["ADDRESS_TO_REGION", "EU_CLIENT", "FQDN", "REGIONS", "US_CLIENT", "Cluster", "write_config"]
 
-# region, jurisdiction, continent, client network, endpoint address, engine kind
-REGIONS = [
-    ("us-east-1", "US", "NA", "100.64.0.0/16", "192.0.2.10", "vllm"),
-    ("us-west-2", "US", "NA", "100.65.0.0/16", "192.0.2.20", "tgi"),
-    ("eu-west-1", "EU", "EU", "100.96.0.0/16", "192.0.2.30", "vllm"),
-    ("eu-central-1", "EU", "EU", "100.97.0.0/16", "192.0.2.40", "sglang"),
-]
-ADDRESS_TO_REGION = {r[4]: r[0] for r in REGIONS}
-
-
-def free_port() -> int:
-    """A TCP and UDP port free on 127.0.0.1 right now."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
+# region, jurisdiction, continent, client network, endpoint address, engine kind (the scenario's
+# regions; every fleet here has 2 replicas)
+REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
