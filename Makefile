@@ -26,8 +26,7 @@ services:
 	bash scripts/ensure-bind.sh
 
 ## test: lint + the whole suite against real Redis, real DNS sockets and real processes
-test: $(STAMP) services
-	$(BIN)/ruff check gtm tests bench
+test: $(STAMP) services lint
 	$(BIN)/gtm policy validate
 	$(BIN)/gtm policy verify --max-rows 5
 	GTM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
@@ -42,8 +41,11 @@ soak: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run --out bench/results/latest.json
 
+## lint: ruff, the import-linter contracts (layers, pure engine) and mypy (strict for engine and models)
 lint: $(STAMP)
 	$(BIN)/ruff check gtm tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

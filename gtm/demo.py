@@ -115,7 +115,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     cfg = scenario_config(ports)
     store = connect("embedded://", ns="demo")
     stop = asyncio.Event()
-    runners = []
+    runners: list[Any] = []
     tasks: list[asyncio.Task[Any]] = []
     await start_fleets_and_agents(cfg, ports, store, stop, runners, tasks, agent_prefix="demo")
     dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
@@ -214,9 +214,9 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
                f"EU answers only ever named EU regions (saw {sorted(demo.eu_regions_seen)})")
     finally:
         stop.set()
-        for t in tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 5)
+                await asyncio.wait_for(task, 5)
         await dns.stop()
         for runner in runners:
             await runner.cleanup()

@@ -327,7 +327,9 @@ def _render(s: dict[str, Any], history: int) -> None:
         f"[{colour.get(s['status'], 'white')}]{s['status']}[/], wave {max(s['wave'], 0)}/{len(s['waves'])}, "
         f"step {s['step']}"
     )
-    say = lambda text: console.print(text, markup=False)  # noqa: E731
+    def say(text: str) -> None:
+        console.print(text, markup=False)
+
     say(f"  {s['reason']}")
     for region, r in s["regions"].items():
         cap = s["caps"].get(region)

@@ -358,7 +358,8 @@ class Store:
         Raises:
             RedisError: untranslated (callers name what they were writing in a ``StoreError``).
         """
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as typed_pipe:
+            pipe: Any = typed_pipe  # redis-py leaves unwatch() and multi() unannotated
             try:
                 await pipe.watch(*watch)
                 if not await check(pipe):
@@ -542,7 +543,7 @@ class Store:
 
     async def events(self) -> AsyncIterator[str]:
         """Yield wake-up events until cancelled. Raises ``StoreError`` if the connection drops."""
-        pubsub = self.client.pubsub()
+        pubsub: Any = self.client.pubsub()  # its aclose() is unannotated
         try:
             await pubsub.subscribe(self.keys.events)
             while True:

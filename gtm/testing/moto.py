@@ -103,7 +103,7 @@ def moto_fixed() -> Iterator[None]:
     try:
         yield
     finally:
-        models.Route53Backend.change_resource_record_sets = orig
+        models.Route53Backend.change_resource_record_sets = orig  # type: ignore[method-assign]
 
 _SERVER = MOTO_FIX + "\nimport sys\nfrom moto.server import main\nmain(sys.argv[1:])\n"
 

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import dns.rdatatype
 from rich import box
 from rich.console import Console
@@ -421,9 +421,9 @@ async def run_provider_drill(console: Console, *, json_out: bool = False) -> boo
             pass
         finally:
             stop.set()
-            for t in tasks:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 12)
+                    await asyncio.wait_for(task, 12)
             if dns_server is not None:
                 await dns_server.stop()
             for runner in runners:
