@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Controller:
         self._reread = False
         self._leader_since = 0.0
         self._info_dirty = True
+        self._load_lock = threading.Lock()  # one loader call at a time, even past a cancelled cycle
 
     def _worker(self, provider: Publisher) -> ProviderWorker:
         return ProviderWorker(
@@ -235,7 +237,7 @@ class Controller:
         self._provider_sig = _provider_signature(cfg)
         self._info_dirty = True
 
-    def _reconfigure_providers(self, cfg: Config) -> None:
+    async def _reconfigure_providers(self, cfg: Config) -> None:
         """Build new providers when the policy's ``providers`` (or zones, owner id) changed.
 
         A failure to build them (bad credentials file, unknown zone) keeps the providers in
@@ -248,7 +250,8 @@ class Controller:
         if sig == self._provider_sig:
             return
         try:
-            providers = list(self.provider_factory(cfg.policy))
+            # Off the loop: building a provider may import its SDK (boto3, google-cloud-dns).
+            providers = list(await asyncio.to_thread(self.provider_factory, cfg.policy))
         except Exception as exc:
             self.stats.config_errors += 1
             self.stats.last_error = f"providers not reconfigured, keeping {[w.name for w in self.workers]}: {exc}"
@@ -276,9 +279,19 @@ class Controller:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _reload_config(self) -> None:
+    def _load_config(self) -> Config:
+        with self._load_lock:
+            return self.config_loader()
+
+    async def _reload_config(self) -> None:
+        """Ask the loader for the policy in force and apply it when it changed.
+
+        The loader runs in a worker thread, never on the event loop: it reads files, and runs
+        ``git`` for a Git-backed policy, while the loop answers DNS queries (embedded server).
+        The new config is applied back on the loop.
+        """
         try:
-            cfg = self.config_loader()
+            cfg = await asyncio.to_thread(self._load_config)
         except Exception as exc:  # a loader bug must not take the controller (and its DNS) down
             if not isinstance(exc, ConfigError):
                 exc = ConfigError([f"policy loader failed: {type(exc).__name__}: {exc}"])
@@ -302,14 +315,14 @@ class Controller:
                          f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
             self._info_dirty = True
-            self._reconfigure_providers(cfg)
+            await self._reconfigure_providers(cfg)
             # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
             reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
             if reconfigurable:
                 from gtm.providers.geo import PrefixTable
 
                 try:
-                    table = PrefixTable.from_regions(cfg.inventory.regions.values())
+                    table = await asyncio.to_thread(PrefixTable.from_regions, cfg.inventory.regions.values())
                 except Exception as exc:  # keep the DNS config in force
                     log.error("_reload_config: client prefixes rejected, DNS keeps its config: %s", exc)
                     table = None
@@ -322,7 +335,7 @@ class Controller:
     async def cycle(self) -> DesiredState | None:
         """One reconcile cycle. Never raises for store, provider or config trouble."""
         self.stats.cycles += 1
-        self._reload_config()
+        await self._reload_config()
         assert self.config is not None
         try:
             await self._ensure_lease()
