@@ -8,9 +8,10 @@
     │   └── LeaseLostError              this controller no longer holds the leader lease
     ├── ReportRejectedError (ValueError) an agent report failed validation (counted, never fatal)
     ├── ScrapeError                     a fleet source could not be scraped or parsed
-    └── ProviderError                   a DNS / anycast provider refused or failed a change
-        ├── TemporaryProviderError      retry later (throttling, 5xx, timeouts)
-        └── PermanentProviderError      do not retry (bad credentials, invalid change)
+    ├── ProviderError                   a DNS / anycast provider refused or failed a change
+    │   ├── TemporaryProviderError      retry later (throttling, 5xx, timeouts)
+    │   └── PermanentProviderError      do not retry (bad credentials, invalid change)
+    └── TaskCrashedError                a daemon's background task died (the daemon stopped)
 
 Third-party exceptions are translated at the boundary and raised ``from`` the original.
 """
@@ -70,3 +71,15 @@ class TemporaryProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     """A provider failure that retrying will not fix."""
+
+
+class TaskCrashedError(GtmError):
+    """A daemon's background task raised; the daemon stopped (see ``gtm.tasks.Supervisor``).
+
+    Attributes:
+        failures: ``(task name, exception)`` of each task that crashed.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, BaseException]]) -> None:
+        self.failures = list(failures)
+        super().__init__("; ".join(f"task {name} crashed: {type(exc).__name__}: {exc}" for name, exc in self.failures))

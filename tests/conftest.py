@@ -10,6 +10,7 @@ reproduces it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import threading
@@ -36,6 +37,10 @@ settings.load_profile(os.environ.get("GTM_HYPOTHESIS_PROFILE", "repeatable"))
 # ``pytestmark = pytest.mark.usefixtures("loop_watchdog")``.
 
 LOOP_BLOCK_S = float(os.environ.get("GTM_TEST_LOOP_BLOCK_S", "0.25"))
+
+# ``connect("embedded://")`` imports fakeredis (numpy, jsonpath_ng: ~0.15 s cold) inside the
+# test's loop; import it once here so that cold import is not charged to the first test using it.
+importlib.import_module("fakeredis")
 
 
 class LoopWatchdog:

@@ -71,6 +71,7 @@ from gtm.log import get_logger
 from gtm.models.region import FleetSource, Region
 from gtm.models.report import FleetReport, GpuStats, ModelStats, SourceStatus
 from gtm.store.store import Store
+from gtm.tasks import Supervisor
 
 log = get_logger("agent")
 
@@ -247,6 +248,10 @@ class RegionAgent:
         Args:
             stop: set it to end the loop; a report still waiting to be written is attempted
                 once more before returning.
+
+        Raises:
+            TaskCrashedError: the report writer crashed (a bug: it survives Redis failures);
+                it was logged then, ``stop`` was set and the agent shut down.
         """
         s = self.settings
         log.info(
@@ -256,7 +261,8 @@ class RegionAgent:
             s.scrape_interval_s,
             s.heartbeat_s,
         )
-        self._writer_task = asyncio.create_task(self._writer(), name=f"agent-writer-{self.region.name}")
+        sup = Supervisor(f"agent of {self.region.name}", stop)
+        self._writer_task = sup.start(f"agent-writer-{self.region.name}", self._writer())
         next_at = time.monotonic()
         try:
             while not stop.is_set():
@@ -272,13 +278,13 @@ class RegionAgent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
         finally:
-            task, self._writer_task = self._writer_task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await self._flush()
-            await self.aclose()
-            log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
+            self._writer_task = None
+            try:
+                await sup.aclose()  # cancels the writer; raises TaskCrashedError if it crashed
+            finally:
+                await self._flush()
+                await self.aclose()
+                log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
 
     # -- one check ------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.providers.base import Publisher
 from gtm.store import Store
+from gtm.tasks import Supervisor
 
 log = get_logger("controller")
 
@@ -123,6 +124,7 @@ class Controller:
         self._leader_since = 0.0
         self._info_dirty = True
         self._load_lock = threading.Lock()  # one loader call at a time, even past a cancelled cycle
+        self._tasks = Supervisor("controller")  # run() replaces it with one tied to its stop event
 
     def _worker(self, provider: Publisher) -> ProviderWorker:
         return ProviderWorker(
@@ -143,13 +145,19 @@ class Controller:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run cycles until ``stop`` is set; then release the lease."""
-        events = asyncio.create_task(self._listen(stop), name="controller-events")
+        """Run cycles until ``stop`` is set; then release the lease.
+
+        Raises:
+            TaskCrashedError: a background task (event listener, provider worker) crashed; it
+                was logged then, and the controller shut down cleanly.
+        """
+        sup = self._tasks = Supervisor("controller", stop)
+        sup.start("controller-events", self._listen(stop))
         running: dict[ProviderWorker, tuple[asyncio.Task[None], asyncio.Event]] = {}
 
         def start(worker: ProviderWorker) -> None:
             own = asyncio.Event()
-            running[worker] = (asyncio.create_task(worker.run(own), name=f"provider-{worker.name}"), own)
+            running[worker] = (sup.start(f"provider-{worker.name}", worker.run(own)), own)
 
         for w in self.workers:
             start(w)
@@ -170,19 +178,16 @@ class Controller:
                     waiter.cancel()
                     stopper.cancel()
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await events
             stop.set()
             for _task, own in running.values():
                 own.set()
             for task, _own in running.values():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 10)
+                await sup.finish(task, 10)  # the publish in flight ends; a crash was logged and is raised below
             if self.lease is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(self.lease[0])
                 self.lease = None
+            await sup.aclose()  # cancels the event listener; raises TaskCrashedError if a task crashed
 
     async def _expire_overrides(self, overrides: dict[str, Any], now: float) -> None:
         """The leader deletes drains and cordons past their ``expires_at`` (the engine already
@@ -216,8 +221,7 @@ class Controller:
             running[w][1].set()
         for w in old:
             task, _ = running.pop(w)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 30)
+            await self._tasks.finish(task, 30)
             close = getattr(w.provider, "aclose", None)
             if close is not None:
                 with contextlib.suppress(Exception):
