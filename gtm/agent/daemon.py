@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from gtm.agent.scrape import (
     HEALTH_PATHS,
@@ -114,7 +115,8 @@ class AgentSettings(BaseModel):
     write_timeout_s: float = Field(default=1.0, gt=0)
     """Deadline for one report write to Redis, seconds."""
     retry_initial_s: float = Field(default=0.1, gt=0)
-    """First backoff after a failed write, seconds (doubles per failure)."""
+    """First backoff after a failed write, seconds (doubles per failure; plus a random jitter of
+    up to this much, so agents do not retry in step after a Redis outage)."""
     retry_max_s: float = Field(default=2.0, gt=0)
     """Backoff cap between write retries, seconds."""
     info_retry_s: float = Field(default=10.0, gt=0)
@@ -559,36 +561,43 @@ class RegionAgent:
         self._wake.set()
 
     async def _writer(self) -> None:
-        """Write pending reports; on failure retry with capped exponential backoff."""
+        """Write pending reports. A failed write is retried, with the newest pending report,
+        after a capped exponential backoff with jitter (tenacity), until Redis takes it."""
         s = self.settings
-        backoff = s.retry_initial_s
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending is not None:
-                report, changed = self._pending
-                self._pending = None
-                try:
-                    async with asyncio.timeout(s.write_timeout_s):
-                        await self.store.put_report(report, s.report_ttl_s, changed=changed)
-                except (StoreError, TimeoutError, OSError) as exc:
-                    self._write_failed(report, changed, exc)
-                except Exception as exc:  # never let the writer die
-                    log.exception("writer: unexpected error for region %s", self.region.name)
-                    self._write_failed(report, changed, exc)
-                else:
-                    self.writes += 1
-                    self.writes_changed += int(changed)
-                    backoff = s.retry_initial_s
-                    if self._outage:
-                        self._outage = False
-                        log.warning(
-                            "writer: redis reachable again; region %s reports resumed",
-                            self.region.name,
-                        )
-                    continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, s.retry_max_s)
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(_WriteFailed),
+                    wait=wait_exponential_jitter(multiplier=s.retry_initial_s, max=s.retry_max_s,
+                                                 jitter=s.retry_initial_s),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        """Write the pending report; raises ``_WriteFailed`` (the report stays pending)."""
+        assert self._pending is not None
+        s = self.settings
+        report, changed = self._pending
+        self._pending = None
+        try:
+            async with asyncio.timeout(s.write_timeout_s):
+                await self.store.put_report(report, s.report_ttl_s, changed=changed)
+        except (StoreError, TimeoutError, OSError) as exc:
+            self._write_failed(report, changed, exc)
+            raise _WriteFailed from exc
+        except Exception as exc:  # never let the writer die
+            log.exception("writer: unexpected error for region %s", self.region.name)
+            self._write_failed(report, changed, exc)
+            raise _WriteFailed from exc
+        self.writes += 1
+        self.writes_changed += int(changed)
+        if self._outage:
+            self._outage = False
+            log.warning("writer: redis reachable again; region %s reports resumed", self.region.name)
 
     async def _flush(self) -> None:
         """One last attempt at a pending report on shutdown (errors are only logged)."""
@@ -618,6 +627,10 @@ class RegionAgent:
             self._pending = (report, changed)
         else:
             self._pending = (self._pending[0], self._pending[1] or changed)
+
+
+class _WriteFailed(Exception):
+    """A report write failed; the writer retries it (the cause is chained)."""
 
 
 def _version(j: _Judged) -> str:
