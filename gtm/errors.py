@@ -18,6 +18,7 @@
     │   ├── UnknownRegionError          the region is not in the inventory / plan (HTTP 404)
     │   └── RolloutError                a rollout command that does not fit the rollout's state
     ├── StartupError                    a daemon could not start (port taken, ...)
+    ├── TaskCrashedError                a daemon's background task died (the daemon stopped)
     └── InvariantError                  a programming error: an illegal state transition; never
                                         shown to an operator as a refusal
 
@@ -125,3 +126,15 @@ class StartupError(GtmError):
 class InvariantError(GtmError):
     """A programming error: the code reached a state it must never reach (an illegal rollout
     transition, a plan that breaks an invariant). Never caught as an operator refusal."""
+
+
+class TaskCrashedError(GtmError):
+    """A daemon's background task raised; the daemon stopped (see ``gtm.tasks.Supervisor``).
+
+    Attributes:
+        failures: ``(task name, exception)`` of each task that crashed.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, BaseException]]) -> None:
+        self.failures = list(failures)
+        super().__init__("; ".join(f"task {name} crashed: {type(exc).__name__}: {exc}" for name, exc in self.failures))

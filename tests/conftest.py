@@ -1,4 +1,4 @@
-"""Hypothesis profiles for the property tests.
+"""Hypothesis profiles for the property tests, and the event-loop watchdog.
 
 ``make test`` (and CI) use ``repeatable``: a derandomized search, so a clean clone sees exactly
 the examples a developer saw, and a submission cannot fail on a random draw. ``make soak``
@@ -9,10 +9,98 @@ reproduces it.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
 settings.register_profile("soak", derandomize=False, database=None, print_blob=True)
 settings.load_profile(os.environ.get("GTM_HYPOTHESIS_PROFILE", "repeatable"))
+
+
+# -- event-loop watchdog ---------------------------------------------------------------------
+#
+# The controller's event loop also answers DNS queries (the embedded server runs in it), so
+# nothing on it may block: no file or Git reads, no subprocess, no sleep. ``loop_watchdog``
+# measures how long the running loop was unable to run a callback during a test and fails the
+# test when that exceeds ``GTM_TEST_LOOP_BLOCK_S`` seconds (default 0.25: generous enough for
+# a loaded 2-core machine, far below a Git reload or a slow policy read). Modules that run a
+# controller or the embedded DNS in-process use it via
+# ``pytestmark = pytest.mark.usefixtures("loop_watchdog")``.
+
+LOOP_BLOCK_S = float(os.environ.get("GTM_TEST_LOOP_BLOCK_S", "0.25"))
+
+# ``connect("embedded://")`` imports fakeredis (numpy, jsonpath_ng: ~0.15 s cold) inside the
+# test's loop; import it once here so that cold import is not charged to the first test using it.
+importlib.import_module("fakeredis")
+
+
+class LoopWatchdog:
+    """A thread that pings ``loop`` every ``interval_s`` with ``call_soon_threadsafe`` and
+    records the longest wait for the ping to run (how long the loop was blocked), with the
+    loop thread's stack at the moment the wait first exceeded ``limit_s`` (what blocked it).
+    Create it on the loop's thread."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval_s: float = 0.01, limit_s: float = LOOP_BLOCK_S
+    ) -> None:
+        self.loop = loop
+        self.interval_s = interval_s
+        self.limit_s = limit_s
+        self.max_block_s = 0.0
+        self.pings = 0
+        self.culprit = ""
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-watchdog", daemon=True)
+
+    def start(self) -> LoopWatchdog:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ran = threading.Event()
+            t0 = time.monotonic()
+            try:
+                self.loop.call_soon_threadsafe(ran.set)
+            except RuntimeError:  # the loop closed
+                return
+            while not ran.wait(0.05):
+                if self._stop.is_set():
+                    return
+                if not self.culprit and time.monotonic() - t0 > self.limit_s:
+                    frame = sys._current_frames().get(self._loop_thread)
+                    self.culprit = "".join(traceback.format_stack(frame)[-12:]) if frame is not None else ""
+            self.max_block_s = max(self.max_block_s, time.monotonic() - t0)
+            self.pings += 1
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(1.0)
+        return self.max_block_s
+
+
+@pytest.fixture
+async def loop_watchdog() -> AsyncIterator[LoopWatchdog]:
+    """Fail the test when its event loop was blocked longer than ``LOOP_BLOCK_S`` seconds."""
+    dog = LoopWatchdog(asyncio.get_running_loop()).start()
+    yield dog
+    await asyncio.sleep(0.02)  # let a last ping through
+    blocked = dog.stop()
+    if blocked > LOOP_BLOCK_S:
+        pytest.fail(
+            f"the event loop was blocked for {blocked:.3f}s (limit {LOOP_BLOCK_S:g}s, GTM_TEST_LOOP_BLOCK_S): "
+            "something synchronous (file/Git read, subprocess, sleep) ran on it; the loop thread was in:\n"
+            + dog.culprit,
+            pytrace=False,
+        )

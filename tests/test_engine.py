@@ -592,5 +592,5 @@ def test_desired_state_round_trip() -> None:
 def test_from_dict_rejects_malformed() -> None:
     d = run(make_policy(), all_equal(T0), T0).to_dict()
     del d["pools"]
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="pools"):  # pydantic's ValidationError
         DesiredState.from_dict(d)

@@ -5,6 +5,7 @@ the controller's audit entries and in status, and ``gtm plan --candidate``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -197,21 +198,24 @@ async def put_healthy(store: Store, now: float) -> None:
         await store.put_report(make_report(region, now, models={"llama-3.1-8b": 10.0}), ttl_s=60, changed=True)
 
 
+@pytest.mark.usefixtures("loop_watchdog")
 async def test_controller_audit_and_status_carry_the_commit(repo: Path) -> None:
+    # The controller's reload runs ``git`` (rev-parse, ls-tree, cat-file) off its event loop,
+    # which the watchdog checks; the test's own git commands run in a thread for the same reason.
     store = connect("embedded://", ns="git-audit")
     clock = Clock()
     clock.t = T0
     src = source(repo, ref="main")
     ctl = Controller(store, src, [RecordingPublisher()], ControllerSettings(owner="a"), clock=clock)
     try:
-        c1 = git(repo, "rev-parse", "HEAD")
+        c1 = await asyncio.to_thread(git, repo, "rev-parse", "HEAD")
         await put_healthy(store, clock.t)
         await ctl.cycle()
         audit = await store.read_audit(10)
         assert len(audit) == 1 and audit[0][1]["policy_commit"] == c1
 
         edit_policy(repo, "us-east-1: 200", "us-east-1: 100")
-        c2 = commit(repo, "embed: less us-east-1")
+        c2 = await asyncio.to_thread(commit, repo, "embed: less us-east-1")
         clock.t += 1
         await put_healthy(store, clock.t)
         await ctl.cycle()
@@ -220,7 +224,7 @@ async def test_controller_audit_and_status_carry_the_commit(repo: Path) -> None:
         assert ctl.config is not None and ctl.config.commit == c2
 
         edit_policy(repo, "    ttl: 30", "    ttl: -1")
-        c3 = commit(repo, "broken")
+        c3 = await asyncio.to_thread(commit, repo, "broken")
         clock.t += 1
         await put_healthy(store, clock.t)
         await ctl.cycle()

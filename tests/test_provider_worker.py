@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.controller.provider_worker import ProviderWorker
 from gtm.errors import PermanentProviderError, TemporaryProviderError
@@ -12,6 +14,9 @@ from gtm.models.plan import DesiredState
 from gtm.store import connect
 from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
 from tests.test_controller import make_config
+
+# The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
+pytestmark = pytest.mark.usefixtures("loop_watchdog")
 
 
 class FlakyProvider:

@@ -37,6 +37,9 @@ from gtm.sim import FleetSim, start_fleet
 from gtm.store import Store, connect
 from tests.factories import FOUR_REGIONS, MODEL, eu_segment, make_policy, make_region, make_service
 
+# The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
+pytestmark = pytest.mark.usefixtures("loop_watchdog")
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NAME = "llama-v2"
 WAVES = (("eu-west-1",), ("eu-central-1",), ("us-east-1", "us-west-2"))

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from gtm.agent.scrape import (
     HEALTH_PATHS,
@@ -71,6 +72,7 @@ from gtm.log import get_logger
 from gtm.models.region import FleetSource, Region
 from gtm.models.report import FleetReport, GpuStats, ModelStats, SourceStatus
 from gtm.store.store import Store
+from gtm.tasks import Supervisor
 
 log = get_logger("agent")
 
@@ -113,7 +115,8 @@ class AgentSettings(BaseModel):
     write_timeout_s: float = Field(default=1.0, gt=0)
     """Deadline for one report write to Redis, seconds."""
     retry_initial_s: float = Field(default=0.1, gt=0)
-    """First backoff after a failed write, seconds (doubles per failure)."""
+    """First backoff after a failed write, seconds (doubles per failure; plus a random jitter of
+    up to this much, so agents do not retry in step after a Redis outage)."""
     retry_max_s: float = Field(default=2.0, gt=0)
     """Backoff cap between write retries, seconds."""
     info_retry_s: float = Field(default=10.0, gt=0)
@@ -247,6 +250,10 @@ class RegionAgent:
         Args:
             stop: set it to end the loop; a report still waiting to be written is attempted
                 once more before returning.
+
+        Raises:
+            TaskCrashedError: the report writer crashed (a bug: it survives Redis failures);
+                it was logged then, ``stop`` was set and the agent shut down.
         """
         s = self.settings
         log.info(
@@ -256,7 +263,8 @@ class RegionAgent:
             s.scrape_interval_s,
             s.heartbeat_s,
         )
-        self._writer_task = asyncio.create_task(self._writer(), name=f"agent-writer-{self.region.name}")
+        sup = Supervisor(f"agent of {self.region.name}", stop)
+        self._writer_task = sup.start(f"agent-writer-{self.region.name}", self._writer())
         next_at = time.monotonic()
         try:
             while not stop.is_set():
@@ -272,13 +280,13 @@ class RegionAgent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
         finally:
-            task, self._writer_task = self._writer_task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await self._flush()
-            await self.aclose()
-            log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
+            self._writer_task = None
+            try:
+                await sup.aclose()  # cancels the writer; raises TaskCrashedError if it crashed
+            finally:
+                await self._flush()
+                await self.aclose()
+                log.info("run: region %s stopped after %d checks", self.region.name, self.checks)
 
     # -- one check ------------------------------------------------------------------------
 
@@ -553,36 +561,43 @@ class RegionAgent:
         self._wake.set()
 
     async def _writer(self) -> None:
-        """Write pending reports; on failure retry with capped exponential backoff."""
+        """Write pending reports. A failed write is retried, with the newest pending report,
+        after a capped exponential backoff with jitter (tenacity), until Redis takes it."""
         s = self.settings
-        backoff = s.retry_initial_s
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending is not None:
-                report, changed = self._pending
-                self._pending = None
-                try:
-                    async with asyncio.timeout(s.write_timeout_s):
-                        await self.store.put_report(report, s.report_ttl_s, changed=changed)
-                except (StoreError, TimeoutError, OSError) as exc:
-                    self._write_failed(report, changed, exc)
-                except Exception as exc:  # never let the writer die
-                    log.exception("writer: unexpected error for region %s", self.region.name)
-                    self._write_failed(report, changed, exc)
-                else:
-                    self.writes += 1
-                    self.writes_changed += int(changed)
-                    backoff = s.retry_initial_s
-                    if self._outage:
-                        self._outage = False
-                        log.warning(
-                            "writer: redis reachable again; region %s reports resumed",
-                            self.region.name,
-                        )
-                    continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, s.retry_max_s)
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(_WriteFailed),
+                    wait=wait_exponential_jitter(multiplier=s.retry_initial_s, max=s.retry_max_s,
+                                                 jitter=s.retry_initial_s),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        """Write the pending report; raises ``_WriteFailed`` (the report stays pending)."""
+        assert self._pending is not None
+        s = self.settings
+        report, changed = self._pending
+        self._pending = None
+        try:
+            async with asyncio.timeout(s.write_timeout_s):
+                await self.store.put_report(report, s.report_ttl_s, changed=changed)
+        except (StoreError, TimeoutError, OSError) as exc:
+            self._write_failed(report, changed, exc)
+            raise _WriteFailed from exc
+        except Exception as exc:  # never let the writer die
+            log.exception("writer: unexpected error for region %s", self.region.name)
+            self._write_failed(report, changed, exc)
+            raise _WriteFailed from exc
+        self.writes += 1
+        self.writes_changed += int(changed)
+        if self._outage:
+            self._outage = False
+            log.warning("writer: redis reachable again; region %s reports resumed", self.region.name)
 
     async def _flush(self) -> None:
         """One last attempt at a pending report on shutdown (errors are only logged)."""
@@ -612,6 +627,10 @@ class RegionAgent:
             self._pending = (report, changed)
         else:
             self._pending = (self._pending[0], self._pending[1] or changed)
+
+
+class _WriteFailed(Exception):
+    """A report write failed; the writer retries it (the cause is chained)."""
 
 
 def _version(j: _Judged) -> str:

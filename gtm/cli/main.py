@@ -38,7 +38,7 @@ from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, Red
 from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import redact
-from gtm.errors import ConfigError, StartupError, StoreError
+from gtm.errors import ConfigError, StartupError, StoreError, TaskCrashedError
 from gtm.log import get_logger, setup_logging
 
 T = TypeVar("T")
@@ -537,7 +537,11 @@ def agent(
         finally:
             await store.aclose()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except TaskCrashedError as exc:  # logged with its traceback when it happened
+        err_console.print(f"[red]TaskCrashedError[/]: {escape(str(exc))}; agent stopped")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -688,6 +692,9 @@ def controller(
         asyncio.run(go())
     except StartupError as exc:
         err_console.print(f"[red]StartupError[/]: {escape(str(exc))} (use another HOST:PORT, or 'off')")
+        raise typer.Exit(1) from None
+    except TaskCrashedError as exc:  # logged with its traceback when it happened
+        err_console.print(f"[red]TaskCrashedError[/]: {escape(str(exc))}; controller stopped")
         raise typer.Exit(1) from None
 
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from gtm.models.policy import Policy
 from gtm.providers.base import Publisher
 from gtm.store import Store
 from gtm.store.inputs import planned_regions, read_plan_inputs
+from gtm.tasks import Supervisor
 
 log = get_logger("controller")
 
@@ -124,6 +126,8 @@ class Controller:
         self._reread = False
         self._leader_since = 0.0
         self._info_dirty = True
+        self._load_lock = threading.Lock()  # one loader call at a time, even past a cancelled cycle
+        self._tasks = Supervisor("controller")  # run() replaces it with one tied to its stop event
 
     def _worker(self, provider: Publisher) -> ProviderWorker:
         return ProviderWorker(
@@ -144,13 +148,19 @@ class Controller:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run cycles until ``stop`` is set; then release the lease."""
-        events = asyncio.create_task(self._listen(stop), name="controller-events")
+        """Run cycles until ``stop`` is set; then release the lease.
+
+        Raises:
+            TaskCrashedError: a background task (event listener, provider worker) crashed; it
+                was logged then, and the controller shut down cleanly.
+        """
+        sup = self._tasks = Supervisor("controller", stop)
+        sup.start("controller-events", self._listen(stop))
         running: dict[ProviderWorker, tuple[asyncio.Task[None], asyncio.Event]] = {}
 
         def start(worker: ProviderWorker) -> None:
             own = asyncio.Event()
-            running[worker] = (asyncio.create_task(worker.run(own), name=f"provider-{worker.name}"), own)
+            running[worker] = (sup.start(f"provider-{worker.name}", worker.run(own)), own)
 
         for w in self.workers:
             start(w)
@@ -171,19 +181,16 @@ class Controller:
                     waiter.cancel()
                     stopper.cancel()
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await events
             stop.set()
             for _task, own in running.values():
                 own.set()
             for task, _own in running.values():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 10)
+                await sup.finish(task, 10)  # the publish in flight ends; a crash was logged and is raised below
             if self.lease is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(self.lease[0])
                 self.lease = None
+            await sup.aclose()  # cancels the event listener; raises TaskCrashedError if a task crashed
 
     async def _expire_overrides(self, overrides: dict[str, Any], now: float) -> None:
         """The leader deletes drains and cordons past their ``expires_at`` (the engine already
@@ -218,8 +225,7 @@ class Controller:
             running[w][1].set()
         for w in old:
             task, _ = running.pop(w)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 30)
+            await self._tasks.finish(task, 30)
             close = getattr(w.provider, "aclose", None)
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -239,7 +245,7 @@ class Controller:
         self._provider_sig = _provider_signature(cfg)
         self._info_dirty = True
 
-    def _reconfigure_providers(self, cfg: Config) -> None:
+    async def _reconfigure_providers(self, cfg: Config) -> None:
         """Build new providers when the policy's ``providers`` (or zones, owner id) changed.
 
         A failure to build them (bad credentials file, unknown zone) keeps the providers in
@@ -252,7 +258,8 @@ class Controller:
         if sig == self._provider_sig:
             return
         try:
-            providers = list(self.provider_factory(cfg.policy))
+            # Off the loop: building a provider may import its SDK (boto3, google-cloud-dns).
+            providers = list(await asyncio.to_thread(self.provider_factory, cfg.policy))
         except Exception as exc:
             self.stats.config_errors += 1
             self.stats.last_error = f"providers not reconfigured, keeping {[w.name for w in self.workers]}: {exc}"
@@ -280,9 +287,19 @@ class Controller:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _reload_config(self) -> None:
+    def _load_config(self) -> Config:
+        with self._load_lock:
+            return self.config_loader()
+
+    async def _reload_config(self) -> None:
+        """Ask the loader for the policy in force and apply it when it changed.
+
+        The loader runs in a worker thread, never on the event loop: it reads files, and runs
+        ``git`` for a Git-backed policy, while the loop answers DNS queries (embedded server).
+        The new config is applied back on the loop.
+        """
         try:
-            cfg = self.config_loader()
+            cfg = await asyncio.to_thread(self._load_config)
         except Exception as exc:  # a loader bug must not take the controller (and its DNS) down
             if not isinstance(exc, ConfigError):
                 exc = ConfigError([f"policy loader failed: {type(exc).__name__}: {exc}"])
@@ -306,14 +323,14 @@ class Controller:
                          f"(commit {cfg.commit[:12]}) " if cfg.commit else "")
             self.config = cfg
             self._info_dirty = True
-            self._reconfigure_providers(cfg)
+            await self._reconfigure_providers(cfg)
             # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
             reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
             if reconfigurable:
                 from gtm.providers.geo import PrefixTable
 
                 try:
-                    table = PrefixTable.from_regions(cfg.inventory.regions.values())
+                    table = await asyncio.to_thread(PrefixTable.from_regions, cfg.inventory.regions.values())
                 except Exception as exc:  # keep the DNS config in force
                     log.error("_reload_config: client prefixes rejected, DNS keeps its config: %s", exc)
                     table = None
@@ -326,7 +343,7 @@ class Controller:
     async def cycle(self) -> DesiredState | None:
         """One reconcile cycle. Never raises for store, provider or config trouble."""
         self.stats.cycles += 1
-        self._reload_config()
+        await self._reload_config()
         assert self.config is not None
         try:
             await self._ensure_lease()

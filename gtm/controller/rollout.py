@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +41,7 @@ from gtm.store.store import Store
 log = get_logger("controller.rollout")
 
 __all__ = ["Caps", "RolloutDriver", "caps_of", "current_caps", "dump", "load", "parse", "update"]
+_GATE_STATS = "scipy.stats"  # what gtm.engine.gates imports lazily to compare samples
 
 
 async def current_caps(store: Store, policy: Policy) -> Caps:
@@ -128,6 +131,10 @@ class RolloutDriver:
             self.store_errors += 1
             log.warning("tick: cannot read rollouts (%s); keeping the last caps", exc)
             return self._caps
+        if stored and lease is not None and _GATE_STATS not in sys.modules:
+            # The gates' statistics import scipy (~1 s) on first use; do it off the event loop,
+            # which also answers DNS, before the first step that may compare samples.
+            await asyncio.to_thread(importlib.import_module, _GATE_STATS)
         states: dict[str, RolloutState] = {}
         for name, (st, text) in stored.items():
             states[name] = st

@@ -1,16 +1,20 @@
 """The engine's output: the desired routing, with a reason for every decision.
 
-Plain frozen dataclasses (not pydantic) because ``plan()`` builds tens of thousands of them per
-call; they serialise to and from JSON-ready dicts with ``to_dict``/``from_dict``. Pools are shared
-between services with the same eligible regions, so a service refers to its pools by id.
+Plain frozen dataclasses (not pydantic models) because ``plan()`` builds tens of thousands of them
+per call; a pydantic ``TypeAdapter`` serialises them to and from JSON-ready dicts
+(``to_dict``/``from_dict``). Pools are shared between services with the same eligible regions, so
+a service refers to its pools by id.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
 
 HealthState = Literal["healthy", "degraded", "unhealthy", "unknown"]
 """``healthy`` and ``degraded`` take traffic; ``unhealthy`` and ``unknown`` (no fresh report) do not."""
@@ -180,7 +184,9 @@ class DesiredState:
     services: dict[str, ServicePlan]
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     decisions: tuple[Decision, ...] = ()
-    _digest: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+    _digest: Annotated[list[str], Field(exclude=True)] = field(  # memo of routing_digest(), never stored
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def routing_digest(self) -> str:
         """Digest of what providers publish: pools' weights, services, endpoints and policy.
@@ -211,92 +217,36 @@ class DesiredState:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``from_dict`` reads it back."""
-        return {
-            "generation": self.generation,
-            "generated_at": self.generated_at,
-            "policy_digest": self.policy_digest,
-            "routing_digest": self.routing_digest(),
-            "held": self.held,
-            "hold_reason": self.hold_reason,
-            "regions": {k: _asdict(v) for k, v in self.regions.items()},
-            "pools": {
-                k: {
-                    "pool_id": p.pool_id,
-                    "segment": p.segment,
-                    "reason": p.reason,
-                    "mode": p.mode,
-                    "members": [_asdict(m) for m in p.members],
-                }
-                for k, p in self.pools.items()
-            },
-            "services": {
-                k: {
-                    "name": s.name,
-                    "fqdn": s.fqdn,
-                    "zone": s.zone,
-                    "ttl": s.ttl,
-                    "segments": [_asdict(r) for r in s.segments],
-                }
-                for k, s in self.services.items()
-            },
-            "endpoints": {k: [list(e) for e in v] for k, v in self.endpoints.items()},
-            "decisions": [_asdict(d) for d in self.decisions],
-        }
+        """A JSON-ready dict (pydantic's serializer for these dataclasses, plus ``routing_digest``
+        for readers); ``from_dict`` reads it back."""
+        d: dict[str, Any] = _adapter().dump_python(self, mode="json")
+        d["routing_digest"] = self.routing_digest()
+        return d
 
     def to_json(self) -> str:
+        """The stored form (``gtm:{ns}:desired``): ``to_dict`` as compact JSON, keys sorted."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DesiredState:
-        """Rebuild a state from ``to_dict`` output; raises ``KeyError``/``TypeError`` if malformed."""
-        return cls(
-            generation=int(d["generation"]),
-            generated_at=float(d["generated_at"]),
-            policy_digest=str(d["policy_digest"]),
-            held=bool(d["held"]),
-            hold_reason=str(d["hold_reason"]),
-            regions={
-                k: RegionStatus(**{**v, "transitions": tuple(v.get("transitions", ()))})
-                for k, v in d["regions"].items()
-            },
-            pools={
-                k: PoolPlan(
-                    pool_id=p["pool_id"],
-                    segment=p["segment"],
-                    reason=p["reason"],
-                    mode=p["mode"],
-                    members=tuple(PoolMember(**m) for m in p["members"]),
-                )
-                for k, p in d["pools"].items()
-            },
-            services={
-                k: ServicePlan(
-                    name=s["name"],
-                    fqdn=s["fqdn"],
-                    zone=s["zone"],
-                    ttl=s["ttl"],
-                    segments=tuple(
-                        SegmentRoute(
-                            segment=r["segment"],
-                            continents=tuple(r["continents"]),
-                            countries=tuple(r["countries"]),
-                            pool_id=r["pool_id"],
-                            jurisdictions=tuple(r["jurisdictions"]),
-                            note=r.get("note", ""),
-                        )
-                        for r in s["segments"]
-                    ),
-                )
-                for k, s in d["services"].items()
-            },
-            endpoints={k: tuple((e[0], e[1]) for e in v) for k, v in d["endpoints"].items()},
-            decisions=tuple(Decision(**x) for x in d.get("decisions", [])),
-        )
+        """Rebuild a state from ``to_dict`` output (also what earlier versions stored, whose
+        hand-written format is the same); ``routing_digest`` is recomputed, not read.
+
+        Raises:
+            pydantic.ValidationError (a ``ValueError``): missing or malformed fields.
+        """
+        return _adapter().validate_python(d)
 
     @classmethod
     def from_json(cls, text: str) -> DesiredState:
-        return cls.from_dict(json.loads(text))
+        """``from_dict`` of the JSON ``text``; raises ``ValueError`` if malformed."""
+        return _adapter().validate_json(text)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[DesiredState]:
+    """The pydantic (de)serializer of ``DesiredState`` and its parts (built on first use)."""
+    return TypeAdapter(DesiredState)
 
 
 _SERVICES_DIGESTS: dict[int, tuple[dict[str, ServicePlan], str]] = {}
@@ -322,11 +272,3 @@ def _services_digest(services: dict[str, ServicePlan]) -> str:
         _SERVICES_DIGESTS.clear()
     _SERVICES_DIGESTS[id(services)] = (services, digest)
     return digest
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in obj.__slots__:
-        v = getattr(obj, name)
-        out[name] = list(v) if isinstance(v, tuple) else v
-    return out

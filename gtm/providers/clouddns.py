@@ -76,7 +76,8 @@ import google.auth.exceptions
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import dns  # type: ignore[import-untyped]
+from google.cloud import dns
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
@@ -501,21 +502,24 @@ class CloudDnsProvider(Provider):
                 return out
 
     async def _get(self, path: str, calls: _Calls, query: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """A read, retried on 5xx/429/transport errors; failures mapped to provider errors."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._request("GET", path, calls, query=query)
-            except _ApiError as err:
-                if not err.retryable:
-                    raise PermanentProviderError(f"{self.name}: GET {path}: {err.message}") from err
-                if attempt >= self.max_attempts:
-                    raise TemporaryProviderError(
-                        f"{self.name}: GET {path} failed {attempt} times: {err.message}",
-                        delay=self.poll_interval_s * attempt,
-                    ) from err
-                await asyncio.sleep(self.poll_interval_s * attempt)
+        """A read, retried on 5xx/429/transport errors (up to ``max_attempts``, waiting
+        ``poll_interval_s`` times the attempt number in between); failures mapped to provider errors."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _ApiError) and e.retryable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_incrementing(start=self.poll_interval_s, increment=self.poll_interval_s),
+            reraise=True,
+        )
+        try:
+            return await retrying(self._request, "GET", path, calls, query=query)
+        except _ApiError as err:
+            if not err.retryable:
+                raise PermanentProviderError(f"{self.name}: GET {path}: {err.message}") from err
+            attempts = retrying.statistics.get("attempt_number", self.max_attempts)
+            raise TemporaryProviderError(
+                f"{self.name}: GET {path} failed {attempts} times: {err.message}",
+                delay=self.poll_interval_s * attempts,
+            ) from err
 
     async def _request(
         self,
