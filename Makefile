@@ -31,11 +31,15 @@ test: $(STAMP) services lint
 	$(BIN)/gtm policy verify --max-rows 5
 	GTM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
+## test-fast: the developer loop: every test but the end-to-end ones (tests/e2e/, scale runs), about a minute
+test-fast: $(STAMP) services
+	GTM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
+
 ## soak: the property tests with a fresh random search, 50x the examples (about 10 minutes)
 soak: $(STAMP)
 	GTM_HYPOTHESIS_PROFILE=soak GTM_HYPOTHESIS_SCALE=$${GTM_HYPOTHESIS_SCALE:-50} \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 3600 \
-	  tests/test_engine_properties.py tests/test_geo.py
+	  tests/engine/test_engine_properties.py tests/providers/test_geo.py
 
 ## bench: performance benchmarks; writes bench/results/latest.json
 bench: $(STAMP) services

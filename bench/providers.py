@@ -1,7 +1,7 @@
 """Provider figures (issue 3): Route 53 on moto for a 2,500-record change, the RFC2136 round trip
 to a real BIND, and the calls a steady state makes. The measuring code is the tests' own
-(``tests/test_route53.py::test_2500_record_sets_go_in_compliant_batches`` and
-``tests/test_rfc2136.py::test_update_round_trip_median``, which assert the limits too); this
+(``tests/providers/test_route53.py::test_2500_record_sets_go_in_compliant_batches`` and
+``tests/providers/test_rfc2136.py::test_update_round_trip_median``, which assert the limits too); this
 runs them and collects the figures they print.
 """
 
@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 TESTS = [
-    "tests/test_route53.py::test_2500_record_sets_go_in_compliant_batches",
-    "tests/test_rfc2136.py::test_update_round_trip_median",
+    "tests/providers/test_route53.py::test_2500_record_sets_go_in_compliant_batches",
+    "tests/providers/test_rfc2136.py::test_update_round_trip_median",
 ]
 
 

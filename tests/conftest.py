@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -104,3 +105,82 @@ async def loop_watchdog() -> AsyncIterator[LoopWatchdog]:
             + dog.culprit,
             pytrace=False,
         )
+
+
+# -- layout: markers -------------------------------------------------------------------------
+#
+# tests/ mirrors gtm/ (engine, providers, store, agent, controller, api, cli, config, sim) and
+# keeps what runs whole processes together in tests/e2e/. Everything there is marked ``e2e``,
+# so ``pytest -m "not e2e"`` (``make test-fast``) is the developer's loop.
+
+_E2E_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e") + os.sep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if str(item.path).startswith(_E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+
+
+# -- shared Redis and fleet fixtures ---------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared test Redis (``GTM_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``)."""
+    from tests.support.redis import REDIS_URL
+
+    return REDIS_URL
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A namespace of this test's own on the shared Redis; its keys are deleted afterwards
+    (and only its keys)."""
+    import uuid
+
+    import redis
+
+    name = f"t-{uuid.uuid4().hex}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"gtm:{{{name}}}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, namespace: str) -> AsyncIterator[Any]:
+    """A ``gtm.store.Store`` on the shared Redis in this test's namespace."""
+    import redis.asyncio as aioredis
+
+    from gtm.store import Store
+    from gtm.store.keys import Keys
+
+    store = Store(aioredis.Redis.from_url(redis_url, decode_responses=True), Keys(namespace))
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Start simulated fleets (real HTTP servers on free ports): ``await fleet("vllm", 3)``
+    returns the ``FleetSim`` (its ``url``, ``set_state``); every fleet stops after the test.
+    Keyword arguments go to ``gtm.sim.fleet.start_fleet`` (``model``, ``version``, ``load``,
+    ``tokens_per_s``, ``mode``, ``seed``)."""
+    from gtm.sim.fleet import start_fleet
+
+    runners: list[Any] = []
+
+    async def make(kind: str = "vllm", replicas: int = 3, *, model: str = "llama-3.1-8b", version: str = "v1",
+                   **kw: Any) -> Any:
+        runner, sim = await start_fleet(kind, "127.0.0.1", 0, model, version, replicas, **kw)
+        runners.append(runner)
+        return sim
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()

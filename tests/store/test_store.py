@@ -1,7 +1,7 @@
 """The Redis store, against a real Redis server and against the embedded fakeredis mode.
 
-The real server (127.0.0.1:6379) is shared: every test uses its own namespace and deletes only
-its own keys. One test starts its own ``redis-server`` on a spare port and kills it mid-test.
+The real server (GTM_TEST_REDIS_URL, default 127.0.0.1:6379) is shared: every test uses its own
+namespace and deletes only its own keys. One test starts its own ``redis-server`` on a spare port and kills it mid-test.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from uuid import uuid4
 import pytest
 import redis
 import redis.asyncio as aioredis
-from factories import (
+
+from gtm.engine import plan
+from gtm.errors import LeaseLostError, StoreError
+from gtm.models.audit import AuditEntry
+from gtm.models.plan import DesiredState
+from gtm.store import Store, connect
+from gtm.store.keys import Keys
+from gtm.testing.ports import free_port
+from tests.factories import (
     FOUR_REGIONS,
     T0,
     healthy_reports,
@@ -29,16 +37,9 @@ from factories import (
     make_report,
     skip_or_fail,
 )
+from tests.support.redis import REDIS_HOST, REDIS_PORT
+from tests.support.wait import wait_until
 
-from gtm.engine import plan
-from gtm.errors import LeaseLostError, StoreError
-from gtm.models.audit import AuditEntry
-from gtm.models.plan import DesiredState
-from gtm.store import Store, connect
-from gtm.store.keys import Keys
-from gtm.testing.ports import free_port
-
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -201,7 +202,12 @@ async def test_flap_damping_clears_put_get_and_wake_the_controller(store: Store)
     assert await store.get_damping_cleared() == {}
     events = store.events()
     listening = asyncio.ensure_future(events.__anext__())
-    await asyncio.sleep(0.2)  # subscribed before the write
+
+    async def subscribed() -> bool:
+        counts = dict(await store.client.pubsub_numsub(store.keys.events))
+        return bool(counts.get(store.keys.events))
+
+    await wait_until(subscribed)  # the subscription is in place before the write
     await store.clear_damping("us-west-2", T0 + 5, "alice", "NIC replaced")
     assert await asyncio.wait_for(listening, 5) == "undamp:us-west-2"
     await events.aclose()

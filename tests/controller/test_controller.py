@@ -21,6 +21,7 @@ from gtm.store.keys import Keys
 from gtm.testing.redis import RedisProcess
 from tests.conftest import LoopWatchdog
 from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
+from tests.support.redis import REDIS_URL
 
 # The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
 pytestmark = pytest.mark.usefixtures("loop_watchdog")
@@ -60,7 +61,7 @@ def make_config() -> Config:
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     ns = f"test-{uuid.uuid4().hex}"
     if request.param == "redis":
-        client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         s = Store(client, Keys(ns))
     else:
         s = connect("embedded://", ns=ns)

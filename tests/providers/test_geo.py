@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from factories import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gtm.errors import ConfigError
 from gtm.models.region import Region
 from gtm.providers.geo import Location, PrefixTable
+from tests.factories import examples
 
 CONTINENT_CODES = ("AF", "AS", "EU", "NA", "OC", "SA")
 

@@ -1,6 +1,6 @@
 """Rollouts end to end, in real time with short settings: four simulated vLLM fleets (real
 HTTP servers), their region agents and the controller in-process, state in the real Redis on
-127.0.0.1:6379 (private namespace, keys deleted afterwards).
+GTM_TEST_REDIS_URL (private namespace, keys deleted afterwards).
 
 A "CD pipeline" task deploys each region when the rollout says it is ready for deploy (via
 ``gtm rollout wait-ready`` run as a separate process in one test), by POSTing the new version
@@ -36,11 +36,12 @@ from gtm.models.rollout import GateSpec, RolloutSpec
 from gtm.sim import FleetSim, start_fleet
 from gtm.store import Store, connect
 from tests.factories import FOUR_REGIONS, MODEL, eu_segment, make_policy, make_region, make_service
+from tests.support.redis import REDIS_URL
 
 # The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
 pytestmark = pytest.mark.usefixtures("loop_watchdog")
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+
 NAME = "llama-v2"
 WAVES = (("eu-west-1",), ("eu-central-1",), ("us-east-1", "us-west-2"))
 PHASES = ["draining", "ready-for-deploy", "canary", "ramping 50%", "ramping 100%", "done"]
@@ -54,7 +55,7 @@ SPEC = RolloutSpec(
     gates=GateSpec(metrics=("error_rate", "ttft", "itl"), min_samples=8, confidence=0.95, tolerance=0.2,
                    max_error_rate=0.05),
 )
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

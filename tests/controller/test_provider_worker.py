@@ -12,8 +12,8 @@ from gtm.controller.provider_worker import ProviderWorker
 from gtm.errors import PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState
 from gtm.store import connect
+from tests.controller.test_controller import make_config
 from tests.factories import T0, eu_segment, make_inventory, make_policy, make_report, make_service
-from tests.test_controller import make_config
 
 # The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
 pytestmark = pytest.mark.usefixtures("loop_watchdog")

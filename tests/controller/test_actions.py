@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,9 +27,9 @@ from gtm.models.override import Override
 from gtm.store import Store
 from gtm.store.keys import Keys
 from tests.factories import make_report
+from tests.support.redis import REDIS_URL
 
-REDIS_URL = os.environ.get("GTM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-" + uuid.uuid4().hex
 CFG = load_config(ROOT / "policies", ROOT / "regions")
 runner = CliRunner()

@@ -6,7 +6,6 @@ the engine alone can hold is checked on every plan against the one before it.
 
 from __future__ import annotations
 
-from factories import MODELS, Scenario, Step, examples, make_report, reports_for, scenarios
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from gtm.models.plan import SERVING_STATES, DesiredState
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory
 from gtm.models.report import FleetReport
+from tests.factories import MODELS, Scenario, Step, examples, make_report, reports_for, scenarios
 
 SETTINGS = settings(
     max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]

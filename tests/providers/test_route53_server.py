@@ -15,7 +15,7 @@ import pytest
 
 from gtm.testing.moto import ThreadedMoto
 from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
-from tests.test_route53 import (
+from tests.providers.test_route53 import (
     ADDR,
     CHAT,
     DEFAULT_POOL,
@@ -88,6 +88,7 @@ async def test_two_installations_over_http(aws: Aws) -> None:
     assert plan.empty
 
 
+@pytest.mark.e2e  # a scale run (2,500 record sets): left out of the fast loop
 async def test_2500_record_sets_over_http(aws: Aws, capsys: pytest.CaptureFixture[str]) -> None:
     provider = aws.provider(max_requests_per_s=5.0)
     figures: dict[str, Any] = await measure_big_change(provider)

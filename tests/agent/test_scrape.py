@@ -21,8 +21,8 @@ from gtm.agent.scrape import (
 )
 from gtm.errors import ScrapeError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "telemetry"
-SIM_SAMPLES = Path(__file__).parent.parent / "gtm" / "sim" / "samples"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "telemetry"
+SIM_SAMPLES = Path(__file__).resolve().parents[2] / "gtm" / "sim" / "samples"
 
 
 def load(name: str) -> str:

@@ -25,7 +25,7 @@ from gtm.models.plan import DesiredState
 from gtm.store import Store, connect
 from tests.factories import T0, make_report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REGIONS = ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2")
 runner = CliRunner()
 

@@ -1,5 +1,5 @@
 """The ``gtm`` command as a script sees it: exit codes, JSON output, errors on stderr.
-Runs against the real Redis on 127.0.0.1:6379 in a private namespace."""
+Runs against the real Redis at GTM_TEST_REDIS_URL (default 127.0.0.1:6379) in a private namespace."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from factories import FOUR_REGIONS, healthy_reports, make_inventory, make_policy, make_report
 from typer.testing import CliRunner
 
 from gtm.cli.main import app
@@ -19,8 +18,10 @@ from gtm.engine import plan
 from gtm.models.plan import DesiredState
 from gtm.models.report import FleetReport, ModelStats
 from gtm.store.keys import Keys
+from tests.factories import FOUR_REGIONS, healthy_reports, make_inventory, make_policy, make_report
+from tests.support.redis import REDIS_URL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -28,7 +29,7 @@ runner = CliRunner()
 def ns() -> Iterator[str]:
     name = f"cli-{uuid.uuid4().hex}"
     yield name
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    r = redis.Redis.from_url(REDIS_URL)
     keys = list(r.scan_iter(match=f"gtm:{{{name}}}:*"))
     if keys:
         r.delete(*keys)
@@ -41,7 +42,7 @@ def gtm(*args: str) -> tuple[int, str, str]:
 
 
 def base(ns: str) -> list[str]:
-    return ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns,
+    return ["--redis", REDIS_URL, "--ns", ns,
             "--policies", str(ROOT / "policies"), "--regions", str(ROOT / "regions")]
 
 
@@ -75,7 +76,7 @@ def put_reports(r: redis.Redis, keys: Keys, spare: float, replicas: int = 4) -> 
 
 
 def test_drain_refused_by_headroom_then_forced(ns: str) -> None:
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
     put_reports(r, keys, spare=1.0, replicas=4)  # load 3.0 each; the EU peer has only 1.0 spare
     code, out, err = gtm("drain", "eu-west-1", "--reason", "upgrade", *base(ns))
@@ -93,7 +94,7 @@ def test_drain_refused_by_headroom_then_forced(ns: str) -> None:
 
 
 def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
     put_reports(r, keys, spare=3.0, replicas=4)  # load 1.0 each: plenty of headroom
     code, out, _ = gtm("drain", "eu-west-1", "--reason", "upgrade", "--dry-run", "-o", "json", *base(ns))
@@ -122,13 +123,13 @@ def test_drain_dry_run_then_drain_and_undrain(ns: str) -> None:
     assert plan["changed"] is True and plan["decisions"]
 
     code, _, _ = gtm("undrain", "eu-west-1", "--reason", "kernel done", "--actor", "alice",
-                     "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+                     "--redis", REDIS_URL, "--ns", ns)
     assert code == 0 and r.get(keys.override("eu-west-1")) is None
     entry = r.xrevrange(keys.audit, count=1)[0][1]
     assert (entry["action"], entry["region"], entry["actor"], entry["reason"]) == (
         "undrain", "eu-west-1", "alice", "kernel done")
     assert json.loads(entry["lifted"])["reason"] == "upgrade"
-    code, _, _err = gtm("undrain", "eu-west-1", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    code, _, _err = gtm("undrain", "eu-west-1", "--redis", REDIS_URL, "--ns", ns)
     assert code == 3
     r.close()
 
@@ -156,9 +157,9 @@ def _damped_state(now: float) -> DesiredState:
 
 
 def test_undamp_clears_flap_damping_and_is_audited(ns: str) -> None:
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
-    conn = ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns]
+    conn = ["--redis", REDIS_URL, "--ns", ns]
     code, _, err = gtm("undamp", "us-west-2", "--reason", "x", *conn)
     assert code == 3 and "the controller plans nothing yet" in err
     r.set(keys.desired, _damped_state(time.time()).to_json())
@@ -183,7 +184,7 @@ def test_undamp_clears_flap_damping_and_is_audited(ns: str) -> None:
 
 def test_operator_text_with_markup_is_shown_verbatim(ns: str) -> None:
     """Rich markup in a reason or actor ("[/]", "[red]") is text, in every view that shows it."""
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
     put_reports(r, keys, spare=3.0, replicas=4)
     code, out, err = gtm("drain", "eu-west-1", "--reason", "maint [/] [red]x", "--actor", "bob [/]", *base(ns))
@@ -196,9 +197,9 @@ def test_operator_text_with_markup_is_shown_verbatim(ns: str) -> None:
     code, out, err = gtm("plan", *base(ns))
     assert code == 0, err
     code, _, err = gtm("undamp", "us-west-2", "--reason", "[bold]fixed[/]", "--actor", "carol [/]",
-                       "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+                       "--redis", REDIS_URL, "--ns", ns)
     assert code == 0, err
-    code, out, err = gtm("audit", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    code, out, err = gtm("audit", "--redis", REDIS_URL, "--ns", ns)
     assert code == 0, err
     assert "undamp us-west-2 by carol [/]: [bold]fixed[/]" in out
     r.close()
@@ -208,11 +209,11 @@ def test_drain_with_invalid_local_files_falls_back_to_the_controllers_plan(ns: s
     bad = tmp_path / "policies"
     bad.mkdir()
     (bad / "p.yaml").write_text("services: 3\n")
-    args = ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns, "--policies", str(bad),
+    args = ["--redis", REDIS_URL, "--ns", ns, "--policies", str(bad),
             "--regions", str(ROOT / "regions")]
     code, _, err = gtm("drain", "eu-west-1", "--reason", "x", *args)
     assert code == 3 and "do not validate" in err and "the controller plans nothing yet" in err
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
     r.set(keys.desired, _damped_state(time.time()).to_json())
     code, out, err = gtm("drain", "eu-west-1", "--reason", "x", "--dry-run", *args)
@@ -226,12 +227,12 @@ def test_drain_with_invalid_local_files_falls_back_to_the_controllers_plan(ns: s
 
 def test_unreadable_secret_files_are_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GTM_API_TOKEN_FILE", str(tmp_path / "missing"))
-    code, _, err = gtm("controller", "--redis", "redis://127.0.0.1:6379/0", "--ns", "cli-unused",
+    code, _, err = gtm("controller", "--redis", REDIS_URL, "--ns", "cli-unused",
                        "--dns-listen", "off", "--api-listen", "127.0.0.1:9")
     assert code == 2 and "cannot read GTM_API_TOKEN_FILE" in err
     (tmp_path / "empty").write_text("\n")
     monkeypatch.setenv("GTM_API_TOKEN_FILE", str(tmp_path / "empty"))
-    code, _, err = gtm("controller", "--redis", "redis://127.0.0.1:6379/0", "--ns", "cli-unused",
+    code, _, err = gtm("controller", "--redis", REDIS_URL, "--ns", "cli-unused",
                        "--dns-listen", "off", "--api-listen", "127.0.0.1:9")
     assert code == 2 and "is empty" in err
     monkeypatch.delenv("GTM_API_TOKEN_FILE")
@@ -242,13 +243,13 @@ def test_unreadable_secret_files_are_config_errors(tmp_path: Path, monkeypatch: 
 
 
 def test_audit_shows_rollout_steps_as_rollout_steps(ns: str) -> None:
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(ns)
     decisions = json.dumps([{"subject": "rollout llama-nov eu-west-1", "action": "canary", "reason": "v2 on 2/2"}])
     r.xadd(keys.audit, {"ts": str(time.time()), "rollout": "llama-nov", "step": "4", "fencing_token": "7",
                         "decisions": decisions})
     r.close()
-    code, out, err = gtm("audit", "--redis", "redis://127.0.0.1:6379/0", "--ns", ns)
+    code, out, err = gtm("audit", "--redis", REDIS_URL, "--ns", ns)
     assert code == 0, err
     assert "rollout llama-nov step 4 (fencing token 7)" in out and "generation" not in out
     assert "rollout llama-nov eu-west-1: canary — v2 on 2/2" in out

@@ -16,7 +16,7 @@ from gtm.errors import TaskCrashedError
 from gtm.models.region import FleetSource, Region
 from gtm.store import connect
 from gtm.tasks import Supervisor
-from tests.test_controller import make_config
+from tests.controller.test_controller import make_config
 
 pytestmark = pytest.mark.usefixtures("loop_watchdog")
 

@@ -12,7 +12,7 @@ import pytest
 from gtm.config import load_config, load_inventory, load_policy, policy_digest
 from gtm.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 REGIONS = ROOT / "regions"
 

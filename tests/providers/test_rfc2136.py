@@ -49,7 +49,7 @@ from tests.factories import (
     make_service,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHAT = f"chat.{ZONE}"
 EU_CHAT = f"eu.{CHAT}"
 ADDR = {"eu-central-1": "192.0.2.10", "eu-west-1": "192.0.2.11", "us-east-1": "192.0.2.12", "us-west-2": "192.0.2.13"}

@@ -16,6 +16,7 @@ from gtm.controller.loop import Controller, ControllerSettings
 from gtm.store import Store
 from gtm.store.keys import Keys
 from tests.factories import T0, eu_segment, make_inventory, make_override, make_policy, make_report, make_service
+from tests.support.redis import REDIS_URL
 
 # The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
 pytestmark = pytest.mark.usefixtures("loop_watchdog")
@@ -32,7 +33,7 @@ def make_config() -> Config:
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
     ns = f"api-{uuid.uuid4().hex}"
-    s = Store(aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True), Keys(ns))
+    s = Store(aioredis.Redis.from_url(REDIS_URL, decode_responses=True), Keys(ns))
     yield s
     keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
     if keys:

@@ -513,6 +513,7 @@ async def measure_big_change(provider: Route53Provider, services: int = 228) -> 
     return figures
 
 
+@pytest.mark.e2e  # a scale run (2,500 record sets): left out of the fast loop
 async def test_2500_record_sets_go_in_compliant_batches(aws: Aws, capsys: pytest.CaptureFixture[str]) -> None:
     provider = aws.provider(max_requests_per_s=5.0)  # Route 53's real pace
     figures = await measure_big_change(provider)

@@ -25,14 +25,15 @@ from gtm.errors import ConfigError
 from gtm.store import Store
 from gtm.store.keys import Keys
 from gtm.testing.ports import free_port
+from tests.support.redis import REDIS_URL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
     ns = f"snap-{uuid.uuid4().hex}"
-    s = Store(aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True), Keys(ns))
+    s = Store(aioredis.Redis.from_url(REDIS_URL, decode_responses=True), Keys(ns))
     yield s
     keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
     if keys:
@@ -78,7 +79,7 @@ async def test_a_controller_starts_from_the_snapshot_when_its_files_are_broken(s
     broken.mkdir()
     (broken / "p.yaml").write_text("services: [\n")
     port = free_port()
-    cmd = [sys.executable, "-m", "gtm.cli.main", "controller", "--redis", "redis://127.0.0.1:6379/0",
+    cmd = [sys.executable, "-m", "gtm.cli.main", "controller", "--redis", REDIS_URL,
            "--ns", store.keys.ns, "--policies", str(broken), "--regions", str(ROOT / "regions"),
            "--dns-listen", f"127.0.0.1:{port}", "--api-listen", "off"]
     # No snapshot yet: the broken files are fatal (exit 2), as before.

@@ -19,8 +19,9 @@ from gtm.controller.rollout import update
 from gtm.engine import rollout as machine
 from gtm.models.report import FleetReport, ModelStats
 from gtm.store import Store, connect
+from tests.support.redis import REDIS_URL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 ROLLOUTS = """
@@ -44,8 +45,8 @@ def env(tmp_path: Path) -> Iterator[list[str]]:
     # The example policy without its own rollouts: these tests bring theirs.
     base = (ROOT / "policies" / "default.yaml").read_text().split("\nrollouts:", 1)[0] + "\n"
     policy.write_text(base + ROLLOUTS)
-    yield ["--redis", "redis://127.0.0.1:6379/0", "--ns", ns]
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    yield ["--redis", REDIS_URL, "--ns", ns]
+    r = redis.Redis.from_url(REDIS_URL)
     keys = list(r.scan_iter(match=f"gtm:{{{ns}}}:*"))
     if keys:
         r.delete(*keys)
@@ -182,7 +183,7 @@ def test_release_a_region_an_aborted_rollout_holds(env: list[str], tmp_path: Pat
     assert code == EXIT_REFUSED and "(reverting: none)" in err
 
     # Every operator command is in the audit stream, besides the rollout's own history.
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     entries = [e for _, e in r.xrange(f"gtm:{{{env[3]}}}:audit")]
     r.close()
     actions = [(e["action"], e.get("region")) for e in entries if e["action"].startswith("rollout ")]

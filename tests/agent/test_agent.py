@@ -1,5 +1,5 @@
 """Region agent tests against real HTTP servers (the simulator, a hung TCP server) and the
-real Redis server at 127.0.0.1:6379 (unique namespace per test; only our keys are deleted).
+real Redis server at GTM_TEST_REDIS_URL (default 127.0.0.1:6379) (unique namespace per test; only our keys are deleted).
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from gtm.agent import AgentSettings, RegionAgent
 from gtm.models.region import FleetSource, Region
 from gtm.models.report import FleetReport
-from gtm.sim import FleetSim, start_fleet
+from gtm.sim import FleetSim
 from gtm.store.keys import Keys
 from gtm.store.store import Store, connect
 from gtm.testing.ports import free_port
 from tests.factories import skip_or_fail
+from tests.support.redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "llama-3.1-8b"
 
 FAST = AgentSettings(
@@ -72,20 +71,7 @@ async def store() -> AsyncIterator[Store]:
 
 
 FleetFactory = Callable[..., Awaitable[FleetSim]]
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[FleetFactory]:
-    runners: list[web.AppRunner] = []
-
-    async def make(kind: str = "vllm", replicas: int = 3, **kw: Any) -> FleetSim:
-        runner, sim = await start_fleet(kind, "127.0.0.1", 0, MODEL, "v1", replicas, **kw)
-        runners.append(runner)
-        return sim
-
-    yield make
-    for r in runners:
-        await r.cleanup()
+"""The shared ``fleet`` fixture (tests/conftest.py): ``await fleet(kind, replicas, **kw)``."""
 
 
 @pytest.fixture

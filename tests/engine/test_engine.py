@@ -8,7 +8,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
-from factories import (
+
+from gtm.engine import plan
+from gtm.engine.capacity import capacity_weights
+from gtm.engine.health import region_health
+from gtm.models.override import Override
+from gtm.models.plan import DesiredState, RegionStatus
+from gtm.models.policy import HealthThresholds, Policy
+from gtm.models.region import Inventory
+from gtm.models.report import FleetReport
+from tests.factories import (
     FOUR_REGIONS,
     MODEL,
     T0,
@@ -21,15 +30,6 @@ from factories import (
     make_service,
     weights,
 )
-
-from gtm.engine import plan
-from gtm.engine.capacity import capacity_weights
-from gtm.engine.health import region_health
-from gtm.models.override import Override
-from gtm.models.plan import DesiredState, RegionStatus
-from gtm.models.policy import HealthThresholds, Policy
-from gtm.models.region import Inventory
-from gtm.models.report import FleetReport
 
 CHAT = "chat.gtm.example.com"
 EMBED = "embed.gtm.example.com"

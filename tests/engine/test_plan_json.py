@@ -24,7 +24,7 @@ from tests.factories import (
     make_service,
 )
 
-GOLDEN = Path(__file__).parent / "fixtures" / "desired_state_v1.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "desired_state_v1.json"
 """States written by the hand-written ``to_json`` of earlier versions (one per scenario)."""
 
 
