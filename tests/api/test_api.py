@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,9 +12,7 @@ from gtm.api.app import build_app
 from gtm.config.loader import Config, policy_digest
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.store import Store
-from gtm.store.keys import Keys
 from tests.factories import T0, eu_segment, make_inventory, make_override, make_policy, make_report, make_service
-from tests.support.redis import REDIS_URL
 
 # The controller's loop also answers DNS: a test fails when it was blocked (see conftest.py).
 pytestmark = pytest.mark.usefixtures("loop_watchdog")
@@ -31,14 +27,9 @@ def make_config() -> Config:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    ns = f"api-{uuid.uuid4().hex}"
-    s = Store(aioredis.Redis.from_url(REDIS_URL, decode_responses=True), Keys(ns))
-    yield s
-    keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
-    if keys:
-        await s.client.delete(*keys)
-    await s.aclose()
+def store(redis_store: Store) -> Store:
+    """The shared test Redis, in this test's own namespace (tests/conftest.py)."""
+    return redis_store
 
 
 async def client_for(store: Store, token: str | None, ctl: Controller | None = None) -> TestClient:

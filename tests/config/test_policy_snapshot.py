@@ -7,8 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.exception
@@ -16,14 +14,12 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-import redis.asyncio as aioredis
 
 from gtm.config import load_config
 from gtm.config.snapshot import dump_snapshot, load_snapshot
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.errors import ConfigError
 from gtm.store import Store
-from gtm.store.keys import Keys
 from gtm.testing.ports import free_port
 from tests.support.redis import REDIS_URL
 
@@ -31,14 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    ns = f"snap-{uuid.uuid4().hex}"
-    s = Store(aioredis.Redis.from_url(REDIS_URL, decode_responses=True), Keys(ns))
-    yield s
-    keys = [k async for k in s.client.scan_iter(match=f"gtm:{{{ns}}}:*")]
-    if keys:
-        await s.client.delete(*keys)
-    await s.aclose()
+def store(redis_store: Store) -> Store:
+    """The shared test Redis, in this test's own namespace (tests/conftest.py)."""
+    return redis_store
 
 
 def test_snapshot_round_trip_and_integrity() -> None:
