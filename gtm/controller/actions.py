@@ -149,7 +149,7 @@ class UndampOutcome:
     at: float
     was_damped_until: float
     state: str
-    audit: AuditEntry = field(repr=False, default_factory=lambda: AuditEntry(ts=0))
+    audit: AuditEntry = field(repr=False)
 
     @property
     def remaining_s(self) -> float:

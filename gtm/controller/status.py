@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -32,7 +33,8 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         # No valid local files: every region Redis knows of (the plan in force, overrides).
         known = await read_plan_inputs(store, [])
         regions = sorted(set(known.previous.regions if known.previous is not None else ()) | set(known.overrides))
-        inputs = await read_plan_inputs(store, regions)
+        reports, bad = await store.get_reports(regions)
+        inputs = dataclasses.replace(known, reports=reports, rejected=bad)
     reports, overrides, desired = inputs.reports, inputs.overrides, inputs.previous
     leader = await store.leader()
     controller = await store.get_applied("controller") or {}
