@@ -54,7 +54,7 @@ def project_drain(
     caps, cleared = inputs.caps or None, inputs.damping_cleared or None
     cache = PlanCache()
     state = plan(cfg.policy, cfg.inventory, reports, inputs.overrides, inputs.previous, now, digest=cfg.digest,
-                 caps=caps, damping_cleared=cleared, cache=cache)
+                 caps=caps, damping_cleared=cleared, cache=cache, vantage=inputs.vantage)
     before = state
     t = now
     out = DrainProjection()
@@ -63,8 +63,9 @@ def project_drain(
         t += rules.step_interval_s
         # Today's reports, kept fresh as simulated time moves on (else they would age out).
         fresh = {r: rep.model_copy(update={"observed_at": max(rep.observed_at, t)}) for r, rep in reports.items()}
+        seen = {r: v.model_copy(update={"observed_at": max(v.observed_at, t)}) for r, v in inputs.vantage.items()}
         state = plan(cfg.policy, cfg.inventory, fresh, ovs, state, t, digest=cfg.digest, caps=caps,
-                     damping_cleared=cleared, cache=cache)
+                     damping_cleared=cleared, cache=cache, vantage=seen)
         weights = tuple(p.weight_of(region) for p in state.pools.values())
         if override.kind == "cordon" or all(w == 0 for w in weights):
             out.steps = step + 1

@@ -381,7 +381,7 @@ class Controller:
             new = plan(
                 self.config.policy, self.config.inventory, reports, overrides, previous, now,
                 digest=self.config.digest, caps=caps, damping_cleared=inputs.damping_cleared,
-                cache=self._plan_cache,
+                cache=self._plan_cache, vantage=inputs.vantage,
             )
         except Exception:  # never make things worse: keep serving the last good routing
             self.stats.engine_errors += 1

@@ -19,7 +19,7 @@ from gtm.config.loader import Config
 from gtm.engine import plan
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
-from gtm.models.report import FleetReport, ModelStats
+from gtm.models.report import FleetReport, ModelStats, VantageReport
 from gtm.store import Store
 from gtm.store.inputs import read_plan_inputs
 
@@ -243,13 +243,14 @@ def plan_pair(
     previous: DesiredState | None,
     now: float,
     damping_cleared: Mapping[str, float] | None = None,
+    vantage: Mapping[str, VantageReport] | None = None,
 ) -> tuple[DesiredState, DesiredState]:
     """Plan the policy in force and the candidate from the same inputs (pure);
-    ``damping_cleared`` as for ``engine.plan``."""
+    ``damping_cleared`` and ``vantage`` as for ``engine.plan``."""
     before = plan(in_force.policy, in_force.inventory, reports, overrides, previous, now, digest=in_force.digest,
-                  damping_cleared=damping_cleared)
+                  damping_cleared=damping_cleared, vantage=vantage)
     after = plan(candidate.policy, candidate.inventory, reports, overrides, previous, now, digest=candidate.digest,
-                 damping_cleared=damping_cleared)
+                 damping_cleared=damping_cleared, vantage=vantage)
     return before, after
 
 
@@ -285,7 +286,7 @@ async def candidate_states(
     )
     inputs = await read_plan_inputs(store, names)
     return plan_pair(in_force, candidate, inputs.reports, inputs.overrides, inputs.previous, now,
-                     damping_cleared=inputs.damping_cleared)
+                     damping_cleared=inputs.damping_cleared, vantage=inputs.vantage)
 
 
 def render_lines(doc: dict[str, Any]) -> list[str]:

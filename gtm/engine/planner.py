@@ -45,7 +45,7 @@ from gtm.models.plan import (
 )
 from gtm.models.policy import Policy, SafetyRules, Segment, Service
 from gtm.models.region import Inventory
-from gtm.models.report import FleetReport
+from gtm.models.report import FleetReport, VantageReport
 from gtm.models.rollout import WeightCap
 
 _Caps = tuple[tuple[str, float, str, bool], ...]
@@ -68,6 +68,7 @@ def plan(
     caps: Mapping[str, Mapping[str, WeightCap]] | None = None,
     damping_cleared: Mapping[str, float] | None = None,
     cache: PlanCache | None = None,
+    vantage: Mapping[str, VantageReport] | None = None,
 ) -> DesiredState:
     """Compute the desired routing.
 
@@ -88,6 +89,8 @@ def plan(
             (the controller's loop, a drain projection, ``policy verify``) passes one and keeps
             it; without one every call compiles the policy afresh. The plan is the same either
             way (a property test holds that); only the time differs.
+        vantage: latest vantage report per vantage region: what each region's agent saw of the
+            other regions' public endpoints (stale ones included; age is judged here).
 
     Returns:
         The desired state. Its ``generation`` grows only when the routing changes.

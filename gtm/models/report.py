@@ -176,3 +176,52 @@ class FleetReport(_Report):
             return any(m.replicas_healthy > 0 for m in self.models.values()) or not self.models
         stats = self.models.get(model)
         return stats is not None and stats.replicas_healthy > 0
+
+
+class VantageCheck(_Report):
+    """What one vantage point saw of one other region's public endpoint.
+
+    Attributes:
+        target: the region probed.
+        reachable: the last probe got a well-formed answer within its timeout.
+        consecutive_ok: consecutive successful probes up to and including the last one.
+        consecutive_fail: consecutive failed probes up to and including the last one.
+        latency_ms: the last probe's round trip, milliseconds (None when it failed).
+        reason: why the last probe failed; empty when it succeeded.
+    """
+
+    target: str = Field(min_length=1, max_length=64)
+    reachable: bool
+    consecutive_ok: int = Field(default=0, ge=0)
+    consecutive_fail: int = Field(default=0, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)
+    reason: str = ""
+
+
+class VantageReport(_Report):
+    """One region agent's view of the other regions, from outside (a vantage point).
+
+    Written under ``gtm:{ns}:vantage:<vantage>`` with an expiry, by that region's agent only.
+
+    Attributes:
+        vantage: the region the probes ran from.
+        agent_id: the reporting agent process.
+        seq: grows by one with each round of probes.
+        observed_at: when the round finished, unix seconds.
+        interval_s: seconds between rounds.
+        checks: one ``VantageCheck`` per region probed, keyed by region name.
+    """
+
+    vantage: str = Field(min_length=1, max_length=64)
+    agent_id: str = Field(min_length=1, max_length=200)
+    seq: int = Field(ge=0)
+    observed_at: float
+    interval_s: float = Field(gt=0)
+    checks: dict[str, VantageCheck] = Field(default_factory=dict)
+
+    @field_validator("observed_at")
+    @classmethod
+    def _finite_time(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("observed_at must be a positive unix time in seconds")
+        return v

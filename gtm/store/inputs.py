@@ -15,7 +15,7 @@ from typing import Any
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
-from gtm.models.report import FleetReport
+from gtm.models.report import FleetReport, VantageReport
 from gtm.store.rollouts import Caps, current_caps
 from gtm.store.store import Store
 
@@ -26,6 +26,8 @@ class PlanInputs:
 
     Attributes:
         reports: latest valid report per region (stale ones included: the engine judges age).
+        vantage: latest vantage report per vantage region (each agent's probes of the other
+            regions' public endpoints; stale ones included).
         rejected: one message per newly seen malformed report (already counted in Redis).
         overrides: operator overrides (drain, cordon) per region, expired ones included.
         damping_cleared: region → unix seconds an operator last cleared its flap damping.
@@ -35,6 +37,7 @@ class PlanInputs:
     """
 
     reports: dict[str, FleetReport] = field(default_factory=dict)
+    vantage: dict[str, VantageReport] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     overrides: dict[str, Override] = field(default_factory=dict)
     damping_cleared: dict[str, float] = field(default_factory=dict)
@@ -43,10 +46,10 @@ class PlanInputs:
 
     def plan_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``engine.plan`` these inputs fill (besides the policy,
-        inventory, ``now`` and ``digest``): ``reports``, ``overrides``, ``previous``, ``caps``,
-        ``damping_cleared``."""
+        inventory, ``now`` and ``digest``): ``reports``, ``vantage``, ``overrides``, ``previous``,
+        ``caps``, ``damping_cleared``."""
         return {
-            "reports": self.reports, "overrides": self.overrides, "previous": self.previous,
+            "reports": self.reports, "vantage": self.vantage, "overrides": self.overrides, "previous": self.previous,
             "caps": self.caps or None, "damping_cleared": self.damping_cleared,
         }
 
@@ -80,11 +83,13 @@ async def read_plan_inputs(
     Raises:
         StoreError: Redis could not be read.
     """
-    reports, rejected = await store.get_reports(sorted(set(regions)))
+    names_ = sorted(set(regions))
+    reports, rejected = await store.get_reports(names_)
+    vantage = await store.get_vantage(names_)
     overrides = await store.get_overrides()
     cleared = await store.get_damping_cleared()
     names = sorted(set(rollouts))
     caps = await current_caps(store, names) if names else {}
     stored = await store.get_desired() if previous else None
-    return PlanInputs(reports=reports, rejected=rejected, overrides=overrides, damping_cleared=cleared,
+    return PlanInputs(reports=reports, vantage=vantage, rejected=rejected, overrides=overrides, damping_cleared=cleared,
                       caps=caps, previous=stored)

@@ -5,6 +5,7 @@
 | key | type | holds |
 | --- | --- | --- |
 | ``gtm:{ns}:report:<region>`` | string (JSON), EX = report TTL | latest FleetReport |
+| ``gtm:{ns}:vantage:<region>`` | string (JSON), EX = report TTL | VantageReport: its probes of the others |
 | ``gtm:{ns}:reports`` | stream, MAXLEN ~ | report history (state changes only) |
 | ``gtm:{ns}:override:<region>`` | string (JSON) | drain / cordon |
 | ``gtm:{ns}:desired`` | string (JSON) | last DesiredState with its generation |
@@ -40,6 +41,10 @@ class Keys:
     @property
     def report_pattern(self) -> str:
         return f"{self.prefix}report:*"
+
+    def vantage(self, region: str) -> str:
+        """The VantageReport written by ``region``'s agent (its probes of the other regions)."""
+        return f"{self.prefix}vantage:{region}"
 
     @property
     def reports_stream(self) -> str:

@@ -27,7 +27,7 @@ from gtm.log import get_logger
 from gtm.models.audit import AuditEntry
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
-from gtm.models.report import FleetReport
+from gtm.models.report import FleetReport, VantageReport
 from gtm.store.keys import AUDIT_STREAM_MAXLEN, REPORT_STREAM_MAXLEN, Keys
 
 log = get_logger("store")
@@ -162,6 +162,61 @@ class Store:
             self._rejected_seen.pop(region, None)
             reports[region] = rep
         return reports, rejected
+
+    async def put_vantage(self, report: VantageReport, ttl_s: float, *, changed: bool) -> None:
+        """Write a vantage point's latest probes of the other regions, with an expiry.
+
+        Args:
+            report: the vantage report (``report.vantage`` names the key).
+            ttl_s: key expiry, seconds (rounded up to whole milliseconds).
+            changed: whether a region's reachability changed: a wake-up event is published too.
+
+        Raises:
+            StoreError: Redis refused or could not be reached.
+        """
+        data = report.model_dump_json()
+        px = max(1, math.ceil(ttl_s * 1000))
+        try:
+            if not changed:
+                await self.client.set(self.keys.vantage(report.vantage), data, px=px)
+                return
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.vantage(report.vantage), data, px=px)
+                pipe.publish(self.keys.events, f"vantage:{report.vantage}")
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"writing vantage report for {report.vantage}: {exc}") from exc
+
+    async def get_vantage(self, regions: list[str]) -> dict[str, VantageReport]:
+        """Latest vantage reports written by ``regions``' agents, keyed by vantage region.
+
+        A malformed one (or one under another region's key) is left out and logged once.
+
+        Raises:
+            StoreError: Redis could not be read.
+        """
+        if not regions:
+            return {}
+        try:
+            raw = await self.client.mget([self.keys.vantage(r) for r in regions])
+        except RedisError as exc:
+            raise StoreError(f"reading vantage reports: {exc}") from exc
+        out: dict[str, VantageReport] = {}
+        for region, text in zip(regions, raw, strict=True):
+            if text is None:
+                continue
+            try:
+                rep = VantageReport.model_validate_json(text)
+                if rep.vantage != region:
+                    raise ValueError(f"vantage report under key of {region!r} names {rep.vantage!r}")
+            except (ValidationError, ValueError) as exc:
+                digest = hash(text)
+                if self._rejected_seen.get(f"vantage:{region}") != digest:
+                    self._rejected_seen[f"vantage:{region}"] = digest
+                    log.warning("get_vantage: rejected vantage report of %s: %s", region, _first_line(exc))
+                continue
+            out[region] = rep
+        return out
 
     async def rejected_counts(self) -> dict[str, int]:
         """How many malformed reports were rejected, by region."""

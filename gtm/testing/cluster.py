@@ -73,6 +73,14 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     return regions_dir, policy_path
 
 
+class ProcessExitedError(RuntimeError):
+    """One of the cluster's processes exited while it was expected to run."""
+
+    def __init__(self, key: str, code: int, log_tail: str, root: Path) -> None:
+        super().__init__(f"{key} exited with code {code}; logs in {root}; its log ends:\n{log_tail}")
+        self.key, self.code, self.log_tail = key, code, log_tail
+
+
 @dataclass
 class Cluster:
     """Separate processes: fleets, agents, controller. Use as an async context manager."""
@@ -86,6 +94,8 @@ class Cluster:
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _stopped: set[str] = field(default_factory=set)
+    _controller_argv: list[str] = field(default_factory=list)
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{key}.log", "ab")  # noqa: SIM115 - closed with the process
@@ -96,6 +106,7 @@ class Cluster:
         return proc
 
     def start_fleet(self, region: str) -> None:
+        self._stopped.discard(f"fleet-{region}")
         kind = next(r[5] for r in REGIONS if r[0] == region)
         self._spawn(f"fleet-{region}", [
             sys.executable, "-m", "gtm.sim", "--kind", kind, "--host", "127.0.0.1",
@@ -129,9 +140,25 @@ class Cluster:
         for region in self.fleet_ports:
             self._spawn(f"agent-{region}", [*gtm, "agent", "--region", region, "--regions", str(regions_dir),
                                             *common, *self.extra_agent_args])
-        self._spawn("controller", [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
-                                   "--dns-listen", f"127.0.0.1:{self.dns_port}", "--api-listen", "off", *common])
-        await self.wait_shares(lambda s: len(s) == 4 and "none" not in s, timeout=30)
+        self._controller_argv = [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
+                                 "--api-listen", "off", *common]
+        for attempt in range(3):
+            self._spawn("controller", [*self._controller_argv, "--dns-listen", f"127.0.0.1:{self.dns_port}"])
+            try:
+                await self.wait_shares(lambda s: len(s) == 4 and "none" not in s, timeout=30)
+                return
+            except ProcessExitedError as exc:
+                # Another program took the DNS port between our check and the bind: pick another.
+                if exc.key != "controller" or "cannot listen" not in exc.log_tail or attempt == 2:
+                    raise
+                self.dns_port = free_port()
+
+    def _check_alive(self) -> None:
+        """Raise ``ProcessExitedError`` (with the end of its log) for a process that has died."""
+        for key, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None and key not in self._stopped:
+                raise ProcessExitedError(key, code, self.log(key)[-2000:], self.root)
 
     async def shares(self, subnet: str, n: int) -> dict[str, float]:
         """Answer shares per region over ``n`` real UDP queries from ``subnet``."""
@@ -155,9 +182,11 @@ class Cluster:
     async def wait_shares(self, pred: Any, timeout: float, subnet: str = US_CLIENT) -> float:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
+            self._check_alive()
             if pred(await self.shares(subnet, 40)):
                 return time.monotonic() - start
             await asyncio.sleep(0.05)
+        self._check_alive()
         raise TimeoutError(f"answers did not reach the expected shares in {timeout}s; logs in {self.root}")
 
     async def serial(self) -> int:
@@ -195,7 +224,9 @@ class Cluster:
         self.procs[f"fleet-{region}"].send_signal(sig)
 
     def kill_fleet(self, region: str) -> None:
-        p = self.procs[f"fleet-{region}"]
+        key = f"fleet-{region}"
+        self._stopped.add(key)
+        p = self.procs[key]
         p.send_signal(signal.SIGKILL)
         p.wait(5)
 
