@@ -30,7 +30,8 @@ from gtm.providers.geo import Location, PrefixTable
 from gtm.providers.geoip import GeoIpTable, location_of
 from tests.providers.test_embedded_dns import CHAT, HOST, REGION_OF, ZONE, make_state, make_table
 
-pytestmark = pytest.mark.usefixtures("loop_watchdog")
+# Tests that run the embedded DNS in their event loop fail when something blocked it.
+watched = pytest.mark.usefixtures("loop_watchdog")
 
 EU_REGIONS = {"eu-west-1", "eu-central-1"}
 US_REGIONS = {"us-east-1", "us-west-2"}
@@ -193,6 +194,7 @@ async def default_server(default_table: GeoIpTable) -> AsyncIterator[EmbeddedDns
         await srv.stop()
 
 
+@watched
 async def test_default_table_answers_german_french_and_uk_clients_with_the_eu_segment(
     default_server: EmbeddedDnsServer,
 ) -> None:
@@ -207,6 +209,7 @@ async def test_default_table_answers_german_french_and_uk_clients_with_the_eu_se
     assert default_server.answer_counts[(CHAT, "eu", "eu-west-1")] > 0
 
 
+@watched
 async def test_source_address_is_located_in_the_table_without_ecs(default_server: EmbeddedDnsServer) -> None:
     # Queries over loopback come from 127.0.0.1, which no table places; a German, French or
     # British resolver address goes through the same entry point the UDP listener calls.
@@ -222,6 +225,7 @@ async def test_source_address_is_located_in_the_table_without_ecs(default_server
     assert default_server.location_counts == {"source": 30, "unlocated": 1}
 
 
+@watched
 async def test_client_networks_override_the_geoip_table(tmp_path: Path) -> None:
     path = tmp_path / "t.mmdb"
     # The table puts all of 100.96.0.0/12 in the US; the inventory lists 100.96.0.0/16 as EU.
@@ -237,6 +241,7 @@ async def test_client_networks_override_the_geoip_table(tmp_path: Path) -> None:
         await srv.stop()
 
 
+@watched
 async def test_unlocated_clients_get_the_default_segment_or_the_one_the_policy_names(
     default_table: GeoIpTable,
 ) -> None:
@@ -259,6 +264,7 @@ async def test_unlocated_clients_get_the_default_segment_or_the_one_the_policy_n
         await srv.stop()
 
 
+@watched
 async def test_without_a_geoip_table_only_client_networks_locate(default_table: GeoIpTable) -> None:
     srv = await _server(make_table(), None, unlocated={CHAT: "eu"})
     try:
@@ -272,6 +278,7 @@ async def test_without_a_geoip_table_only_client_networks_locate(default_table: 
         await srv.stop()
 
 
+@watched
 async def test_metrics_count_queries_by_how_the_client_was_located(default_server: EmbeddedDnsServer) -> None:
     await answer_shares(HOST, default_server.port, CHAT, DE_SUBNET, 3, REGION_OF)
     await answer_shares(HOST, default_server.port, CHAT, UNLOCATED_SUBNET, 2, REGION_OF)
@@ -294,6 +301,7 @@ def table_file(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+@watched
 async def test_a_started_server_picks_up_a_new_table_file(table_file: Path) -> None:
     srv = await _server(make_table(), GeoIpTable(table_file), geoip_refresh_s=0.05)
     subnet = "100.100.0.0/16"
@@ -309,3 +317,14 @@ async def test_a_started_server_picks_up_a_new_table_file(table_file: Path) -> N
         assert set(eu) <= EU_REGIONS, eu
     finally:
         await srv.stop()
+
+
+def test_controller_refuses_a_geoip_table_that_does_not_load(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gtm.cli.main import app
+
+    missing = tmp_path / "GeoLite2-Country.mmdb"
+    result = CliRunner().invoke(app, ["controller", "--geoip-db", str(missing), "--api-listen", "off"])
+    assert result.exit_code == 2, result.output
+    assert f"GeoIP table {missing}" in result.output
