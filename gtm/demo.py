@@ -26,6 +26,7 @@ from gtm.models.override import Override
 from gtm.providers.dnsclient import query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
+from gtm.providers.geoip import GeoIpTable
 from gtm.store import connect
 from gtm.testing.ports import free_port
 from gtm.testing.scenario import (
@@ -105,6 +106,10 @@ class Demo:
         await set_fleet_mode(self.fleet_ports[region], mode)
 
 
+DE_CLIENT = "80.128.5.0/24"
+"""A Deutsche Telekom subnet: in no ``client_networks``, located in Germany by the GeoIP table."""
+
+
 def _fmt(shares: dict[str, float]) -> str:
     return " · ".join(f"{r} {v:.0%}" for r, v in shares.items())
 
@@ -118,7 +123,8 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     runners: list[Any] = []
     tasks: list[asyncio.Task[Any]] = []
     await start_fleets_and_agents(cfg, ports, store, stop, runners, tasks, agent_prefix="demo")
-    dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
+    geoip = await asyncio.to_thread(GeoIpTable.default)  # the bundled GeoIP table: a German network is EU
+    dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()), geoip=geoip)
     await dns.start("127.0.0.1", 0)
     ctl = Controller(store, lambda: cfg, [dns], ControllerSettings(tick_s=0.25))
     tasks.append(asyncio.create_task(ctl.run(stop), name="controller"))
@@ -170,6 +176,11 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         took = await demo.wait_for(US_CLIENT, lambda s: len([r for r in s if r not in ("none",)]) >= 3, 20)
         expect(took is not None, "steady state reached with regions answering")
         say(await demo.record("steady state: all four regions healthy", queries, took, health=health()))
+        de = await demo.shares(DE_CLIENT, 20)
+        expect(set(de) <= {"eu-west-1", "eu-central-1"}, f"a German client ({DE_CLIENT}) gets EU regions only")
+        if not json_out:
+            console.print(f"         German client {DE_CLIENT} (Deutsche Telekom, located by the GeoIP table "
+                          f"{geoip.database_type}): {_fmt(de)}", soft_wrap=True, highlight=False)
 
         # 2. a fleet fails
         failed = "eu-west-1"

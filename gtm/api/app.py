@@ -4,7 +4,7 @@
 | --- | --- | --- | --- |
 | GET | ``/healthz`` | none | 200 while the process runs |
 | GET | ``/v1/status`` | none | the ``gtm status -o json`` document |
-| GET | ``/metrics`` | none | Prometheus text: controller counters, region health, weights |
+| GET | ``/metrics`` | none | Prometheus text: controller counters, region health, weights, embedded DNS |
 | POST | ``/v1/regions/{region}/drain`` | bearer token | body ``{"reason", "actor", "kind", "expires_in"}`` |
 | DELETE | ``/v1/regions/{region}/drain`` | bearer token | lift the override; body ``{"reason", "actor"}`` optional |
 | POST | ``/v1/regions/{region}/undamp`` | bearer token | body ``{"reason", "actor"}``: clear flap damping |
@@ -143,6 +143,10 @@ async def _metrics(request: web.Request) -> web.Response:
     ctl: Controller | None = request.app[CONTROLLER_KEY]  # type: ignore[assignment]
     if ctl is not None:
         reg.register(_ControllerCounters(ctl))
+        for pub in ctl.publishers:  # the embedded DNS: answers, rcodes, how clients were located
+            collector = getattr(pub, "metrics_collector", None)
+            if collector is not None:
+                reg.register(collector())
         Gauge("gtm_controller_leader", "1 when this replica holds the lease", registry=reg).set(int(ctl.is_leader))
         state = ctl.state
         if state is not None:

@@ -559,6 +559,12 @@ def controller(
         "127.0.0.1:5353", "--dns-listen",
         help="Embedded authoritative DNS address host:port (UDP and TCP); 'off' to disable.",
     ),
+    geoip_db: str = typer.Option(
+        "default", "--geoip-db", envvar="GTM_GEOIP_DB",
+        help="GeoIP table (MaxMind DB .mmdb: GeoLite2-Country, DB-IP Lite...) locating DNS clients that no "
+        "client_networks entry covers; reloaded when the file changes. 'default': the bundled table "
+        "(python-geoacumen); 'off': only client_networks.",
+    ),
     tick: float = typer.Option(0.5, min=0.05, max=60, help="Seconds between cycles when no event arrives."),
     provider_resync: float = typer.Option(
         0.0, min=0.0,
@@ -581,8 +587,9 @@ def controller(
     says so; otherwise it exits 2. Stop with SIGTERM.
     """
     from gtm.controller.loop import Controller, ControllerSettings, file_config_loader
-    from gtm.providers.embedded_dns import EmbeddedDnsServer
+    from gtm.providers.embedded_dns import EmbeddedDnsServer, unlocated_segments
     from gtm.providers.geo import PrefixTable
+    from gtm.providers.geoip import GeoIpTable
     from gtm.store import connect
 
     setup_logging(log_level)
@@ -625,6 +632,12 @@ def controller(
     except ConfigError as exc:
         fail(exc, False, 2)
     dns_addr = _hostport(dns_listen, "--dns-listen") if dns_listen != "off" else None
+    geoip = None
+    if dns_addr is not None and geoip_db != "off":
+        try:
+            geoip = GeoIpTable.default() if geoip_db == "default" else GeoIpTable(geoip_db)
+        except ConfigError as exc:
+            fail(exc, False, 2)
     api_addr = _hostport(api_listen, "--api-listen") if api_listen != "off" else None
     token = None
     if api_addr is not None:
@@ -642,13 +655,15 @@ def controller(
         publishers = []
         dns = None
         if dns_addr is not None:
-            dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()))
+            dns = EmbeddedDnsServer(cfg.policy.zones, PrefixTable.from_regions(cfg.inventory.regions.values()),
+                                    geoip=geoip, unlocated=unlocated_segments(cfg.policy.services))
             try:
                 await dns.start(*dns_addr)
             except OSError as exc:
                 raise StartupError(f"cannot listen for DNS on {dns_listen}: {exc.strerror or exc}") from exc
             publishers.append(dns)
-            log.info("controller: embedded DNS on %s (UDP and TCP)", dns_listen)
+            log.info("controller: embedded DNS on %s (UDP and TCP), GeoIP table %s", dns_listen,
+                     "off" if geoip is None else f"{geoip.path} ({geoip.database_type})")
         log.info("controller: redis %s, namespace %s, policy %s", redact(url), ns, cfg.digest[:19])
         if cfg.commit:
             log.info("controller: policies from %s at commit %s", policies_git, cfg.commit)

@@ -327,6 +327,7 @@ class Controller:
             # Zones (SOA, NS, glue) and client prefixes reach local DNS publishers too.
             reconfigurable = [(pub, r) for pub in self.publishers if (r := getattr(pub, "reconfigure", None))]
             if reconfigurable:
+                from gtm.providers.embedded_dns import unlocated_segments
                 from gtm.providers.geo import PrefixTable
 
                 try:
@@ -336,7 +337,7 @@ class Controller:
                     table = None
                 for pub, reconfigure in reconfigurable if table is not None else ():
                     try:
-                        reconfigure(cfg.policy.zones, table)
+                        reconfigure(cfg.policy.zones, table, unlocated=unlocated_segments(cfg.policy.services))
                     except Exception as exc:
                         log.error("_reload_config: %s keeps its DNS config: %s", pub.name, exc)
 

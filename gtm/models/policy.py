@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gtm.models.region import CONTINENTS
 from gtm.models.rollout import RolloutSpec
@@ -178,6 +178,10 @@ class Service(_Strict):
         segments: client segments; a default (empty-match) segment is added if none is given.
         fallback: another service (e.g. a smaller distilled model) whose pool answers a
             segment when no region of this service can serve it, within the same residency.
+        unlocated_segment: the segment that answers clients whose location is unknown (no
+            ``client_networks`` entry and no GeoIP record covers them); None means the
+            default segment. Naming a pinned segment (``eu``) keeps unlocated clients of an
+            EU-only deployment in the EU.
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -190,6 +194,20 @@ class Service(_Strict):
     static_weights: dict[str, Annotated[int, Field(ge=0, le=255, strict=True)]] = Field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
     fallback: str | None = None
+    unlocated_segment: str | None = None
+
+    @field_validator("unlocated_segment")
+    @classmethod
+    def _unlocated_is_a_segment(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or "segments" not in info.data:  # invalid segments are reported themselves
+            return v
+        segments: tuple[Segment, ...] = info.data["segments"]
+        names = [s.name for s in segments]
+        if not any(s.is_default for s in segments):
+            names.append("default")  # added by all_segments
+        if v not in names:
+            raise ValueError(f"unlocated_segment {v!r} is not a segment of this service; use one of {names}")
+        return v
 
     @field_validator("regions")
     @classmethod

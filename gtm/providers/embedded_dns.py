@@ -9,9 +9,11 @@ query sees the new routing. Per query the server
 2. answers the apex SOA and NS (with glue for in-zone name servers) and the name servers'
    addresses,
 3. for a service name, locates the client (EDNS Client Subnet when present, else the source
-   address) in the ``PrefixTable`` and picks the segment: a segment listing the client's
-   country beats one listing its continent, which beats the default segment; an unknown
-   location goes to the default segment,
+   address): first in the ``PrefixTable`` of hand-listed client networks (the inventory's
+   ``client_networks``, which override the GeoIP table), then in the ``GeoIpTable`` if one is
+   given; then picks the segment: a segment listing the client's country beats one listing its
+   continent, which beats the default segment; a client neither table locates gets the
+   service's unlocated segment (policy ``unlocated_segment``; the default segment unless set),
 4. draws one region from the segment's pool, with probability weight / sum over the members
    with weight > 0 that have records of the query type (or a CNAME), like a Route 53 weighted
    record set, and answers that region's endpoints with the service's TTL.
@@ -30,6 +32,12 @@ answered SERVFAIL, which resolvers do not cache for long and retry elsewhere, ex
 positive answers that come from the zone configuration alone: the apex SOA and NS and the
 in-zone name servers' own A/AAAA records (so the delegation can be checked). A negative answer
 (NXDOMAIN or NODATA) is never given before a state is applied.
+
+Each located query is counted by how it was located (``location_counts``: ``ecs``, ``source``
+or ``unlocated``), exported on ``/metrics`` with the answer and rcode counters through
+``metrics_collector()``. An ECS subnet is located by its first address in the GeoIP table (a
+table entry longer than the subnet still decides: GeoIP data is per allocation, rarely split
+below a /24) and by a covering prefix in the hand-listed table.
 
 Requests: any opcode other than QUERY gets NOTIMP (also when the rest of the message, e.g. an
 UPDATE's zone section or TSIG, cannot be parsed); an EDNS Client Subnet option with a non-zero
@@ -50,7 +58,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dns.edns
 import dns.exception
@@ -68,12 +76,17 @@ from gtm.log import get_logger
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.policy import Zone
 from gtm.providers.geo import Location, PrefixTable
+from gtm.providers.geoip import REFRESH_INTERVAL_S, GeoIpTable
+
+if TYPE_CHECKING:
+    from gtm.providers.dns_metrics import EmbeddedDnsCollector
 
 __all__ = [
     "APEX_TTL",
     "EDNS_PAYLOAD",
     "TCP_IDLE_TIMEOUT",
     "EmbeddedDnsServer",
+    "unlocated_segments",
 ]
 
 log = get_logger("provider.embedded_dns")
@@ -153,6 +166,7 @@ class _Service:
     by_continent: dict[str, _Route]
     default: _Route | None
     records: dict[str, dict[int, dns.rrset.RRset]]
+    unlocated: _Route | None = None
 
     @property
     def geo(self) -> bool:
@@ -160,14 +174,15 @@ class _Service:
         return bool(self.by_country or self.by_continent)
 
     def route_for(self, where: Location | None) -> _Route | None:
-        if where is not None:
-            if where.country is not None:
-                route = self.by_country.get(where.country)
-                if route is not None:
-                    return route
-            route = self.by_continent.get(where.continent)
+        if where is None:
+            return self.unlocated
+        if where.country is not None:
+            route = self.by_country.get(where.country)
             if route is not None:
                 return route
+        route = self.by_continent.get(where.continent)
+        if route is not None:
+            return route
         return self.default
 
 
@@ -197,6 +212,7 @@ class _Snapshot:
     table: PrefixTable
     state: DesiredState | None = None
     services: tuple[str, ...] = field(default=())
+    unlocated: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -211,7 +227,14 @@ class EmbeddedDnsServer:
 
     Args:
         zones: the zones served; queries for names outside all of them are REFUSED.
-        prefix_table: client network → location, to pick segments.
+        prefix_table: hand-listed client network → location, to pick segments; wins over
+            ``geoip``.
+        geoip: the GeoIP table for clients ``prefix_table`` does not cover (None: those are
+            unlocated). Checked for a new version of its file every ``geoip_refresh_s``
+            seconds while the server is started.
+        unlocated: service fqdn → the segment that answers clients neither table locates;
+            services not listed use their default segment (``unlocated_segments(policy)``).
+        geoip_refresh_s: seconds between checks of the GeoIP table file.
         rng: source of the weighted draws; pass a seeded ``random.Random`` for reproducible
             answers (tests, benchmarks). Defaults to a fresh, OS-seeded one.
         name: provider id (``Publisher.name``).
@@ -224,15 +247,25 @@ class EmbeddedDnsServer:
         *,
         rng: random.Random | None = None,
         name: str = "embedded-dns",
+        geoip: GeoIpTable | None = None,
+        unlocated: Mapping[str, str] | None = None,
+        geoip_refresh_s: float = REFRESH_INTERVAL_S,
     ) -> None:
         if not zones:
             raise ValueError("EmbeddedDnsServer needs at least one zone")
         self.name = name
+        self.geoip = geoip
+        self._geoip_refresh_s = geoip_refresh_s
+        self._geoip_task: asyncio.Task[None] | None = None
+        self._geoip_stop = asyncio.Event()
         self._rng = rng if rng is not None else random.Random()
-        self._snapshot = _build_snapshot(tuple(zones), prefix_table, None, serial=0)
+        self._snapshot = _build_snapshot(
+            tuple(zones), prefix_table, None, serial=0, unlocated=dict(unlocated or {})
+        )
         self._updates = 0
         self._answers: Counter[tuple[str, str, str]] = Counter()
         self._rcodes: Counter[str] = Counter()
+        self._located: Counter[str] = Counter()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_tasks: set[asyncio.Task[Any]] = set()
@@ -264,7 +297,9 @@ class EmbeddedDnsServer:
             return False
         generation = state.generation & 0xFFFFFFFF
         serial = generation if generation > current.serial else (current.serial + 1) & 0xFFFFFFFF
-        snapshot = _build_snapshot(current.config, current.table, state, serial=serial)
+        snapshot = _build_snapshot(
+            current.config, current.table, state, serial=serial, unlocated=current.unlocated
+        )
         self._snapshot = snapshot  # one assignment: queries see the old or the new, never a mix
         self._updates += 1
         log.info(
@@ -276,7 +311,13 @@ class EmbeddedDnsServer:
         )
         return True
 
-    def reconfigure(self, zones: Sequence[Zone], prefix_table: PrefixTable) -> None:
+    def reconfigure(
+        self,
+        zones: Sequence[Zone],
+        prefix_table: PrefixTable,
+        *,
+        unlocated: Mapping[str, str] | None = None,
+    ) -> None:
         """Serve ``zones`` and locate clients with ``prefix_table`` from the next query on.
 
         For a policy/inventory reload: the answers are rebuilt from the last applied state
@@ -287,6 +328,8 @@ class EmbeddedDnsServer:
         Args:
             zones: the zones served from now on.
             prefix_table: client network → location from now on.
+            unlocated: service fqdn → segment for unlocated clients from now on; None keeps
+                the mapping in force.
 
         Raises:
             ValueError: ``zones`` is empty, or a zone does not render (e.g. a bad glue
@@ -299,10 +342,15 @@ class EmbeddedDnsServer:
             raise ValueError("EmbeddedDnsServer needs at least one zone")
         config = tuple(zones)
         current = self._snapshot
-        if config == current.config and _table_key(prefix_table) == _table_key(current.table):
+        mapping = dict(current.unlocated if unlocated is None else unlocated)
+        if (
+            config == current.config
+            and mapping == current.unlocated
+            and _table_key(prefix_table) == _table_key(current.table)
+        ):
             return
         serial = (current.serial + 1) & 0xFFFFFFFF
-        snapshot = _build_snapshot(config, prefix_table, current.state, serial=serial)
+        snapshot = _build_snapshot(config, prefix_table, current.state, serial=serial, unlocated=mapping)
         self._snapshot = snapshot  # zones, table and answers change together
         log.info(
             "reconfigure: zones %s, %d client prefixes, serial %s",
@@ -339,6 +387,19 @@ class EmbeddedDnsServer:
     def rcode_counts(self) -> dict[str, int]:
         """Responses sent per rcode name (``NOERROR``, ``NXDOMAIN``, ``REFUSED``...)."""
         return dict(self._rcodes)
+
+    @property
+    def location_counts(self) -> dict[str, int]:
+        """Queries for location-dependent services by how the client was located: ``ecs``
+        (its EDNS Client Subnet), ``source`` (the source address: no ECS, or ECS /0) or
+        ``unlocated`` (neither table knows it: it got the unlocated segment)."""
+        return dict(self._located)
+
+    def metrics_collector(self) -> EmbeddedDnsCollector:
+        """A Prometheus collector of this server's counters (for ``/metrics``)."""
+        from gtm.providers.dns_metrics import EmbeddedDnsCollector
+
+        return EmbeddedDnsCollector(self)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -384,9 +445,19 @@ class EmbeddedDnsServer:
             self._port = bound
             break
         log.info("start: serving %s on %s port %s (udp+tcp)", self._zone_names(), host, self._port)
+        if self.geoip is not None:
+            self._geoip_stop.clear()
+            self._geoip_task = asyncio.create_task(
+                self.geoip.watch(self._geoip_stop, self._geoip_refresh_s), name=f"{self.name}-geoip"
+            )
+            self._geoip_task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         """Stop answering, close every socket and end open TCP connections. Idempotent."""
+        if self._geoip_task is not None:
+            self._geoip_stop.set()
+            await asyncio.gather(self._geoip_task, return_exceptions=True)
+            self._geoip_task = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -565,7 +636,12 @@ class EmbeddedDnsServer:
         source: str,
         table: PrefixTable,
     ) -> list[dns.rrset.RRset]:
-        route = service.route_for(_locate(table, ecs, source) if service.geo else None)
+        if service.geo:
+            where, how = _locate(table, self.geoip, ecs, source)
+            self._located[how] += 1
+            route = service.route_for(where)
+        else:
+            route = service.default
         if route is None:  # no segment takes this client and there is no default
             self._answers[(service.fqdn, "-", _NODATA)] += 1
             return []
@@ -584,14 +660,43 @@ class EmbeddedDnsServer:
         return ",".join(z.name for z in self._snapshot.config)
 
 
-def _locate(table: PrefixTable, ecs: dns.edns.ECSOption | None, source: str) -> Location | None:
+def _locate(
+    table: PrefixTable,
+    geoip: GeoIpTable | None,
+    ecs: dns.edns.ECSOption | None,
+    source: str,
+) -> tuple[Location | None, str]:
+    """Where the client is, and how it was located: ``ecs``, ``source`` or ``unlocated``."""
     try:
         if ecs is not None and ecs.srclen > 0:
-            return table.lookup(ipaddress.ip_network(f"{ecs.address}/{ecs.srclen}", strict=False))
-        # No ECS, or ECS /0 (the client opted out): locate the resolver itself.
-        return table.lookup(source.split("%", 1)[0])
+            how = "ecs"
+            net = ipaddress.ip_network(f"{ecs.address}/{ecs.srclen}", strict=False)
+            where = table.lookup(net)
+            if where is None and geoip is not None:
+                where = geoip.lookup(net.network_address)
+        else:  # No ECS, or ECS /0 (the client opted out): locate the resolver itself.
+            how = "source"
+            addr = ipaddress.ip_address(source.split("%", 1)[0])
+            where = table.lookup(addr)
+            if where is None and geoip is not None:
+                where = geoip.lookup(addr)
     except ValueError:
-        return None
+        return None, "unlocated"
+    return (where, how) if where is not None else (None, "unlocated")
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("geoip: the table watcher stopped: %r", task.exception(), exc_info=task.exception())
+
+
+def unlocated_segments(services: Iterable[Any]) -> dict[str, str]:
+    """Service fqdn → ``unlocated_segment`` for the policy services that set one.
+
+    Args:
+        services: ``Policy.services``.
+    """
+    return {s.fqdn: s.unlocated_segment for s in services if s.unlocated_segment is not None}
 
 
 def _config_answer(zone: _ZoneData, qname: dns.name.Name, qtype: int) -> bool:
@@ -672,6 +777,7 @@ def _build_snapshot(
     state: DesiredState | None,
     *,
     serial: int,
+    unlocated: Mapping[str, str],
 ) -> _Snapshot:
     by_origin: dict[dns.name.Name, _ZoneData] = {}
     services_by_zone: dict[dns.name.Name, list[ServicePlan]] = {}
@@ -688,7 +794,7 @@ def _build_snapshot(
             served.append(svc.fqdn)
     for zone in zones:
         origin = _abs(zone.name)
-        by_origin[origin] = _build_zone(zone, origin, services_by_zone[origin], state, serial)
+        by_origin[origin] = _build_zone(zone, origin, services_by_zone[origin], state, serial, unlocated)
     return _Snapshot(
         serial=serial,
         generation=None if state is None else state.generation,
@@ -698,6 +804,7 @@ def _build_snapshot(
         table=table,
         state=state,
         services=tuple(sorted(served)),
+        unlocated=unlocated,
     )
 
 
@@ -718,6 +825,7 @@ def _build_zone(
     services: Sequence[ServicePlan],
     state: DesiredState | None,
     serial: int,
+    unlocated: Mapping[str, str],
 ) -> _ZoneData:
     mname = _abs(zone.nameservers[0])
     soa_text = (
@@ -744,7 +852,7 @@ def _build_zone(
     built: dict[dns.name.Name, _Service] = {}
     for svc in services:
         assert state is not None
-        built[_abs(svc.fqdn)] = _build_service(svc, state)
+        built[_abs(svc.fqdn)] = _build_service(svc, state, unlocated.get(svc.fqdn))
 
     names: set[dns.name.Name] = {origin}
     for name in (*hosts, *built):
@@ -763,7 +871,7 @@ def _build_zone(
     )
 
 
-def _build_service(svc: ServicePlan, state: DesiredState) -> _Service:
+def _build_service(svc: ServicePlan, state: DesiredState, unlocated_segment: str | None) -> _Service:
     owner = _abs(svc.fqdn)
     records: dict[str, dict[int, dns.rrset.RRset]] = {}
 
@@ -825,9 +933,11 @@ def _build_service(svc: ServicePlan, state: DesiredState) -> _Service:
 
     by_country: dict[str, _Route] = {}
     by_continent: dict[str, _Route] = {}
+    by_name: dict[str, _Route] = {}
     default: _Route | None = None
     for seg in svc.segments:  # most specific first: the first segment to claim a key keeps it
         r = route(seg)
+        by_name.setdefault(seg.segment, r)
         for country in seg.countries:
             by_country.setdefault(country, r)
         for continent in seg.continents:
@@ -836,10 +946,18 @@ def _build_service(svc: ServicePlan, state: DesiredState) -> _Service:
             default = r
     if default is None:
         log.warning("update: %s has no default segment; unmatched clients get NODATA", svc.fqdn)
+    unlocated = default
+    if unlocated_segment is not None:
+        if unlocated_segment in by_name:
+            unlocated = by_name[unlocated_segment]
+        else:
+            log.warning("update: %s has no segment %r for unlocated clients; they get the default "
+                        "segment", svc.fqdn, unlocated_segment)
     return _Service(
         fqdn=svc.fqdn,
         by_country=by_country,
         by_continent=by_continent,
         default=default,
         records=records,
+        unlocated=unlocated,
     )
