@@ -35,11 +35,17 @@ class HealthThresholds(_Strict):
         rise: consecutive good checks that bring an unhealthy region back.
         report_timeout_s: a report older than this (seconds) is a lapsed heartbeat: the
             region is ``unknown`` and takes no traffic.
+        max_clock_skew_s: a report timestamped more than this many seconds ahead of the Redis
+            server's clock is rejected (``gtm.engine.plausibility``).
+        capacity_margin: a report claiming more replicas or spare capacity than the inventory
+            lists × (1 + this fraction; 0.25 = 25 %) is rejected.
     """
 
     fall: int = Field(default=2, ge=1, le=100)
     rise: int = Field(default=3, ge=1, le=100)
     report_timeout_s: float = Field(default=6.0, gt=0, le=3600)
+    max_clock_skew_s: float = Field(default=5.0, gt=0, le=3600)
+    capacity_margin: float = Field(default=0.25, ge=0, le=10)
 
 
 class SafetyRules(_Strict):

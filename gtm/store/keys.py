@@ -12,7 +12,7 @@
 | ``gtm:{ns}:applied:<provider>`` | string (JSON) | generation and digest last applied |
 | ``gtm:{ns}:leader`` / ``gtm:{ns}:epoch`` | SET NX PX / INCR | leader lease / fencing token |
 | ``gtm:{ns}:audit`` | stream, MAXLEN ~ | every change: what, why, policy digest, fencing token |
-| ``gtm:{ns}:rejected`` | hash | malformed reports rejected, by region |
+| ``gtm:{ns}:rejected`` | hash | reports rejected, field ``<region>|<reason-code>`` → count |
 | ``gtm:{ns}:rollout:<name>`` | string (JSON) | rollout state machine (``gtm.engine.rollout``) |
 | ``gtm:{ns}:events`` | pub/sub channel | wake-ups; polling remains the fallback |
 """
