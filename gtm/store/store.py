@@ -8,6 +8,7 @@ publish explicit events, and freshness is judged from report timestamps, not key
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -111,7 +112,7 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._rejected_seen: dict[str, int] = {}
+        self._rejected_seen: dict[str, int | str] = {}
         self._accepted: dict[str, FleetReport] = {}
 
     async def aclose(self) -> None:
@@ -178,8 +179,9 @@ class Store:
         One transaction reads every report (``MGET``), each key's ``PTTL`` and the server's
         ``TIME``. A report is rejected when it does not parse, names another region than its
         key (reason-code ``malformed``), or ``check`` returns a rejection for it. A rejected
-        report is counted under ``gtm:{ns}:rejected`` (field ``<region>|<reason-code>``) and
-        logged once per distinct payload and reason, never raised. It is treated as no new report: when
+        report is counted under ``gtm:{ns}:rejected`` (field ``<region>|<reason-code>``) once
+        per distinct payload and reason for the whole installation, logged once per payload
+        by each reader, never raised. It is treated as no new report: when
         this store accepted a report of the region before, that last accepted report is
         returned in its place (the engine judges its age as usual, so a region whose key holds
         only rejected reports goes ``unknown`` after the report timeout).
@@ -232,8 +234,9 @@ class Store:
             if last is not None:
                 out.reports[region] = last
             # The same bad payload stays under the key until it expires or is replaced:
-            # reject it every time, but log and count it once (per reason).
-            digest = hash((text, code))
+            # reject it every time, but log it once per reader and count it once per
+            # installation (every controller replica and `gtm status` read it).
+            digest = hashlib.sha256(f"{code}\n{text}".encode()).hexdigest()[:32]
             if self._rejected_seen.get(region) == digest:
                 continue
             self._rejected_seen[region] = digest
@@ -242,8 +245,22 @@ class Store:
             out.new.append(Rejected(region, code, reason))
             log.warning("read_reports: %s [%s]", msg, code)
             with contextlib.suppress(RedisError):
-                await self.client.hincrby(self.keys.rejected, f"{region}|{code}", 1)
+                await self._count_rejected(region, code, digest)
         return out
+
+    async def _count_rejected(self, region: str, code: str, digest: str) -> bool:
+        """Count a rejected payload under ``region|code`` unless the installation already
+        counted this payload (``gtm:{ns}:rejected-last`` holds each region's last digest)."""
+        last = self.keys.rejected_last
+
+        async def unseen(pipe: Any) -> bool:
+            return bool(await pipe.hget(last, region) != digest)
+
+        def count(pipe: Any) -> None:
+            pipe.hset(last, region, digest)
+            pipe.hincrby(self.keys.rejected, f"{region}|{code}", 1)
+
+        return await self.compare_and_set([last], unseen, count)
 
     async def server_time(self) -> float:
         """The Redis server's clock (``TIME``), unix seconds.

@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -165,3 +166,18 @@ async def test_metrics_count_rejections_per_region_and_reason(redis_store: Store
     samples = {(s.labels["region"], s.labels["reason"]): s.value
                for s in fams["gtm_reports_rejected_by_reason"].samples if s.name.endswith("_total")}
     assert samples == {("eu-west-1", "capacity"): 1.0, ("us-east-1", "no-expiry"): 1.0}
+
+
+async def test_a_payload_is_counted_once_for_the_installation(redis_store: Store, redis_url: str) -> None:
+    # Two readers (two controller replicas, or a controller and `gtm status`) see the same
+    # forged payload: both reject it, it is counted once.
+    store = redis_store
+    other = Store(aioredis.Redis.from_url(redis_url, decode_responses=True), store.keys)
+    try:
+        await store.put_report(honest("eu-west-1", spare=1e9), ttl_s=6, changed=False)
+        _, reasons_a, new_a = await read(store)
+        _, reasons_b, new_b = await read(other)
+        assert reasons_a == reasons_b and len(new_a) == len(new_b) == 1  # each reader logs it
+        assert await store.rejected_by_reason() == {"eu-west-1": {"capacity": 1}}
+    finally:
+        await other.aclose()
