@@ -1,8 +1,8 @@
 """Fleet failure → embedded DNS answers exclude its region: seconds, over N trials.
 
 Separate processes (simulated fleet, agent per region, controller with embedded DNS) on a
-private real Redis. Default agent and health settings (scrape 0.25 s, timeout 0.4 s,
-heartbeat 2 s, fall 2, rise 3). Two faults:
+private real Redis. Default agent and health settings (``AgentSettings``: scrape 0.25 s,
+timeout 0.5 s, heartbeat 2 s; fall 2, rise 3). Two faults:
 
 - killed: the fleet process gets SIGKILL (connections refused);
 - hung: the fleet process gets SIGSTOP (the kernel still accepts TCP connections, nothing
@@ -21,6 +21,8 @@ import statistics
 import time
 from typing import Any
 
+from gtm.agent.daemon import AgentSettings
+from gtm.models.policy import HealthThresholds
 from gtm.testing.cluster import Cluster
 from gtm.testing.redis import RedisProcess
 
@@ -65,9 +67,11 @@ async def run_async(trials: int = 10) -> dict[str, Any]:
         async with Cluster(redis.url) as cluster:
             killed = await _trials(cluster, "killed", trials)
             hung = await _trials(cluster, "hung", trials)
+    agent, health = AgentSettings(), HealthThresholds()
     return {
-        "settings": {"scrape_interval_s": 0.25, "scrape_timeout_s": 0.4, "heartbeat_s": 2.0,
-                     "fall": 2, "rise": 3, "controller_tick_s": 0.5},
+        "settings": {"scrape_interval_s": agent.scrape_interval_s, "scrape_timeout_s": agent.scrape_timeout_s,
+                     "heartbeat_s": agent.heartbeat_s, "fall": health.fall, "rise": health.rise,
+                     "controller_tick_s": 0.5},
         "killed": _summary(killed),
         "hung": _summary(hung),
         "targets": {"killed_median_s": 0.5, "hung_median_s": 1.5},

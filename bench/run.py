@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark and write one JSON file.
 
-Usage: python -m bench.run [--out PATH] [--trials N] [--quick]
+Usage: python -m bench.run [--out PATH] [--trials N] [--quick] [--fp-duration SECONDS]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import failover, plan_scale, providers, steady, verify_scale
+from bench import failover, false_positive, plan_scale, providers, steady, verify_scale
 
 
 def main() -> int:
@@ -21,6 +21,8 @@ def main() -> int:
     ap.add_argument("--out", default="bench/results/latest.json")
     ap.add_argument("--trials", type=int, default=10, help="failover trials per fault kind")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer trials")
+    ap.add_argument("--fp-duration", type=float, default=600.0,
+                    help="false-positive run: seconds under stress-ng load (0 skips it; --quick: 60)")
     args = ap.parse_args()
     started = time.time()
     result: dict[str, object] = {
@@ -37,6 +39,11 @@ def main() -> int:
     result["steady_state"] = steady.run(8 if args.quick else 20)
     print("bench: DNS providers (Route 53 on moto, RFC2136 to BIND) ...", file=sys.stderr, flush=True)
     result["providers"] = providers.run()
+    fp_duration = min(args.fp_duration, 60.0) if args.quick else args.fp_duration
+    if fp_duration > 0:
+        print(f"bench: false positives under stress-ng for {fp_duration:g}s, then kill/hang detection ...",
+              file=sys.stderr, flush=True)
+        result["false_positive"] = false_positive.run(fp_duration, 3 if args.quick else 5)
     result["elapsed_s"] = round(time.time() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

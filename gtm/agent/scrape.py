@@ -592,37 +592,30 @@ async def scrape_source(
 ) -> ScrapeResult:
     """Scrape ``source``'s metrics and (for engines) its health endpoint, concurrently.
 
-    Both requests share one deadline of ``timeout_s`` seconds, so a hung server (TCP accepted,
-    never answered, e.g. a SIGSTOPped process) is reported after ``timeout_s``. Never raises
-    (except on cancellation): every failure becomes a reason on the result.
+    Both requests share one deadline of ``timeout_s`` seconds for the server to answer, so a
+    hung server (TCP accepted, never answered, e.g. a SIGSTOPped process) is reported after
+    ``timeout_s``. Parsing the exposition happens after that deadline: it is the agent's own
+    work (TGI's ~100 KB exposition takes ~20 ms idle and 10x that on a CPU-starved host) and
+    must not make a server that did answer in time look hung. Never raises (except on
+    cancellation): every failure becomes a reason on the result.
 
     Args:
         session: the agent's shared client session.
         source: what to scrape.
-        timeout_s: deadline for the whole scrape, seconds.
+        timeout_s: deadline for the server's answers (metrics and health together), seconds.
         health_paths: health path per engine kind.
     """
     t0 = time.monotonic()
     res = ScrapeResult(source=source)
     health_path = health_paths.get(source.kind) if source.kind != "dcgm" else None
     base = source.url.rstrip("/")
+    body: list[str] = []
 
     async def metrics() -> None:
         try:
-            text = await _fetch_metrics(session, metrics_url(source))
-            if len(text) > PARSE_IN_THREAD_BYTES:
-                exp = await asyncio.to_thread(parse_exposition, text)
-            else:
-                exp = parse_exposition(text)
-            sample = normalise(source.kind, exp, source.model)
+            body.append(await _fetch_metrics(session, metrics_url(source)))
         except Exception as exc:  # any failure is data, never a crash
             res.reasons.append(f"metrics: {_describe(exc)}")
-            return
-        res.up = True
-        if isinstance(sample, GpuSample):
-            res.gpu = sample
-        else:
-            res.engine = sample
 
     async def health() -> None:
         assert health_path is not None
@@ -639,15 +632,36 @@ async def scrape_source(
         async with asyncio.timeout(timeout_s):
             await asyncio.gather(*jobs)
     except TimeoutError:
-        if not res.up and not any(r.startswith("metrics") for r in res.reasons):
-            res.up = False
+        if not body and not any(r.startswith("metrics") for r in res.reasons):
             res.reasons.append("metrics: timeout")
         if health_path is not None and res.health_ok is None:
             res.health_ok = False
             res.reasons.append("health: timeout")
+    if body:
+        await _parse_into(res, body[0])
     res.finished_at = time.monotonic()
     res.latency_ms = (res.finished_at - t0) * 1000.0
     return res
+
+
+async def _parse_into(res: ScrapeResult, text: str) -> None:
+    """Parse and normalise a fetched exposition into ``res`` (``up`` and the sample), or add
+    the reason it is unusable."""
+    source = res.source
+    try:
+        if len(text) > PARSE_IN_THREAD_BYTES:
+            exp = await asyncio.to_thread(parse_exposition, text)
+        else:
+            exp = parse_exposition(text)
+        sample = normalise(source.kind, exp, source.model)
+    except Exception as exc:  # any failure is data, never a crash
+        res.reasons.append(f"metrics: {_describe(exc)}")
+        return
+    res.up = True
+    if isinstance(sample, GpuSample):
+        res.gpu = sample
+    else:
+        res.engine = sample
 
 
 async def fetch_tgi_model(session: aiohttp.ClientSession, source: FleetSource, timeout_s: float) -> str | None:

@@ -173,7 +173,35 @@ async def _metrics(request: web.Request) -> web.Response:
                 if st.override:
                     override.labels(r, st.override).set(1)
     await _rollout_metrics(request, reg)
+    await _rejected_metrics(request, reg)
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _rejected_metrics(request: web.Request, reg: CollectorRegistry) -> None:
+    """``gtm_reports_rejected_by_reason_total{region,reason}``: agent reports rejected (malformed
+    or implausible, see ``gtm.engine.plausibility.REASON_CODES``), counted in Redis by every
+    controller and ``gtm status`` of the installation, once per distinct payload. Omitted when
+    Redis cannot be read."""
+    try:
+        counts = await request.app[STORE_KEY].rejected_by_reason()
+    except StoreError:
+        return
+    fam = CounterMetricFamily("gtm_reports_rejected_by_reason", "Agent reports rejected, by region and reason",
+                              labels=["region", "reason"])
+    for region, by in sorted(counts.items()):
+        for code, n in sorted(by.items()):
+            fam.add_metric([region, code], n)
+    reg.register(_Families([fam]))
+
+
+class _Families:
+    """A collector of ready-made metric families (read before the scrape is rendered)."""
+
+    def __init__(self, families: list[CounterMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> Any:
+        yield from self.families
 
 
 ROLLOUT_STATUSES = ("running", "paused", "halted", "done", "aborted")

@@ -496,10 +496,12 @@ def agent(
     redis: str | None = RedisOpt,
     ns: str = NsOpt,
     regions: str = RegionsOpt,
-    scrape_interval: float = typer.Option(0.25, help="Seconds between fleet scrapes."),
-    heartbeat: float = typer.Option(2.0, help="A report is written at least this often, seconds."),
-    report_ttl: float = typer.Option(6.0, help="Redis expiry of a report, seconds."),
-    scrape_timeout: float = typer.Option(0.4, help="Per-request scrape timeout, seconds."),
+    scrape_interval: float | None = typer.Option(None, help="Seconds between fleet scrapes [default: 0.25]."),
+    heartbeat: float | None = typer.Option(None, help="A report is written at least this often, seconds "
+                                                       "[default: 2]."),
+    report_ttl: float | None = typer.Option(None, help="Redis expiry of a report, seconds [default: 6]."),
+    scrape_timeout: float | None = typer.Option(None, help="Deadline for a fleet source's answers, seconds "
+                                                           "[default: 0.5]."),
     agent_id: str | None = typer.Option(None, help="Agent id (default host:pid)."),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
 ) -> None:
@@ -521,10 +523,9 @@ def agent(
         known = ", ".join(sorted(inv.regions))
         err_console.print(f"[red]ConfigError[/]: unknown region {escape(repr(region))}; known: {known}")
         raise typer.Exit(2)
-    settings = AgentSettings(
-        scrape_interval_s=scrape_interval, heartbeat_s=heartbeat, report_ttl_s=report_ttl,
-        scrape_timeout_s=scrape_timeout,
-    )
+    given = {"scrape_interval_s": scrape_interval, "heartbeat_s": heartbeat, "report_ttl_s": report_ttl,
+             "scrape_timeout_s": scrape_timeout}
+    settings = AgentSettings(**{k: v for k, v in given.items() if v is not None})  # the rest: AgentSettings' defaults
     url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
 

@@ -53,7 +53,8 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             (f"[{style}]{r['state']}[/]" if style else r["state"])
             + (f" [bold red]DAMPED {r['damped_until'] - now:.0f}s[/]" if r.get("damped_until") else ""),
             f"{r['spare_capacity']:.2f} {r['capacity_unit']}",
-            _age(now, r["observed_at"]) + (" (expired)" if r.get("report_expired") and r["observed_at"] else ""),
+            _age(now, r["observed_at"]) + (" (rejected)" if r.get("report_rejected") else
+                                            " (expired)" if r.get("report_expired") and r["observed_at"] else ""),
             escape("; ".join(
                 ([f"{r['override']} ({r['override_reason']})"
                   + (f", {r['override_expires_at'] - now:.0f}s left" if r.get("override_expires_at") else "")]
@@ -99,7 +100,7 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {err}"
         console.print(line, highlight=False)
     if status.get("rejected_reports"):
-        console.print(f"[yellow]rejected malformed reports: {status['rejected_reports']}[/]")
+        console.print(f"[yellow]rejected reports: {status['rejected_reports']}[/]")
 
 
 def render_plan(console: Console, state: DesiredState, previous: DesiredState | None) -> None:

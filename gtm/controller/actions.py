@@ -186,7 +186,8 @@ async def drain(
         if region not in cfg.inventory.regions:
             raise UnknownRegionError(f"unknown region {region!r}; known: {', '.join(sorted(cfg.inventory.regions))}")
         inputs = await read_plan_inputs(store, planned_regions(cfg.policy, cfg.inventory.regions),
-                                        rollouts=[r.name for r in cfg.policy.rollouts])
+                                        rollouts=[r.name for r in cfg.policy.rollouts],
+                                        inventory=cfg.inventory, thresholds=cfg.policy.health)
         projection: DrainProjection | None = await asyncio.to_thread(
             project_drain, cfg, inputs, ov.model_copy(update={"force": False}), now)
         warning = ""

@@ -357,7 +357,8 @@ class Controller:
             # previous plan is this replica's own unless it just became leader.
             reread = self.state is None or self._reread
             inputs = await read_plan_inputs(
-                self.store, planned_regions(self.config.policy, self.config.inventory.regions), previous=reread
+                self.store, planned_regions(self.config.policy, self.config.inventory.regions), previous=reread,
+                inventory=self.config.inventory, thresholds=self.config.policy.health,
             )
             if reread:
                 # An emptied Redis must not erase what this replica still knows: keep ours.

@@ -284,7 +284,7 @@ async def candidate_states(
         (in_force.policy.region_names & in_force.inventory.regions.keys())
         | (candidate.policy.region_names & candidate.inventory.regions.keys())
     )
-    inputs = await read_plan_inputs(store, names)
+    inputs = await read_plan_inputs(store, names, inventory=in_force.inventory, thresholds=in_force.policy.health)
     return plan_pair(in_force, candidate, inputs.reports, inputs.overrides, inputs.previous, now,
                      damping_cleared=inputs.damping_cleared, vantage=inputs.vantage)
 

@@ -16,6 +16,11 @@ from gtm.store.inputs import planned_regions, read_plan_inputs
 async def gather_status(store: Store, config: Config | None, now: float | None = None) -> dict[str, Any]:
     """Everything ``gtm status`` shows, as a JSON-ready dict.
 
+    A region whose stored report is rejected (malformed or implausible) has
+    ``report_rejected`` set to why, and its ``reason`` starts with ``report rejected: <why>``;
+    ``rejected_reports`` counts rejections per reason-code (per region in each row, in total
+    at the top).
+
     Args:
         store: the Redis store.
         config: the local policy and inventory; None when the files do not validate (status
@@ -28,13 +33,15 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
     now = time.time() if now is None else now
     if config is not None:
         regions = sorted(config.inventory.regions)
-        inputs = await read_plan_inputs(store, regions, rollouts=[r.name for r in config.policy.rollouts])
+        inputs = await read_plan_inputs(store, regions, rollouts=[r.name for r in config.policy.rollouts],
+                                        inventory=config.inventory, thresholds=config.policy.health)
     else:
         # No valid local files: every region Redis knows of (the plan in force, overrides).
         known = await read_plan_inputs(store, [])
         regions = sorted(set(known.previous.regions if known.previous is not None else ()) | set(known.overrides))
-        reports, bad = await store.get_reports(regions)
-        inputs = dataclasses.replace(known, reports=reports, rejected=bad)
+        read = await store.read_reports(regions)
+        inputs = dataclasses.replace(known, reports=read.reports, rejected=read.rejected,
+                                     rejected_reasons=read.reasons, server_time=read.server_time)
     reports, overrides, desired = inputs.reports, inputs.overrides, inputs.previous
     leader = await store.leader()
     controller = await store.get_applied("controller") or {}
@@ -42,7 +49,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
     for svc, region_caps in inputs.caps.items():
         for region, cap in region_caps.items():
             rollout_caps.setdefault(region, []).append(f"{svc}: {cap.reason}")
-    rejected = await store.rejected_counts()
+    rejected = await store.rejected_by_reason()
     # The audit entry written with the desired state (controller ``_persist``) carries its
     # commit; other entries (forced drains, rejected policies) may be newer.
     desired_commit = ""
@@ -65,12 +72,19 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         if ov is not None and not ov.active(now):
             ov = None  # expired: no longer applied (the leader deletes it and audits that)
         last_seen = rep.observed_at if rep is not None else (st.observed_at if st is not None else None)
+        refused = inputs.rejected_reasons.get(r)
+        reason = st.reason if st is not None else ""
+        if refused is not None:
+            # The agent may be fine: what sits under its key is refused. Never "agent down".
+            reason = f"report rejected: {refused}"
         rows.append(
             {
                 "region": r,
                 "jurisdiction": config.inventory.regions[r].jurisdiction if config is not None else "?",
                 "state": st.state if st is not None else ("reporting" if rep else "unknown"),
-                "reason": st.reason if st is not None else "",
+                "reason": reason,
+                "report_rejected": refused,
+                "rejected_reports": rejected.get(r, {}),
                 "spare_capacity": round(rep.spare_capacity, 3) if rep is not None else 0.0,
                 "capacity_unit": rep.capacity_unit if rep is not None else "replicas",
                 "observed_at": last_seen,
@@ -112,7 +126,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         "regions": rows,
         "pools": pools_with_services(desired) if desired is not None else [],
         "providers": providers,
-        "rejected_reports": sum(rejected.values()),
+        "rejected_reports": sum(n for by in rejected.values() for n in by.values()),
     }
 
 
@@ -124,7 +138,8 @@ async def plan_now(store: Store, config: Config, now: float | None = None) -> tu
     """
     now = time.time() if now is None else now
     inputs = await read_plan_inputs(store, planned_regions(config.policy, config.inventory.regions),
-                                    rollouts=[r.name for r in config.policy.rollouts])
+                                    rollouts=[r.name for r in config.policy.rollouts],
+                                    inventory=config.inventory, thresholds=config.policy.health)
     state = plan(config.policy, config.inventory, now=now, digest=config.digest, **inputs.plan_kwargs())
     return state, inputs.previous
 

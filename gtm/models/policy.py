@@ -46,6 +46,10 @@ class HealthThresholds(_Strict):
         unknown_grace_s: an ``unknown`` region (its agent silent) that a majority of its
             vantage points still reach keeps its previous weight for this long, seconds,
             counted from when its report lapsed; then it goes out. 0 disables the grace.
+        max_clock_skew_s: a report timestamped more than this many seconds ahead of the Redis
+            server's clock is rejected (``gtm.engine.plausibility``).
+        capacity_margin: a report claiming more replicas or spare capacity than the inventory
+            lists × (1 + this fraction; 0.25 = 25 %) is rejected.
     """
 
     fall: int = Field(default=2, ge=1, le=100)
@@ -54,6 +58,8 @@ class HealthThresholds(_Strict):
     vantage_quorum: float = Field(default=0.5, ge=0, lt=1)
     vantage_min: int = Field(default=2, ge=1, le=100)
     unknown_grace_s: float = Field(default=60.0, ge=0, le=3600)
+    max_clock_skew_s: float = Field(default=5.0, gt=0, le=3600)
+    capacity_margin: float = Field(default=0.25, ge=0, le=10)
 
 
 class SafetyRules(_Strict):

@@ -136,6 +136,8 @@ class FleetReport(_Report):
         sources: one status per fleet source scraped.
         spare_capacity: the region's total spare capacity, in ``capacity_unit``.
         capacity_unit: ``replicas`` (idle-replica equivalents) or ``tokens/s``.
+        clock_skew_s: the agent's clock minus the Redis server's clock (``TIME``), seconds, as
+            the agent last measured it; None before its first measurement.
     """
 
     region: str = Field(min_length=1, max_length=64)
@@ -152,6 +154,7 @@ class FleetReport(_Report):
     sources: tuple[SourceStatus, ...] = ()
     spare_capacity: float = Field(default=0.0, ge=0, le=MAX_CAPACITY)
     capacity_unit: CapacityUnit = "replicas"
+    clock_skew_s: float | None = None
 
     @field_validator("observed_at")
     @classmethod

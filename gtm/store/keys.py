@@ -12,7 +12,8 @@
 | ``gtm:{ns}:applied:<provider>`` | string (JSON) | generation and digest last applied |
 | ``gtm:{ns}:leader`` / ``gtm:{ns}:epoch`` | SET NX PX / INCR | leader lease / fencing token |
 | ``gtm:{ns}:audit`` | stream, MAXLEN ~ | every change: what, why, policy digest, fencing token |
-| ``gtm:{ns}:rejected`` | hash | malformed reports rejected, by region |
+| ``gtm:{ns}:rejected`` | hash | reports rejected, field ``<region>|<reason-code>`` → count |
+| ``gtm:{ns}:rejected-last`` | hash | region → digest of the last rejected payload counted |
 | ``gtm:{ns}:rollout:<name>`` | string (JSON) | rollout state machine (``gtm.engine.rollout``) |
 | ``gtm:{ns}:events`` | pub/sub channel | wake-ups; polling remains the fallback |
 """
@@ -89,6 +90,11 @@ class Keys:
     @property
     def rejected(self) -> str:
         return f"{self.prefix}rejected"
+
+    @property
+    def rejected_last(self) -> str:
+        """Hash: region → digest of the last rejected payload counted (counted once, by any reader)."""
+        return f"{self.prefix}rejected-last"
 
     def rollout(self, name: str) -> str:
         return f"{self.prefix}rollout:{name}"

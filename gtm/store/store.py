@@ -8,10 +8,12 @@ publish explicit events, and freshness is judged from report timestamps, not key
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gtm.engine.plausibility import MALFORMED, Rejection
 from gtm.errors import ConfigError, LeaseLostError, StoreError
 from gtm.log import get_logger
 from gtm.models.audit import AuditEntry
@@ -31,6 +34,40 @@ from gtm.models.report import FleetReport, VantageReport
 from gtm.store.keys import AUDIT_STREAM_MAXLEN, REPORT_STREAM_MAXLEN, Keys
 
 log = get_logger("store")
+
+ReportCheck = Callable[[FleetReport, int, float], Rejection | None]
+"""A plausibility rule: ``(report, ttl_ms, server_time) -> rejection or None`` (see ``read_reports``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A newly seen rejected report: its region, reason-code and reason."""
+
+    region: str
+    code: str
+    reason: str
+
+
+@dataclass
+class ReportsRead:
+    """What :meth:`Store.read_reports` found.
+
+    Attributes:
+        server_time: the Redis server's clock when the reports were read, unix seconds.
+        reports: the report to use per region: the stored one when accepted, else the last
+            one this store accepted for the region (if any).
+        rejected: one message per newly seen rejected payload (already counted and logged).
+        new: the same, as ``Rejected`` records.
+        reasons: region → why its stored report is rejected now (every read, not only new).
+        codes: region → the reason-code of that rejection.
+    """
+
+    server_time: float
+    reports: dict[str, FleetReport] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    new: list[Rejected] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    codes: dict[str, str] = field(default_factory=dict)
 
 EMBEDDED_URL = "embedded://"
 """The URL that selects the in-process fakeredis server (zero-setup mode)."""
@@ -75,7 +112,8 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._rejected_seen: dict[str, int] = {}
+        self._rejected_seen: dict[str, int | str] = {}
+        self._accepted: dict[str, FleetReport] = {}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -124,44 +162,117 @@ class Store:
             raise StoreError(f"writing report for {report.region}: {exc}") from exc
 
     async def get_reports(self, regions: list[str]) -> tuple[dict[str, FleetReport], list[str]]:
-        """Latest reports for ``regions``.
+        """Latest reports for ``regions``, checked only against the schema.
 
         Returns:
-            ``(reports, rejected)``: valid reports by region, and one message per newly seen
-            malformed report (rejected, counted once under ``gtm:{ns}:rejected``, never
-            raised; a bad payload still under its key is left out silently on later reads).
+            ``(reports, rejected)``: see :meth:`read_reports` (``reports`` and ``rejected``).
+
+        Raises:
+            StoreError: Redis could not be read.
+        """
+        read = await self.read_reports(regions)
+        return read.reports, read.rejected
+
+    async def read_reports(self, regions: list[str], check: ReportCheck | None = None) -> ReportsRead:
+        """Latest reports for ``regions``, with each key's expiry and the server's clock.
+
+        One transaction reads every report (``MGET``), each key's ``PTTL`` and the server's
+        ``TIME``. A report is rejected when it does not parse, names another region than its
+        key (reason-code ``malformed``), or ``check`` returns a rejection for it. A rejected
+        report is counted under ``gtm:{ns}:rejected`` (field ``<region>|<reason-code>``) once
+        per distinct payload and reason for the whole installation, logged once per payload
+        by each reader, never raised. It is treated as no new report: when
+        this store accepted a report of the region before, that last accepted report is
+        returned in its place (the engine judges its age as usual, so a region whose key holds
+        only rejected reports goes ``unknown`` after the report timeout).
+
+        Args:
+            regions: whose reports to read.
+            check: the plausibility rule (``gtm.engine.plausibility``), called as
+                ``check(report, ttl_ms, server_time)``; None checks the schema only.
+
+        Raises:
+            StoreError: Redis could not be read.
         """
         if not regions:
-            return {}, []
+            return ReportsRead(server_time=0.0)
+        keys = [self.keys.report(r) for r in regions]
         try:
-            raw = await self.client.mget([self.keys.report(r) for r in regions])
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.mget(keys)
+                for key in keys:
+                    pipe.pttl(key)
+                pipe.time()
+                replies = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"reading reports: {exc}") from exc
-        reports: dict[str, FleetReport] = {}
-        rejected: list[str] = []
-        for region, text in zip(regions, raw, strict=True):
+        raw, ttls, srv = replies[0], replies[1:-1], replies[-1]
+        server_time = float(srv[0]) + float(srv[1]) / 1e6
+        out = ReportsRead(server_time=server_time)
+        for region, text, ttl in zip(regions, raw, ttls, strict=True):
             if text is None:
                 continue
+            rejection: tuple[str, str] | None
             try:
                 rep = FleetReport.model_validate_json(text)
                 if rep.region != region:
                     raise ValueError(f"report under key of {region!r} names region {rep.region!r}")
             except (ValidationError, ValueError) as exc:
-                # The same bad payload stays under the key until it expires or is replaced:
-                # reject it every time, but log and count it once.
-                digest = hash(text)
-                if self._rejected_seen.get(region) == digest:
-                    continue
-                self._rejected_seen[region] = digest
-                msg = f"rejected report for {region}: {_first_line(exc)}"
-                rejected.append(msg)
-                log.warning("get_reports: %s", msg)
-                with contextlib.suppress(RedisError):
-                    await self.client.hincrby(self.keys.rejected, region, 1)
+                rejection = (MALFORMED, _first_line(exc))
+            else:
+                got = check(rep, int(ttl), server_time) if check is not None else None
+                rejection = (got.code, got.reason) if got is not None else None
+            if rejection is None:
+                self._rejected_seen.pop(region, None)
+                self._accepted[region] = rep
+                out.reports[region] = rep
                 continue
-            self._rejected_seen.pop(region, None)
-            reports[region] = rep
-        return reports, rejected
+            code, reason = rejection
+            out.reasons[region] = reason
+            out.codes[region] = code
+            last = self._accepted.get(region)
+            if last is not None:
+                out.reports[region] = last
+            # The same bad payload stays under the key until it expires or is replaced:
+            # reject it every time, but log it once per reader and count it once per
+            # installation (every controller replica and `gtm status` read it).
+            digest = hashlib.sha256(f"{code}\n{text}".encode()).hexdigest()[:32]
+            if self._rejected_seen.get(region) == digest:
+                continue
+            self._rejected_seen[region] = digest
+            msg = f"rejected report for {region}: {reason}"
+            out.rejected.append(msg)
+            out.new.append(Rejected(region, code, reason))
+            log.warning("read_reports: %s [%s]", msg, code)
+            with contextlib.suppress(RedisError):
+                await self._count_rejected(region, code, digest)
+        return out
+
+    async def _count_rejected(self, region: str, code: str, digest: str) -> bool:
+        """Count a rejected payload under ``region|code`` unless the installation already
+        counted this payload (``gtm:{ns}:rejected-last`` holds each region's last digest)."""
+        last = self.keys.rejected_last
+
+        async def unseen(pipe: Any) -> bool:
+            return bool(await pipe.hget(last, region) != digest)
+
+        def count(pipe: Any) -> None:
+            pipe.hset(last, region, digest)
+            pipe.hincrby(self.keys.rejected, f"{region}|{code}", 1)
+
+        return await self.compare_and_set([last], unseen, count)
+
+    async def server_time(self) -> float:
+        """The Redis server's clock (``TIME``), unix seconds.
+
+        Raises:
+            StoreError: Redis could not be reached.
+        """
+        try:
+            sec, usec = await self.client.time()
+        except RedisError as exc:
+            raise StoreError(f"reading server time: {exc}") from exc
+        return float(sec) + float(usec) / 1e6
 
     async def put_vantage(self, report: VantageReport, ttl_s: float, *, changed: bool) -> None:
         """Write a vantage point's latest probes of the other regions, with an expiry.
@@ -219,12 +330,27 @@ class Store:
         return out
 
     async def rejected_counts(self) -> dict[str, int]:
-        """How many malformed reports were rejected, by region."""
+        """How many reports were rejected, by region (every reason together)."""
+        return {region: sum(by.values()) for region, by in (await self.rejected_by_reason()).items()}
+
+    async def rejected_by_reason(self) -> dict[str, dict[str, int]]:
+        """How many reports were rejected, by region and reason-code
+        (``gtm.engine.plausibility.REASON_CODES``; counts from before reasons were recorded
+        appear under ``malformed``).
+
+        Raises:
+            StoreError: Redis could not be read.
+        """
         try:
             raw = await self.client.hgetall(self.keys.rejected)
         except RedisError as exc:
             raise StoreError(f"reading rejected counts: {exc}") from exc
-        return {_str(k): int(v) for k, v in raw.items()}
+        out: dict[str, dict[str, int]] = {}
+        for field_, value in raw.items():
+            region, _, code = _str(field_).partition("|")
+            by = out.setdefault(region, {})
+            by[code or MALFORMED] = by.get(code or MALFORMED, 0) + int(value)
+        return out
 
     # -- overrides -----------------------------------------------------------------------
 

@@ -3,7 +3,11 @@ Runs against the real Redis at GTM_TEST_REDIS_URL (default 127.0.0.1:6379) in a 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from typer.testing import CliRunner
 
 from gtm.cli.main import app
@@ -41,9 +46,24 @@ def gtm(*args: str) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
+@functools.cache
+def regions_with_4_replicas() -> Path:
+    """The example inventory with 4 replicas behind every serving source, so the reports of
+    ``put_reports`` (4 replicas each) are plausible (``gtm.engine.plausibility``)."""
+    root = Path(tempfile.mkdtemp(prefix="gtm-cli-regions-"))
+    atexit.register(shutil.rmtree, root, True)
+    for f in (ROOT / "regions").glob("*.yaml"):
+        doc = yaml.safe_load(f.read_text())
+        for src in doc.get("fleet", []):
+            if src["kind"] != "dcgm":
+                src["replicas"] = 4
+        (root / f.name).write_text(yaml.safe_dump(doc))
+    return root
+
+
 def base(ns: str) -> list[str]:
     return ["--redis", REDIS_URL, "--ns", ns,
-            "--policies", str(ROOT / "policies"), "--regions", str(ROOT / "regions")]
+            "--policies", str(ROOT / "policies"), "--regions", str(regions_with_4_replicas())]
 
 
 def test_policy_validate_ok_and_broken(tmp_path: Path) -> None:

@@ -195,7 +195,9 @@ class RecordingPublisher:
 
 async def put_healthy(store: Store, now: float) -> None:
     for region in REGIONS:
-        await store.put_report(make_report(region, now, models={"llama-3.1-8b": 10.0}), ttl_s=60, changed=True)
+        # Within what the example inventory allows (2 replicas and more per region).
+        await store.put_report(make_report(region, now, spare=2.0, models={"llama-3.1-8b": 2.0}), ttl_s=60,
+                               changed=True)
 
 
 @pytest.mark.usefixtures("loop_watchdog")

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from gtm.api.app import build_app
 from gtm.cli.main import app
 from gtm.config.loader import Config, load_config
+from gtm.engine.plausibility import inventory_replicas
 from gtm.models.audit import AuditEntry
 from gtm.models.override import Override
 from gtm.store import Store
@@ -43,7 +44,10 @@ def two_namespaces() -> Iterator[tuple[str, str]]:
     now = time.time()
     for ns in names:
         for region in CFG.inventory.regions:
-            r.set(Keys(ns).report(region), make_report(region, now, spare=10.0).model_dump_json(), px=600_000)
+            # Plausible for the inventory (gtm.engine.plausibility): its replicas, all idle.
+            n = inventory_replicas(CFG.inventory.regions[region])
+            r.set(Keys(ns).report(region), make_report(region, now, spare=float(n), replicas=(n, n)).model_dump_json(),
+                  px=60_000)
     yield names
     for ns in names:
         keys = list(r.scan_iter(match=f"gtm:{{{ns}}}:*"))
