@@ -500,6 +500,10 @@ def agent(
     heartbeat: float = typer.Option(2.0, help="A report is written at least this often, seconds."),
     report_ttl: float = typer.Option(6.0, help="Redis expiry of a report, seconds."),
     scrape_timeout: float = typer.Option(0.4, help="Per-request scrape timeout, seconds."),
+    probe_interval: float = typer.Option(1.0, help="Seconds between synthetic completion probes of a source."),
+    probe_timeout: float = typer.Option(2.0, help="Deadline of one completion probe (whole answer), seconds."),
+    vantage_interval: float = typer.Option(
+        1.0, help="Seconds between probes of the other regions' vantage_url (as a vantage point)."),
     agent_id: str | None = typer.Option(None, help="Agent id (default host:pid)."),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
 ) -> None:
@@ -523,7 +527,8 @@ def agent(
         raise typer.Exit(2)
     settings = AgentSettings(
         scrape_interval_s=scrape_interval, heartbeat_s=heartbeat, report_ttl_s=report_ttl,
-        scrape_timeout_s=scrape_timeout,
+        scrape_timeout_s=scrape_timeout, probe_interval_s=probe_interval, probe_timeout_s=probe_timeout,
+        vantage_interval_s=vantage_interval,
     )
     url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
@@ -533,7 +538,8 @@ def agent(
         _install_signal_stop(stop)
         store = connect(url, ns=ns)
         try:
-            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id).run(stop)
+            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id,
+                              peers=tuple(inv.regions.values())).run(stop)
         finally:
             await store.aclose()
 
