@@ -238,11 +238,13 @@ async def test_agent_reports_probe_results_and_fails_a_wedged_source(
         assert (src.healthy, src.probe_ok, src.probe_ttft_ms) == (False, False, None)
         assert src.probe_consecutive_fail >= 2
         assert rep.models[MODEL].probe_success == 0.0
-        stored = await redis_store.client.get(redis_store.keys.report("r1"))
+        async with asyncio.timeout(15):  # bounded: a stall fails here, not at the suite's timeout
+            stored = await redis_store.client.get(redis_store.keys.report("r1"))
         assert stored is not None and "completion probe" in json.loads(stored)["reason"]
     finally:
         stop.set()
-        await task
+        async with asyncio.timeout(15):
+            await task
 
 
 async def test_sim_wire_formats(fleet: Fleet) -> None:
