@@ -6,11 +6,14 @@ decision. No I/O, no clock, no randomness: the same inputs give the same plan.
 Order of judgement:
 
 1. **Static stability**: if more than ``safety.stale_fraction`` of the policy's regions have no
-   fresh report, the inputs themselves are suspect (Redis partition, agents' network down) and
-   the previous plan is held unchanged, with the reason.
-2. **Health** per region with hysteresis (``gtm.engine.health``).
+   fresh report, judged over the lapse window (``gtm.engine.staleness``), the inputs themselves
+   are suspect (Redis partition, agents' network down) and the previous plan is held unchanged,
+   with the reason; after such a hold, one more lapse window for the stragglers to report.
+2. **Health** per region with hysteresis, from its own reports and the other regions' vantage
+   points judged by quorum (``gtm.engine.health``, ``gtm.engine.vantage``).
 3. **Pools** per (segment, eligible regions, model, routing): residency filters regions first
-   (hard constraint); unhealthy/unknown regions drop to weight 0 at once (failover); drained
+   (hard constraint); unhealthy/unknown regions drop to weight 0 at once (failover), but for an
+   unknown region within its grace, which keeps its previous weight; drained
    regions step down and never up; cordoned regions never go up; the rest take weights from
    spare capacity (or static weights), paced by the safety rules.
 4. When no region of a pool can serve: ``on_all_unhealthy`` (``fail-static`` holds the previous
@@ -29,9 +32,11 @@ from dataclasses import dataclass, field
 from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
 from gtm.engine.demand import smoothed_load
 from gtm.engine.fallback import apply_fallbacks
-from gtm.engine.health import flap_damping, is_fresh, region_health
+from gtm.engine.health import flap_damping, judge_region
 from gtm.engine.residency import eligible_regions
 from gtm.engine.safety import admitted_drains, drain_hold, drain_weight, paced_weight, step_due
+from gtm.engine.staleness import Lapse, judge_lapse
+from gtm.engine.vantage import VantageView, vantage_views
 from gtm.models.override import Override
 from gtm.models.plan import (
     SERVING_STATES,
@@ -97,12 +102,30 @@ def plan(
     """
     compiled = cache.compiled(policy, inventory) if cache is not None else _compile(policy, inventory)
     regions = compiled.regions
-    stale = [r for r in regions if not is_fresh(reports.get(r), policy.health, now)]
-    if regions and len(stale) / len(regions) > policy.safety.stale_fraction:
-        return _hold(policy, previous, now, digest, stale, len(regions))
+    timeout = policy.health.report_timeout_s
+    lapse = judge_lapse(regions, reports, timeout, policy.safety, now)
+    if lapse.mass:
+        return _hold(policy, previous, now, digest, lapse)
+    if lapse.stale and previous is not None and previous.held:
+        # Agents that resume together report again up to a lapse window apart: wait for them.
+        since = previous.rejoin_since or now
+        if now - since < lapse.window_s:
+            return _hold(policy, previous, now, digest, lapse, rejoin_since=since)
+
+    vantage = vantage or {}
+    v_lapse = judge_lapse(regions, vantage, timeout, policy.safety, now)
+    # Vantage reports that lapsed together say nothing (set aside, said in the reasons); with no
+    # vantage report at all (none written, or all expired) the vantage points have no opinion.
+    silent = (
+        f"vantage points set aside: {v_lapse.describe('vantage reports lapsed')}"
+        if v_lapse.mass and vantage else ""
+    )
+    prev_regions = previous.regions if previous is not None else {}
+    recovering = frozenset(r for r, st in prev_regions.items() if st.unreachable)
+    views = vantage_views(vantage, regions, policy.health, now, recovering, silent)
 
     active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
-    statuses = _region_statuses(policy, inventory, reports, active_overrides, previous, now, regions,
+    statuses = _region_statuses(policy, inventory, reports, views, active_overrides, previous, now, regions,
                                 damping_cleared or {})
     drains = {r: o for r, o in active_overrides.items() if o.kind == "drain"}
     admitted = admitted_drains(drains, policy.safety.max_drained)
@@ -314,20 +337,23 @@ def _hold(
     previous: DesiredState | None,
     now: float,
     digest: str,
-    stale: list[str],
-    total: int,
+    lapse: Lapse,
+    rejoin_since: float = 0.0,
 ) -> DesiredState:
-    reason = (
-        f"static stability: {len(stale)}/{total} regions have no fresh report "
-        f"(> stale_fraction {policy.safety.stale_fraction:g}): {', '.join(stale)}; "
-        "holding the last good routing"
-    )
+    if rejoin_since:
+        reason = (
+            f"static stability: regions are reporting again after a mass lapse; waiting up to "
+            f"{lapse.window_s:g}s (the lapse window) for the rest: {len(lapse.stale)}/{lapse.total} "
+            f"still without a fresh report: {', '.join(lapse.stale)}; holding the last good routing"
+        )
+    else:
+        reason = f"static stability: {lapse.describe()}; holding the last good routing"
     if previous is None:
         return DesiredState(
             generation=0, generated_at=now, policy_digest=digest, held=True,
             hold_reason=reason + " (none yet: publishing nothing)", regions={}, pools={},
             services={}, endpoints={},
-            decisions=(Decision("plan", "hold", reason),),
+            decisions=(Decision("plan", "hold", reason),), rejoin_since=rejoin_since,
         )
     return DesiredState(
         generation=previous.generation,
@@ -340,6 +366,7 @@ def _hold(
         services=previous.services,
         endpoints=previous.endpoints,
         decisions=(Decision("plan", "hold", reason),),
+        rejoin_since=rejoin_since,
     )
 
 
@@ -347,6 +374,7 @@ def _region_statuses(
     policy: Policy,
     inventory: Inventory,
     reports: Mapping[str, FleetReport],
+    views: Mapping[str, VantageView],
     overrides: Mapping[str, Override],
     previous: DesiredState | None,
     now: float,
@@ -358,17 +386,20 @@ def _region_statuses(
     for r in regions:
         prev = prev_regions.get(r)
         rep = reports.get(r)
-        state, reason = region_health(r, prev, rep, policy.health, now)
+        verdict = judge_region(r, prev, rep, views[r], policy.health, now)
+        state = verdict.state
         ov = overrides.get(r)
         rules = policy.safety
+        # Only confirmed failures count toward damping: going out for one, or coming back from one.
+        counts = verdict.confirmed_failure if not verdict.serving else prev is not None and prev.confirmed_failure
         transitions, damped_until = flap_damping(
-            prev, state in SERVING_STATES, rules.flap_threshold, rules.flap_window_s, rules.flap_penalty_s, now,
-            damping_cleared.get(r, 0.0),
+            prev, verdict.serving, rules.flap_threshold, rules.flap_window_s, rules.flap_penalty_s, now,
+            damping_cleared.get(r, 0.0), counts,
         )
         out[r] = RegionStatus(
             region=r,
             state=state,
-            reason=reason,
+            reason=verdict.reason,
             observed_at=rep.observed_at if rep is not None else None,
             seq=rep.seq if rep is not None else -1,
             spare_capacity=rep.spare_capacity if rep is not None else 0.0,
@@ -379,6 +410,11 @@ def _region_statuses(
             load=smoothed_load(prev, rep, inventory.regions[r], rules.demand_smoothing),
             transitions=transitions,
             damped_until=damped_until,
+            confirmed_failure=verdict.confirmed_failure,
+            unreachable=verdict.unreachable,
+            lapsed_at=verdict.lapsed_at,
+            grace_until=verdict.grace_until,
+            vantage=verdict.vantage,
         )
     return out
 
@@ -493,7 +529,14 @@ def _plan_pool(
     for r in eligible:
         prev = prev_members.get(r)
         ov = overrides.get(r)
-        if r not in weights:
+        st = statuses[r]
+        if r not in weights and st.state == "unknown" and st.grace_until > now and st.damped_until <= now and not (
+            ov is not None and ov.kind == "drain"
+        ):
+            # Unknown is not unhealthy: its agent is silent but the vantage quorum reaches it.
+            w = prev.weight if prev is not None else 0
+            why, settled = f"kept at weight {w} (unknown, in grace): {st.reason}", False
+        elif r not in weights:
             w, why = 0, out_reason.get(r, "not available")
             if prev is not None and prev.weight > 0:
                 why = f"failover: {why}"

@@ -41,6 +41,15 @@ class RegionStatus:
         transitions: times (unix seconds) the region went in or out of service, within the
             policy's flap window.
         damped_until: flap damping keeps the region out until this time (0 if not damped).
+        confirmed_failure: the region is out of service for a confirmed failure (its agent's
+            ``consecutive_fail >= fall``, or the vantage quorum cannot reach it); kept while it
+            stays out. Only such outages (and the return from one) count toward flap damping.
+        unreachable: a quorum of the other regions' vantage points cannot reach the region.
+        lapsed_at: when the region's report lapsed (its last ``observed_at`` + the report
+            timeout), unix seconds; 0 while its report is fresh.
+        grace_until: an ``unknown`` region that the vantage quorum still reaches keeps its
+            previous weight until this time, unix seconds; 0 when no grace is granted.
+        vantage: what the other regions' vantage points saw of it, one line ("" without any).
     """
 
     region: str
@@ -56,6 +65,17 @@ class RegionStatus:
     load: float = 0.0
     transitions: tuple[float, ...] = ()
     damped_until: float = 0.0
+    confirmed_failure: bool = False
+    unreachable: bool = False
+    lapsed_at: float = 0.0
+    grace_until: float = 0.0
+    vantage: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Whether the region takes traffic by its health: ``healthy`` or ``degraded``, or
+        ``unknown`` within its grace (kept at its previous weight)."""
+        return self.state in SERVING_STATES or (self.state == "unknown" and self.grace_until > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +192,9 @@ class DesiredState:
         services: service plans by fqdn.
         endpoints: per region, the (rdtype, value) pairs its members render to.
         decisions: the changes made by this plan relative to the previous one.
+        rejoin_since: while held after a mass lapse of reports, when the first regions reported
+            again (unix seconds): the hold lasts one lapse window more for the stragglers
+            (``gtm.engine.staleness``); 0 otherwise.
     """
 
     generation: int
@@ -184,6 +207,7 @@ class DesiredState:
     services: dict[str, ServicePlan]
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     decisions: tuple[Decision, ...] = ()
+    rejoin_since: float = 0.0
     _digest: Annotated[list[str], Field(exclude=True)] = field(  # memo of routing_digest(), never stored
         default_factory=list, init=False, repr=False, compare=False
     )

@@ -34,12 +34,26 @@ class HealthThresholds(_Strict):
         fall: consecutive failed checks that make a healthy region unhealthy.
         rise: consecutive good checks that bring an unhealthy region back.
         report_timeout_s: a report older than this (seconds) is a lapsed heartbeat: the
-            region is ``unknown`` and takes no traffic.
+            region is ``unknown`` (see ``unknown_grace_s``). Vantage reports older than this
+            give no opinion.
+        vantage_quorum: a region is ``unreachable`` (failed over at once) when MORE than this
+            fraction (0..1) of its vantage points (the other regions' fresh vantage reports
+            that probe it) fail to reach it, each by ``fall`` consecutive failed probes.
+            Default 0.5: a strict majority. Route 53 calls a check unhealthy only when 82 % or
+            more of its checkers fail (``gtm.engine.vantage`` compares the two).
+        vantage_min: at least this many vantage points must have an opinion of a region;
+            with fewer, the vantage points say nothing about it (neither way).
+        unknown_grace_s: an ``unknown`` region (its agent silent) that a majority of its
+            vantage points still reach keeps its previous weight for this long, seconds,
+            counted from when its report lapsed; then it goes out. 0 disables the grace.
     """
 
     fall: int = Field(default=2, ge=1, le=100)
     rise: int = Field(default=3, ge=1, le=100)
     report_timeout_s: float = Field(default=6.0, gt=0, le=3600)
+    vantage_quorum: float = Field(default=0.5, ge=0, lt=1)
+    vantage_min: int = Field(default=2, ge=1, le=100)
+    unknown_grace_s: float = Field(default=60.0, ge=0, le=3600)
 
 
 class SafetyRules(_Strict):
@@ -48,6 +62,10 @@ class SafetyRules(_Strict):
     Attributes:
         stale_fraction: when more than this fraction (0..1) of the policy's regions have no
             fresh report, the inputs are stale and the previous plan is held (static stability).
+            Judged over ``lapse_window_s``: once any report has lapsed, regions whose report
+            will lapse within the window count as lapsing too.
+        lapse_window_s: seconds; agents that stop together lapse up to this far apart. None
+            (default): twice the largest heartbeat (``interval_s``) of the reports.
         planned_step: the most a planned move (drain, undrain, recovery ramp) changes one
             region's weight per ``step_interval_s``; failure moves are immediate.
         step_interval_s: seconds between planned steps.
@@ -70,6 +88,7 @@ class SafetyRules(_Strict):
     """
 
     stale_fraction: float = Field(default=0.5, ge=0, le=1)
+    lapse_window_s: float | None = Field(default=None, ge=0, le=3600)
     planned_step: int = Field(default=64, ge=1, le=255)
     step_interval_s: float = Field(default=1.0, gt=0, le=3600)
     weight_deadband: int = Field(default=8, ge=0, le=255)

@@ -26,10 +26,20 @@ def _plan(sc: Scenario, step: Step, previous: DesiredState | None) -> DesiredSta
     return plan(sc.policy, sc.inventory, step.reports, step.overrides, previous, step.now, digest="d")
 
 
-def _stale(policy: Policy, inventory: Inventory, step: Step) -> bool:
+def _stale(policy: Policy, inventory: Inventory, step: Step) -> tuple[bool, bool]:
+    """(more than stale_fraction of the regions stale, the same judged over the lapse window:
+    once one report lapsed, those older than timeout − window count too)."""
     regions = [r for r in policy.region_names if r in inventory.regions]
     stale = [r for r in regions if not is_fresh(step.reports.get(r), policy.health, step.now)]
-    return bool(regions) and len(stale) / len(regions) > policy.safety.stale_fraction
+    window = policy.safety.lapse_window_s
+    if window is None:
+        window = 2 * max((step.reports[r].interval_s for r in regions if r in step.reports), default=0.0)
+    cutoff = policy.health.report_timeout_s - window
+    lapsing = [r for r in regions if r not in stale and step.now - step.reports[r].observed_at > cutoff]
+    fraction = policy.safety.stale_fraction
+    now_stale = bool(regions) and len(stale) / len(regions) > fraction
+    over_window = bool(stale) and (len(stale) + len(lapsing)) / len(regions) > fraction
+    return now_stale, over_window
 
 
 def _check_residency(sc: Scenario, state: DesiredState) -> None:
@@ -57,7 +67,7 @@ def _check_weights_and_failures(sc: Scenario, state: DesiredState) -> None:
         for m in pool.members:
             assert 0 <= m.weight <= 255
             st_ = state.regions[m.region]
-            if st_.state not in SERVING_STATES and pool.mode not in ("fail-static", "fail-open"):
+            if not st_.serving and pool.mode not in ("fail-static", "fail-open"):
                 assert m.weight == 0, (m, st_, pool.mode)
         if pool.mode == "dark":
             assert pool.dark
@@ -130,8 +140,15 @@ def test_invariants_over_plan_sequences(sc: Scenario) -> None:
         assert again.routing_digest() == state.routing_digest()
         assert again == state
 
-        stale = _stale(sc.policy, sc.inventory, step)
-        assert state.held == stale, (stale, state.hold_reason)
+        now_stale, over_window = _stale(sc.policy, sc.inventory, step)
+        any_stale = any(not is_fresh(step.reports.get(r), sc.policy.health, step.now)
+                        for r in sc.policy.region_names if r in sc.inventory.regions)
+        # Held when stale over the lapse window (so always when stale at this instant), or
+        # while stragglers rejoin after a hold; never with every report fresh.
+        assert over_window or not now_stale
+        assert state.held == over_window or (previous is not None and previous.held and any_stale), (
+            over_window, state.hold_reason)
+        stale = state.held
         if stale and previous is None:
             assert state.pools == {} and state.services == {} and state.generation == 0
         if not state.held:

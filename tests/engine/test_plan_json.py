@@ -4,6 +4,7 @@ stored, which a running installation still has in Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,8 +82,27 @@ def test_the_scenarios_cover_what_the_format_carries() -> None:
 def test_reads_what_earlier_versions_stored_and_writes_the_same_text(name: str) -> None:
     """The stored format is unchanged: old and new replicas read each other's states."""
     golden = json.loads(GOLDEN.read_text())[name]
-    assert DesiredState.from_json(golden) == STATES[name]
-    assert STATES[name].to_json() == golden
+    # Later versions added fields with defaults (issue 8: vantage quorum, unknown grace, the
+    # lapse window): an old state reads with their defaults, and the new text is the old text
+    # plus those fields.
+    state = STATES[name]
+    old = dataclasses.replace(
+        state, rejoin_since=0.0,
+        regions={r: dataclasses.replace(st, **NEW_REGION_FIELDS) for r, st in state.regions.items()},
+    )
+    assert DesiredState.from_json(golden) == old
+    d = json.loads(state.to_json())
+    del d["rejoin_since"]
+    for st in d["regions"].values():
+        for k in NEW_REGION_FIELDS:
+            del st[k]
+    assert json.dumps(d, sort_keys=True, separators=(",", ":")) == golden
+
+
+NEW_REGION_FIELDS: dict[str, object] = {
+    "confirmed_failure": False, "unreachable": False, "lapsed_at": 0.0, "grace_until": 0.0, "vantage": "",
+}
+"""``RegionStatus`` fields added after the golden states were written, with their defaults."""
 
 
 def test_reads_an_older_state_without_the_later_optional_fields() -> None:
