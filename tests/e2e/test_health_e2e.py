@@ -69,7 +69,6 @@ async def _vantage_failures(c: Cluster, target: str, min_fail: int, timeout: flo
         await store.aclose()
 
 
-@pytest.mark.skip(reason="needs engine quorum (h8-quorum)")
 async def test_region_unreachable_from_every_vantage_point_is_failed_over(redis_proc: RedisProcess) -> None:
     """eu-central-1's fleet is fine (its own agent says healthy) but no other region reaches its
     public endpoint: a quorum of vantage points fails, the region is failed over."""
@@ -89,7 +88,6 @@ async def test_region_unreachable_from_every_vantage_point_is_failed_over(redis_
         await c.wait_shares(lambda s: "eu-central-1" in s, timeout=30)
 
 
-@pytest.mark.skip(reason="needs engine quorum (h8-quorum)")
 async def test_region_cut_off_from_one_vantage_point_is_not_failed_over(redis_proc: RedisProcess) -> None:
     """Only us-east-1 cannot reach us-west-2: that is us-east-1's problem, never a failover."""
     async with Cluster(redis_proc.url) as c:
