@@ -47,6 +47,7 @@ import aiohttp
 
 from gtm.log import get_logger
 from gtm.models.region import FleetSource, ProbeSpec
+from gtm.tasks import cancel_all
 
 log = get_logger("agent.probe")
 
@@ -354,10 +355,7 @@ class Prober:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_all(set(self._tasks))
 
     async def _round_logged(self, session: aiohttp.ClientSession) -> None:
         try:

@@ -94,13 +94,16 @@ async def _stream(request: web.Request, events: list[str], sse_prefix: str = "da
     sim = request.app[SIM_KEY]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    for i, event in enumerate(events):
-        await asyncio.sleep(sim.ttft_s if i == 0 else sim.itl_s)
-        payload = "{not json" if sim.malformed else event
-        await resp.write(f"{sse_prefix}{payload}\n\n".encode())
-    if done is not None:
-        await resp.write(f"{sse_prefix}{done}\n\n".encode())
-    await resp.write_eof()
+    try:
+        for i, event in enumerate(events):
+            await asyncio.sleep(sim.ttft_s if i == 0 else sim.itl_s)
+            payload = "{not json" if sim.malformed else event
+            await resp.write(f"{sse_prefix}{payload}\n\n".encode())
+        if done is not None:
+            await resp.write(f"{sse_prefix}{done}\n\n".encode())
+        await resp.write_eof()
+    except ConnectionResetError:  # the client gave up (its probe timed out, or it stopped)
+        pass
     return resp
 
 
