@@ -34,7 +34,8 @@ REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
-                 planned_step: int = 255, vantage: bool = True) -> tuple[Path, Path]:
+                 planned_step: int = 255, health: dict[str, Any] | None = None,
+                 vantage: bool = True) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
 
     With ``vantage`` each region's ``vantage_url`` is its fleet's health URL (the fleet stands
@@ -42,7 +43,9 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
 
     ``routing: static`` with equal weights makes the answer shares a clean signal for timing
     (every region 25 %); ``planned_step: 255`` makes recovery immediate so trials are short.
-    Health settings are the defaults (fall 2, rise 3, report timeout 6 s).
+    Health settings are the defaults (fall 2, rise 3, report timeout 6 s) unless ``health``
+    gives policy ``health`` fields (e.g. a short ``report_timeout_s``, with agents started with
+    a matching ``--heartbeat``/``--report-ttl`` in ``Cluster.extra_agent_args``).
     """
     regions_dir = root / "regions"
     regions_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,8 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
         "safety": {"planned_step": planned_step, "step_interval_s": 1.0, "flap_threshold": 0},
         "services": [svc],
     }
+    if health:
+        policy["health"] = dict(health)
     policy_path = root / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return regions_dir, policy_path
@@ -97,19 +102,23 @@ class Cluster:
     routing: str = "static"
     planned_step: int = 255
     extra_agent_args: tuple[str, ...] = ()
+    health: dict[str, Any] | None = None
+    """Policy ``health`` fields (``write_config``); None keeps the defaults."""
     vantage: bool = True
+    """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopped: set[str] = field(default_factory=set)
     _controller_argv: list[str] = field(default_factory=list)
+    _agent_argv: list[str] = field(default_factory=list)
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{key}.log", "ab")  # noqa: SIM115 - closed with the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        with open(self.root / f"{key}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         self.procs[key] = proc
         return proc
 
@@ -138,16 +147,17 @@ class Cluster:
         self.fleet_ports = {r[0]: free_port() for r in REGIONS}
         self.dns_port = free_port()
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
-                                           planned_step=self.planned_step, vantage=self.vantage)
+                                           planned_step=self.planned_step, health=self.health,
+                                           vantage=self.vantage)
         for region in self.fleet_ports:
             self.start_fleet(region)
         for region in self.fleet_ports:
             await self.wait_fleet(region)
         gtm = [sys.executable, "-m", "gtm.cli.main"]
         common = ["--redis", self.redis_url, "--ns", self.namespace]
+        self._agent_argv = [*gtm, "agent", "--regions", str(regions_dir), *common, *self.extra_agent_args]
         for region in self.fleet_ports:
-            self._spawn(f"agent-{region}", [*gtm, "agent", "--region", region, "--regions", str(regions_dir),
-                                            *common, *self.extra_agent_args])
+            self.start_agent(region)
         self._controller_argv = [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
                                  "--api-listen", "off", *common]
         for attempt in range(3):
@@ -245,6 +255,28 @@ class Cluster:
 
     def signal_fleet(self, region: str, sig: signal.Signals) -> None:
         self.procs[f"fleet-{region}"].send_signal(sig)
+
+    def start_agent(self, region: str) -> None:
+        """Start (or restart) ``region``'s agent process."""
+        self._stopped.discard(f"agent-{region}")
+        self._spawn(f"agent-{region}", [*self._agent_argv, "--region", region])
+
+    def kill_agents(self) -> None:
+        """SIGKILL every agent, one right after the other (all agents crash together), and reap
+        them; ``start_agent`` brings each back."""
+        agents = {k: p for k, p in self.procs.items() if k.startswith("agent-")}
+        for key, proc in agents.items():
+            self._stopped.add(key)
+            proc.send_signal(signal.SIGKILL)
+        for proc in agents.values():
+            proc.wait(5)
+
+    def signal_agents(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every agent process, one right after the other (SIGSTOP: all agents
+        stop together, as when Redis or their network fails; SIGCONT resumes them)."""
+        for key, proc in self.procs.items():
+            if key.startswith("agent-"):
+                proc.send_signal(sig)
 
     def kill_fleet(self, region: str) -> None:
         key = f"fleet-{region}"

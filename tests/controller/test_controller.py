@@ -156,6 +156,10 @@ async def test_malformed_report_is_counted_not_fatal(store: Store) -> None:
     await store.client.set(store.keys.report("us-west-2"), '{"region": "us-west-2", "seq": "x"}')
     assert await ctl.cycle() is None  # a new leader with nothing to continue from warms up first
     clock.t += 3.5  # past warmup_s: plan with what there is
+    # The other agents heartbeat meanwhile (reports 3.5 s old, beyond their 2 s heartbeat, would
+    # be lapsing with us-west-2's: a mass lapse, held).
+    for region in ("eu-central-1", "eu-west-1", "us-east-1"):
+        await store.put_report(make_report(region, clock.t), ttl_s=60, changed=False)
     state = await ctl.cycle()
     assert state is not None and not state.held
     assert ctl.stats.rejected_reports == 1
