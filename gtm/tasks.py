@@ -91,8 +91,22 @@ class Supervisor:
         pending = set(self._tasks)
         if pending and timeout > 0:
             await asyncio.wait(pending, timeout=timeout)
+        await cancel_all(pending)
+        self.check()
+
+
+async def cancel_all(tasks: set[asyncio.Task[Any]], retry_s: float = 0.1) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    A task that is still running ``retry_s`` seconds after its cancellation is cancelled again:
+    Python 3.11's ``asyncio.wait_for`` (which redis-py awaits inside every command) swallows a
+    cancellation that arrives just as its inner call completes (CPython gh-86296, fixed in
+    3.12), and the task would then run on, e.g. back to waiting for its next job, for ever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _done, pending = await asyncio.wait(pending, timeout=retry_s)
         for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        self.check()

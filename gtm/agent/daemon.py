@@ -44,6 +44,15 @@ Wedge heuristic (vLLM issue #39863: EngineCore hung while HTTP answers 200): a s
 ``waiting > 0`` whose progress counter (decode + prefill tokens, see ``gtm.agent.scrape``) has
 not grown over ``wedge_checks`` consecutive scrapes spanning at least ``wedge_min_s`` seconds
 is unhealthy ("wedged").
+
+Synthetic completion probes (``gtm.agent.probe``): every ``probe_interval_s`` each serving
+source gets a small real completion request, timed to the first token; a source whose last
+``probe_fall`` probes failed is unhealthy with the probe's reason (so ``consecutive_fail``
+grows and the engine's fall applies). A probe that has not finished yet is not a failure.
+Sources report ``probe_ok`` / ``probe_ttft_ms``; models ``probe_ttft_s`` / ``probe_success``.
+
+Vantage point (``gtm.agent.vantage``): given the other regions (``peers``), the agent also
+probes their ``vantage_url`` every ``vantage_interval_s`` and writes a ``VantageReport``.
 """
 
 from __future__ import annotations
@@ -55,12 +64,14 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from gtm.agent.clock import ClockSkew
+from gtm.agent.probe import Prober
 from gtm.agent.scrape import (
     HEALTH_PATHS,
     EngineSample,
@@ -68,6 +79,7 @@ from gtm.agent.scrape import (
     fetch_tgi_model,
     scrape_source,
 )
+from gtm.agent.vantage import VantagePoint, vantage_targets
 from gtm.errors import StoreError
 from gtm.log import get_logger
 from gtm.models.region import FleetSource, Region
@@ -143,6 +155,20 @@ class AgentSettings(BaseModel):
     max_clock_skew_s: float = Field(default=5.0, gt=0)
     """Clock skew against Redis above which the agent logs a warning, seconds: the policy's
     ``health.max_clock_skew_s`` (default 5 s), beyond which the controller rejects its reports."""
+    probe_interval_s: float = Field(default=1.0, gt=0)
+    """Time between the starts of two synthetic completion probes of a source, seconds."""
+    probe_timeout_s: float = Field(default=2.0, gt=0)
+    """Deadline of one probe (first token and end of the answer), seconds."""
+    probe_fall: int = Field(default=2, ge=1)
+    """Consecutive failed probes before a source counts as unhealthy (one slow probe on a
+    loaded machine is not a failure); a wedge is seen within about
+    ``probe_fall × probe_interval_s + probe_timeout_s``."""
+    vantage_interval_s: float = Field(default=1.0, gt=0)
+    """Time between two rounds of probes of the other regions' public endpoints, seconds."""
+    vantage_timeout_s: float = Field(default=1.0, gt=0)
+    """Deadline of one vantage probe, seconds."""
+    vantage_ttl_s: float = Field(default=4.0, gt=0)
+    """Expiry of the vantage report key in Redis, seconds."""
 
 
 def replica_load(kv_usage: float | None, waiting_per_replica: float) -> float:
@@ -208,6 +234,10 @@ class RegionAgent:
         store: where reports go.
         settings: timing and thresholds.
         agent_id: unique id of this agent (``host:pid`` by default).
+        peers: the inventory's regions (this one may be among them): those with a
+            ``vantage_url`` are probed from here as a vantage point.
+        prober: the synthetic completion probes of this region's sources.
+        vantage: this agent's probes of the other regions.
         checks: checks done.
         writes: reports written to Redis successfully.
         writes_changed: of which with ``changed=True``.
@@ -221,11 +251,19 @@ class RegionAgent:
         store: Store,
         settings: AgentSettings,
         agent_id: str | None = None,
+        peers: Sequence[Region] = (),
     ) -> None:
         self.region = region
         self.store = store
         self.settings = settings
         self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.prober = Prober(region.fleet, settings.probe_interval_s, settings.probe_timeout_s,
+                             fall=settings.probe_fall, model_of=self._probe_model)
+        self.vantage = VantagePoint(
+            region.name, vantage_targets(region.name, peers), store, self.agent_id,
+            interval_s=settings.vantage_interval_s, timeout_s=settings.vantage_timeout_s,
+            ttl_s=settings.vantage_ttl_s, write_timeout_s=settings.write_timeout_s,
+        )
         self.checks = 0
         self.writes = 0
         self.writes_changed = 0
@@ -287,6 +325,8 @@ class RegionAgent:
         sup = Supervisor(f"agent of {self.region.name}", stop)
         self._writer_task = sup.start(f"agent-writer-{self.region.name}", self._writer())
         sup.start(f"agent-clock-{self.region.name}", self.clock.run(stop, s.clock_check_s))
+        sup.start(f"agent-prober-{self.region.name}", self.prober.run(stop, self._client))
+        sup.start(f"agent-vantage-{self.region.name}", self.vantage.run(stop, self._client))
         next_at = time.monotonic()
         try:
             while not stop.is_set():
@@ -373,6 +413,9 @@ class RegionAgent:
                 reasons.append(
                     f"wedged: {eng.waiting:g} waiting, no progress for {res.finished_at - st.stalled_since:.1f}s"
                 )
+        probe_failing = self.prober.failing(src.name)
+        if probe_failing:
+            reasons.append(probe_failing)
         healthy = res.up and res.health_ok is not False and not reasons
         model = (eng.model if eng else None) or src.model or st.last_model or st.info_model
         return _Judged(res, healthy, "; ".join(reasons), model)
@@ -482,6 +525,7 @@ class RegionAgent:
                 requests_per_s=_sum_or_none([st.req_rate for st in live]),
                 error_rate=_error_rate(live),
                 replicas_by_version=by_version if versions else None,
+                **self._probe_stats(group),
             )
 
         gpus = [j.result.gpu for j in judged if j.result.gpu is not None]
@@ -536,6 +580,7 @@ class RegionAgent:
                     healthy=j.healthy,
                     reason=j.reason,
                     latency_ms=round(j.result.latency_ms, 3),
+                    **self._probe_status(j.result.source.name),
                 )
                 for j in judged
             ),
@@ -543,6 +588,33 @@ class RegionAgent:
             capacity_unit="tokens/s" if cap is not None else "replicas",
             clock_skew_s=self.clock.skew_s,
         )
+
+    # -- synthetic probes -----------------------------------------------------------------
+
+    def _probe_model(self, src: FleetSource) -> str | None:
+        """The model a source's probe asks for when the inventory names none: what it serves."""
+        st = self._states[src.name]
+        return st.last_model or st.info_model
+
+    def _probe_status(self, source: str) -> dict[str, Any]:
+        """``SourceStatus`` probe fields of ``source`` (empty when not probed / no result)."""
+        st = self.prober.state(source)
+        if st is None or st.last is None:
+            return {}
+        return {"probe_ok": st.last.ok, "probe_ttft_ms": st.last.ttft_ms if st.last.ok else None,
+                "probe_consecutive_fail": st.consecutive_fail, "probe_reason": st.last.reason[:500]}
+
+    def _probe_stats(self, group: Sequence[_Judged]) -> dict[str, Any]:
+        """``ModelStats.probe_ttft_s`` (mean over healthy sources' newest successful probes) and
+        ``probe_success`` (share of probed sources whose newest probe succeeded)."""
+        done = [st for j in group if (st := self.prober.state(j.result.source.name)) and st.last is not None]
+        if not done:
+            return {}
+        ttfts = [st.last.ttft_ms for j in group
+                 if j.healthy and (st := self.prober.state(j.result.source.name)) and st.last is not None
+                 and st.last.ok and st.last.ttft_ms is not None]
+        return {"probe_ttft_s": sum(ttfts) / len(ttfts) / 1000.0 if ttfts else None,
+                "probe_success": sum(1 for st in done if st.last is not None and st.last.ok) / len(done)}
 
     # -- publishing -----------------------------------------------------------------------
 

@@ -502,6 +502,12 @@ def agent(
     report_ttl: float | None = typer.Option(None, help="Redis expiry of a report, seconds [default: 6]."),
     scrape_timeout: float | None = typer.Option(None, help="Deadline for a fleet source's answers, seconds "
                                                            "[default: 0.5]."),
+    probe_interval: float | None = typer.Option(
+        None, help="Seconds between synthetic completion probes of a source [default: 1]."),
+    probe_timeout: float | None = typer.Option(
+        None, help="Deadline of one completion probe (whole answer), seconds [default: 2]."),
+    vantage_interval: float | None = typer.Option(
+        None, help="Seconds between probes of the other regions' vantage_url (as a vantage point) [default: 1]."),
     agent_id: str | None = typer.Option(None, help="Agent id (default host:pid)."),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
 ) -> None:
@@ -524,7 +530,8 @@ def agent(
         err_console.print(f"[red]ConfigError[/]: unknown region {escape(repr(region))}; known: {known}")
         raise typer.Exit(2)
     given = {"scrape_interval_s": scrape_interval, "heartbeat_s": heartbeat, "report_ttl_s": report_ttl,
-             "scrape_timeout_s": scrape_timeout}
+             "scrape_timeout_s": scrape_timeout, "probe_interval_s": probe_interval,
+             "probe_timeout_s": probe_timeout, "vantage_interval_s": vantage_interval}
     settings = AgentSettings(**{k: v for k, v in given.items() if v is not None})  # the rest: AgentSettings' defaults
     url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
@@ -534,7 +541,8 @@ def agent(
         _install_signal_stop(stop)
         store = connect(url, ns=ns)
         try:
-            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id).run(stop)
+            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id,
+                              peers=tuple(inv.regions.values())).run(stop)
         finally:
             await store.aclose()
 

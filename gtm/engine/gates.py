@@ -1,13 +1,17 @@
 """Canary analysis: is the canary region worse than the baseline regions? Pure, no I/O.
 
 Per metric of ``GateSpec.metrics`` (higher is worse for every one of them: ``error_rate``,
-``ttft``, ``itl``, ``kv_cache``), with ``c`` the canary's samples and ``b`` the baseline's
+``ttft``, ``itl``, ``kv_cache``, and from the agents' synthetic completion probes
+``probe_ttft`` (seconds) and ``probe_failure`` (share of probed sources whose newest probe
+failed, 1 − ``ModelStats.probe_success``)), with ``c`` the canary's samples and ``b`` the baseline's
 (per-report observations collected over the same window):
 
 1. **Absolute ceiling** (``max_error_rate``, ``max_ttft_s``, ``max_itl_s``, ``max_kv_cache``):
    once ``c`` has ``min_samples`` samples, the metric fails when the canary's centre exceeds the
-   ceiling. The centre is the mean for ``error_rate`` (errors come in bursts: a median of
-   per-interval rates hides a 40 % share of bad intervals) and the median otherwise.
+   ceiling. The centre is the mean for the failure shares ``error_rate`` and ``probe_failure``
+   (errors come in bursts: a median of per-interval rates hides a 40 % share of bad intervals)
+   and the median otherwise. A probe is a request: ``probe_ttft`` is held to ``max_ttft_s`` and
+   ``probe_failure`` to ``max_error_rate``.
 2. **Too few samples**: fewer than ``min_samples`` on either side → ``wait``. A gate never
    passes by default.
 3. **Comparison**: one-sided Mann-Whitney U (``scipy.stats.mannwhitneyu``, alternative: the
@@ -32,7 +36,11 @@ from gtm.models.rollout import GateMetric, GateSpec
 
 Verdict = Literal["pass", "fail", "wait"]
 
-UNITS: dict[str, str] = {"error_rate": "", "ttft": " s", "itl": " s", "kv_cache": ""}
+UNITS: dict[str, str] = {"error_rate": "", "ttft": " s", "itl": " s", "kv_cache": "", "probe_ttft": " s",
+                         "probe_failure": ""}
+
+SHARES = frozenset({"error_rate", "probe_failure"})
+"""Metrics that are failure shares 0..1: centred on the mean, shown as percentages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,7 @@ class MetricResult:
         reason: one line naming the value and the threshold it was held to.
         canary_n: canary samples.
         baseline_n: baseline samples.
-        value: the canary's centre (median; mean for ``error_rate``), or None without samples.
+        value: the canary's centre (median; mean for ``error_rate`` and ``probe_failure``), or None without samples.
         threshold: what ``value`` was compared with (a ceiling, or baseline median × (1 +
             tolerance)), or None.
         p_value: the Mann-Whitney U p-value, or None when not computed.
@@ -87,12 +95,14 @@ def ceiling(spec: GateSpec, metric: str) -> float | None:
         "ttft": spec.max_ttft_s,
         "itl": spec.max_itl_s,
         "kv_cache": spec.max_kv_cache,
+        "probe_ttft": spec.max_ttft_s,
+        "probe_failure": spec.max_error_rate,
     }.get(metric)
 
 
 def fmt(metric: str, value: float) -> str:
     """``value`` with the metric's unit (error rates as percentages)."""
-    if metric == "error_rate":
+    if metric in SHARES:
         return f"{value:.2%}"
     return f"{value:.4g}{UNITS.get(metric, '')}"
 
@@ -114,9 +124,9 @@ def ceiling_breach(spec: GateSpec, canary: Mapping[str, Sequence[float]]) -> str
         c = _clean(canary.get(metric))[-need:]
         if top is None or len(c) < need:
             continue
-        centre = statistics.fmean(c) if metric == "error_rate" else statistics.median(c)
+        centre = statistics.fmean(c) if metric in SHARES else statistics.median(c)
         if centre > top:
-            name = "mean" if metric == "error_rate" else "median"
+            name = "mean" if metric in SHARES else "median"
             return (f"gate {metric} failed: canary {name} {fmt(metric, centre)} > ceiling {fmt(metric, top)} "
                     f"(n={len(c)}) on the newest samples")
     return None
@@ -128,8 +138,8 @@ def judge_metric(
     """Judge one metric (see the module docstring for the rules)."""
     c, b = _clean(canary), _clean(baseline)
     n, m, need = len(c), len(b), spec.min_samples
-    centre_name = "mean" if metric == "error_rate" else "median"
-    centre = (statistics.fmean(c) if metric == "error_rate" else statistics.median(c)) if c else None
+    centre_name = "mean" if metric in SHARES else "median"
+    centre = (statistics.fmean(c) if metric in SHARES else statistics.median(c)) if c else None
     top = ceiling(spec, metric)
     if top is not None and centre is not None and n >= need and centre > top:
         return MetricResult(

@@ -589,6 +589,8 @@ def metric_value(stats: ModelStats, metric: str) -> float | None:
         "ttft": stats.ttft_s,
         "itl": stats.itl_s,
         "kv_cache": stats.kv_cache_usage,
+        "probe_ttft": stats.probe_ttft_s,
+        "probe_failure": None if stats.probe_success is None else 1.0 - stats.probe_success,
     }.get(metric)
 
 

@@ -7,6 +7,7 @@ it serves, the endpoints clients are sent to, and the fleet sources its agent sc
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -53,6 +54,55 @@ class Endpoint(_Strict):
         return self.hostname if self.hostname.endswith(".") else self.hostname + "."
 
 
+ProbeApi = Literal["completions", "chat", "tgi", "triton"]
+"""Which completion API a synthetic probe calls: OpenAI-compatible ``/v1/completions`` or
+``/v1/chat/completions`` (vLLM, SGLang), TGI ``/generate_stream``, Triton
+``/v2/models/<model>/generate_stream``."""
+
+DEFAULT_PROBE_API: dict[str, ProbeApi] = {
+    "vllm": "completions",
+    "sglang": "completions",
+    "tgi": "tgi",
+    "triton": "triton",
+}
+"""The probe API used per fleet kind when the inventory does not name one (dcgm: no probe)."""
+
+
+class ProbeSpec(_Strict):
+    """The synthetic completion probe of one fleet source (``FleetSource.probe``).
+
+    ``probe: false`` in the inventory disables it; ``probe: true`` or no entry uses these
+    defaults (a DCGM exporter is never probed).
+
+    Attributes:
+        enabled: whether the agent probes this source.
+        api: which completion API to call; None picks the kind's (``DEFAULT_PROBE_API``).
+        prompt: the prompt sent (keep it short: it runs every ``probe_interval_s``).
+        max_tokens: tokens asked for (1..64).
+        expect: a regular expression the generated text must contain (``re.search``); the
+            default asks for at least one non-blank character.
+        model: model name sent in the request (OpenAI ``model``, Triton's URL); None uses
+            ``FleetSource.model``, else the model the engine says it serves (Triton: required
+            through one of these).
+    """
+
+    enabled: bool = True
+    api: ProbeApi | None = None
+    prompt: str = Field(default="Say OK.", min_length=1, max_length=2000)
+    max_tokens: int = Field(default=4, ge=1, le=64)
+    expect: str = Field(default=r"\S", min_length=1, max_length=500)
+    model: str | None = None
+
+    @field_validator("expect")
+    @classmethod
+    def _valid_regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"expect is not a valid regular expression: {exc}") from exc
+        return v
+
+
 class FleetSource(_Strict):
     """One scrape target of a region's fleet.
 
@@ -64,6 +114,8 @@ class FleetSource(_Strict):
         model: the served model's name, if the server does not say it itself.
         version: the model version this source serves (the agent reports it).
         replicas: how many replicas stand behind this URL (1 for one server).
+        probe: the synthetic completion probe (``false`` disables it; default: on with the
+            kind's defaults, off for ``dcgm``); see :meth:`probe_spec`.
     """
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -72,6 +124,25 @@ class FleetSource(_Strict):
     model: str | None = None
     version: str | None = None
     replicas: int = Field(default=1, ge=1)
+    probe: ProbeSpec | None = None
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_flag(cls, v: object) -> object:
+        if isinstance(v, bool):
+            return {"enabled": v}
+        return v
+
+    def probe_spec(self) -> ProbeSpec | None:
+        """The probe to run against this source, or None (disabled, or a DCGM exporter)."""
+        if self.kind == "dcgm":
+            return None
+        spec = self.probe if self.probe is not None else ProbeSpec()
+        if not spec.enabled:
+            return None
+        if spec.api is None:
+            spec = spec.model_copy(update={"api": DEFAULT_PROBE_API[self.kind]})
+        return spec
 
 
 class Geography(_Strict):
@@ -115,6 +186,9 @@ class Region(_Strict):
         anycast_prefix: optional prefix the region announces over BGP.
         capacity_per_replica: optional tokens/s one fully idle replica can take; when set,
             spare capacity is reported in tokens/s instead of replica-equivalents.
+        vantage_url: optional URL on the region's public endpoint that the OTHER regions'
+            agents GET as vantage points (``https://api.eu-west-1.example.com/health``); a
+            region without one is not probed from outside.
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -124,6 +198,7 @@ class Region(_Strict):
     fleet: tuple[FleetSource, ...] = ()
     anycast_prefix: str | None = None
     capacity_per_replica: float | None = Field(default=None, gt=0)
+    vantage_url: str | None = Field(default=None, pattern=r"^https?://")
 
     @field_validator("anycast_prefix")
     @classmethod

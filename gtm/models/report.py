@@ -33,6 +33,11 @@ class SourceStatus(_Report):
         healthy: the source is fit to serve (health endpoint OK, not wedged, GPU not degraded).
         reason: why not healthy; empty when healthy.
         latency_ms: scrape wall time, milliseconds.
+        probe_ok: whether the newest synthetic completion probe succeeded; None when the
+            source is not probed or no probe has finished yet.
+        probe_ttft_ms: the newest successful probe's time to first token, milliseconds, or None.
+        probe_consecutive_fail: consecutive failed probes up to the newest one.
+        probe_reason: why the newest probe failed; empty when it succeeded.
     """
 
     name: str
@@ -41,6 +46,10 @@ class SourceStatus(_Report):
     healthy: bool
     reason: str = ""
     latency_ms: float = Field(default=0.0, ge=0)
+    probe_ok: bool | None = None
+    probe_ttft_ms: float | None = Field(default=None, ge=0)
+    probe_consecutive_fail: int = Field(default=0, ge=0)
+    probe_reason: str = ""
 
 
 class ModelStats(_Report):
@@ -70,6 +79,10 @@ class ModelStats(_Report):
             interval, fraction 0..1, or None (no request finished, or no error counter).
         replicas_by_version: healthy replicas per model version they serve (versions the
             engine reports, else the inventory's), or None when no version is known.
+        probe_ttft_s: mean time to first token of the newest successful synthetic probes of
+            the model's healthy sources, seconds, or None (no probe result yet).
+        probe_success: share of the model's probed sources whose newest probe succeeded,
+            fraction 0..1, or None (no probe result yet).
     """
 
     model: str
@@ -88,6 +101,8 @@ class ModelStats(_Report):
     requests_per_s: float | None = Field(default=None, ge=0)
     error_rate: float | None = Field(default=None, ge=0, le=1)
     replicas_by_version: dict[str, int] | None = None
+    probe_ttft_s: float | None = Field(default=None, ge=0)
+    probe_success: float | None = Field(default=None, ge=0, le=1)
 
     def healthy_on(self, version: str) -> int:
         """Healthy replicas serving ``version`` (from ``replicas_by_version`` when reported,

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GateMetric = Literal["error_rate", "ttft", "itl", "kv_cache"]
+GateMetric = Literal["error_rate", "ttft", "itl", "kv_cache", "probe_ttft", "probe_failure"]
+"""Gate metrics; ``probe_ttft`` (seconds) and ``probe_failure`` (share 0..1) come from the
+agents' synthetic completion probes (``ModelStats.probe_ttft_s`` / ``probe_success``)."""
 
 
 class GateSpec(BaseModel):

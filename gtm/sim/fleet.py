@@ -28,12 +28,20 @@ set too; ``GET /_sim/state`` returns the state):
   PR #24897), TGI 503 ``{"error":"unhealthy","error_type":"healthcheck"}``, SGLang 503,
   Triton 400; metrics are still served, frozen.
 * ``wedged``: health 200 (vLLM's ``/health`` does not probe generation), at least 2 requests
-  waiting per replica and the token counter frozen (vLLM issue #39863).
+  waiting per replica and the token counter frozen (vLLM issue #39863); completion requests
+  are accepted and never answered.
 * ``gpu-degraded``: serving is normal, but the DCGM sample at ``/dcgm/metrics`` reports
   XID 79 (GPU fallen off the bus) on its first GPU.
 
+Completions and vantage points (``gtm.sim.completions``): the kind's completion API answers
+``answer`` (settable) word by word, paced by ``ttft_s`` / ``itl_s``; ``malformed: true`` makes
+it send garbage; ``blocked_vantage: [regions]`` / ``blocked_all_vantage: true`` make requests
+carrying ``X-GTM-Vantage`` from those regions hang (the fleet's public endpoint is unreachable
+from there).
+
 Routes: ``/metrics``, the kind's health path(s), ``/dcgm/metrics`` (DCGM exporter sample;
-GPU utilisation = ``100 × load`` %), ``/v1/models``, TGI ``/info``, ``/_sim/state``.
+GPU utilisation = ``100 × load`` %), ``/v1/models``, TGI ``/info``, the kind's completion
+endpoints, ``/_sim/state``.
 """
 
 from __future__ import annotations
@@ -113,6 +121,9 @@ _HISTOGRAMS: dict[str, dict[str, str]] = {
     },
 }
 """Latency histograms simulated per kind: family → simulated quantity (slot ``h:<qty>:<part>``)."""
+
+DEFAULT_ANSWER = "Hello! How can I help you today?"
+"""What the simulated fleet generates for any prompt."""
 
 TGI_QUEUE_SHARE = 0.5
 """Share of the simulated TTFT that TGI spends queued (the rest is prefill)."""
@@ -285,6 +296,11 @@ class FleetSim:
         seed: seed of the jitter's generator.
         clock: monotonic clock, seconds (replaceable in tests).
         url: ``http://host:port`` once started.
+        answer: the text completions generate (word tokens; "" gives an empty answer).
+        malformed: completion answers are garbage instead of the API's JSON.
+        blocked_vantage: regions whose vantage probes (``X-GTM-Vantage``) hang.
+        blocked_all_vantage: every vantage probe hangs.
+        closing: the server is shutting down (hung requests give up).
     """
 
     kind: str
@@ -301,6 +317,11 @@ class FleetSim:
     seed: int = 0
     clock: Callable[[], float] = time.monotonic
     url: str = ""
+    answer: str = DEFAULT_ANSWER
+    malformed: bool = False
+    blocked_vantage: frozenset[str] = frozenset()
+    blocked_all_vantage: bool = False
+    closing: bool = False
     _templates: dict[str, _Template] = field(default_factory=dict, repr=False)
     _base: dict[str, float] = field(default_factory=dict, repr=False)
     _tokens: float = field(default=0.0, repr=False)
@@ -398,6 +419,10 @@ class FleetSim:
         ttft_s: float | None = None,
         itl_s: float | None = None,
         jitter: float | None = None,
+        answer: str | None = None,
+        malformed: bool | None = None,
+        blocked_vantage: frozenset[str] | None = None,
+        blocked_all_vantage: bool | None = None,
     ) -> None:
         """Change the simulated state (the counters stay continuous).
 
@@ -431,6 +456,18 @@ class FleetSim:
             self.itl_s = itl_s
         if jitter is not None:
             self.jitter = jitter
+        if answer is not None:
+            self.answer = answer
+        if malformed is not None:
+            self.malformed = malformed
+        if blocked_vantage is not None:
+            self.blocked_vantage = frozenset(blocked_vantage)
+        if blocked_all_vantage is not None:
+            self.blocked_all_vantage = blocked_all_vantage
+
+    def blocks_vantage(self, region: str) -> bool:
+        """Whether probes from vantage point ``region`` are dropped now."""
+        return self.blocked_all_vantage or region in self.blocked_vantage
 
     def state(self) -> dict[str, Any]:
         """The state as JSON-ready data."""
@@ -447,6 +484,10 @@ class FleetSim:
             "ttft_s": self.ttft_s,
             "itl_s": self.itl_s,
             "jitter": self.jitter,
+            "answer": self.answer,
+            "malformed": self.malformed,
+            "blocked_vantage": sorted(self.blocked_vantage),
+            "blocked_all_vantage": self.blocked_all_vantage,
             "generation_tokens_total": self._tokens,
             "values": self.values(),
         }
@@ -566,10 +607,20 @@ async def _post_state(request: web.Request) -> web.Response:
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
         floats = ("load", "tokens_per_s", "error_rate", "ttft_s", "itl_s", "jitter")
-        unknown = set(body) - {"mode", "version", *floats}
+        flags = ("malformed", "blocked_all_vantage")
+        unknown = set(body) - {"mode", "version", "answer", "blocked_vantage", *floats, *flags}
         if unknown:
             raise ValueError(f"unknown fields {sorted(unknown)}")
         num = {k: None if body.get(k) is None else float(body[k]) for k in floats}
+        for k in flags:
+            if body.get(k) is not None and not isinstance(body[k], bool):
+                raise ValueError(f"{k} must be true or false")
+        answer = body.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise ValueError("answer must be a string")
+        blocked = body.get("blocked_vantage")
+        if blocked is not None and not (isinstance(blocked, list) and all(isinstance(r, str) for r in blocked)):
+            raise ValueError("blocked_vantage must be a list of region names")
         sim.set_state(
             mode=body.get("mode"),
             load=num["load"],
@@ -579,6 +630,10 @@ async def _post_state(request: web.Request) -> web.Response:
             ttft_s=num["ttft_s"],
             itl_s=num["itl_s"],
             jitter=num["jitter"],
+            answer=answer,
+            malformed=body.get("malformed"),
+            blocked_vantage=None if blocked is None else frozenset(blocked),
+            blocked_all_vantage=body.get("blocked_all_vantage"),
         )
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
@@ -587,8 +642,17 @@ async def _post_state(request: web.Request) -> web.Response:
 
 def make_app(sim: FleetSim) -> web.Application:
     """The aiohttp application serving ``sim``."""
-    app = web.Application()
+    # Imported here: the completion handlers read the FleetSim defined in this module.
+    from gtm.sim.completions import add_routes, vantage_gate
+
+    app = web.Application(middlewares=[vantage_gate])
     app[SIM_KEY] = sim
+
+    async def _closing(_app: web.Application) -> None:
+        sim.closing = True  # hung completions and blocked probes give up
+
+    app.on_shutdown.append(_closing)
+    add_routes(app, sim.kind)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/dcgm/metrics", _dcgm)
     for path in HEALTH_ROUTES[sim.kind]:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from gtm.providers.dnsclient import query
+from gtm.sim.fleet import HEALTH_ROUTES
 from gtm.testing.ports import free_port
 from gtm.testing.scenario import ADDRESS_TO_REGION, EU_CLIENT, FQDN, US_CLIENT
 from gtm.testing.scenario import REGIONS as _SCENARIO_REGIONS
@@ -32,8 +34,12 @@ REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
-                 planned_step: int = 255, health: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                 planned_step: int = 255, health: dict[str, Any] | None = None,
+                 vantage: bool = True) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
+
+    With ``vantage`` each region's ``vantage_url`` is its fleet's health URL (the fleet stands
+    in for the region's public endpoint), so every agent probes the other regions.
 
     ``routing: static`` with equal weights makes the answer shares a clean signal for timing
     (every region 25 %); ``planned_step: 255`` makes recovery immediate so trials are short.
@@ -51,6 +57,8 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
             "fleet": [{"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{fleet_ports[name]}",
                        "model": "llama-3.1-8b", "version": "v1", "replicas": 2}],
         }
+        if vantage:
+            doc["vantage_url"] = f"http://127.0.0.1:{fleet_ports[name]}{HEALTH_ROUTES[kind][0]}"
         (regions_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     svc: dict[str, Any] = {
         "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30, "model": "llama-3.1-8b",
@@ -96,6 +104,8 @@ class Cluster:
     extra_agent_args: tuple[str, ...] = ()
     health: dict[str, Any] | None = None
     """Policy ``health`` fields (``write_config``); None keeps the defaults."""
+    vantage: bool = True
+    """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
@@ -137,7 +147,8 @@ class Cluster:
         self.fleet_ports = {r[0]: free_port() for r in REGIONS}
         self.dns_port = free_port()
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
-                                           planned_step=self.planned_step, health=self.health)
+                                           planned_step=self.planned_step, health=self.health,
+                                           vantage=self.vantage)
         for region in self.fleet_ports:
             self.start_fleet(region)
         for region in self.fleet_ports:
@@ -226,6 +237,21 @@ class Cluster:
                 current = s
             await asyncio.sleep(0.002)
         raise TimeoutError(f"{region} still answered {timeout}s after the fault; logs in {self.root}")
+
+    async def set_sim_state(self, region: str, **state: Any) -> dict[str, Any]:
+        """``POST /_sim/state`` to ``region``'s simulated fleet (e.g. ``mode="wedged"``,
+        ``blocked_vantage=["us-east-1"]``, ``blocked_all_vantage=True``); returns the new state.
+
+        Raises:
+            RuntimeError: the simulator refused the state (its error message).
+        """
+        url = f"http://127.0.0.1:{self.fleet_ports[region]}/_sim/state"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+                http.post(url, json=state) as resp:
+            body: dict[str, Any] = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"fleet {region} refused state {state}: {body.get('error')}")
+            return body
 
     def signal_fleet(self, region: str, sig: signal.Signals) -> None:
         self.procs[f"fleet-{region}"].send_signal(sig)

@@ -128,3 +128,24 @@ async def test_a_crashed_report_writer_stops_the_agent(
         assert any("agent-writer-eu-west-1" in r.getMessage() and r.exc_info for r in caplog.records)
     finally:
         await store.aclose()
+
+
+async def test_aclose_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's ``asyncio.wait_for`` (inside every redis-py command) can swallow a
+    cancellation; the task then runs on to its next wait. ``aclose`` cancels it again."""
+    swallowed = asyncio.Event()
+    forever = asyncio.Event()
+
+    async def writer() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # what the wait_for race does: the cancellation is lost...
+        await forever.wait()  # ...and the task goes back to waiting for its next job
+
+    sup = Supervisor("agent")
+    task = sup.start("writer", writer())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await sup.aclose()
+    assert swallowed.is_set() and task.cancelled()

@@ -79,3 +79,23 @@ def test_first_failing_metric_in_spec_order_wins() -> None:
     r = evaluate(spec, canary, base)
     assert r.verdict == "fail" and r.failed is not None and r.failed.metric == "itl"
     assert [m.verdict for m in r.metrics] == ["fail", "fail"]
+
+
+def test_probe_metrics_gate_like_requests() -> None:
+    """Synthetic probe TTFT and failure share are gate metrics: a probe is a request, so they
+    are held to ``max_ttft_s`` / ``max_error_rate``; the failure share is centred on its mean."""
+    from gtm.engine.gates import ceiling_breach
+    from gtm.engine.rollout import metric_value
+    from gtm.models.report import ModelStats
+
+    spec = GateSpec(metrics=("probe_failure", "probe_ttft"), min_samples=10, max_error_rate=0.05, max_ttft_s=1.0)
+    # 3 of 10 rounds with every probe failing: the median is 0, the mean 30 % > 5 %
+    breach = ceiling_breach(spec, {"probe_failure": [0.0] * 7 + [1.0] * 3})
+    assert breach is not None and breach.startswith("gate probe_failure failed: canary mean 30.00% > ceiling 5.00%")
+    assert ceiling_breach(spec, {"probe_ttft": [1.2] * 10}) is not None
+    r = evaluate(spec, {"probe_failure": [0.0] * 20, "probe_ttft": noisy(0.9, 30, 1)},
+                 {"probe_failure": [0.0] * 20, "probe_ttft": noisy(0.2, 60, 2)})
+    assert r.verdict == "fail" and r.failed is not None and r.failed.metric == "probe_ttft"
+    stats = ModelStats(model="m", replicas_total=2, replicas_healthy=2, probe_ttft_s=0.25, probe_success=0.5)
+    assert (metric_value(stats, "probe_ttft"), metric_value(stats, "probe_failure")) == (0.25, 0.5)
+    assert metric_value(ModelStats(model="m", replicas_total=1, replicas_healthy=1), "probe_failure") is None

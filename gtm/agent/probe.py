@@ -1,0 +1,364 @@
+"""Synthetic completion probes: a small real request through each serving engine's API, timed
+to the first token.
+
+A health endpoint answering 200 says the HTTP server lives, not that the engine generates
+(vLLM issue #39863: EngineCore hung while ``/health`` and ``/metrics`` answer). A probe asks
+for a few tokens, streaming, and checks what comes back:
+
+===========  ===========================================  ================================
+API          request                                      a token is
+===========  ===========================================  ================================
+completions  ``POST /v1/completions`` (vLLM, SGLang)      ``choices[0].text``
+chat         ``POST /v1/chat/completions``                ``choices[0].delta.content``
+tgi          ``POST /generate_stream`` (TGI)              ``token.text`` (not ``special``)
+triton       ``POST /v2/models/<model>/generate_stream``  ``text_output``
+===========  ===========================================  ================================
+
+Streams are Server-Sent Events (``data: {json}``; OpenAI style ends with ``data: [DONE]``); a
+server that ignores ``stream`` and answers one JSON body is accepted too (its TTFT is then the
+whole answer's time). **TTFT** is the time from sending the request to the first event that
+carries a non-empty token, milliseconds.
+
+A probe **fails**, with a reason starting ``completion probe:``, on: no first token within
+the timeout; a first token but no end of the answer within it; a connection error; an HTTP
+status other than 200; an event or body that is not the API's JSON shape; an ``error`` event;
+an empty answer; an answer the inventory's ``expect`` regular expression does not find.
+
+:class:`Prober` runs the probes of one region's sources every ``interval_s`` on its own
+schedule: a new round starts every interval even while an earlier one still waits on a hung
+engine (each probe has its own timeout), so consecutive failures accumulate one per interval
+and a wedge is seen ``fall × interval + timeout`` after it began. Only results newer than the
+newest applied one count (a late answer never overwrites fresher news). A probe that has not
+finished yet is not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from gtm.log import get_logger
+from gtm.models.region import FleetSource, ProbeSpec
+from gtm.tasks import cancel_all
+
+log = get_logger("agent.probe")
+
+ModelOf = Callable[[FleetSource], str | None]
+"""The model name to send in a source's probe when neither the probe spec nor the inventory
+names one (e.g. what the engine's metrics say it serves), or None."""
+
+
+class ProbeFailedError(Exception):
+    """A probe's answer is not what the API promises (the message is the failure reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one synthetic completion probe.
+
+    Attributes:
+        ok: a well-formed answer matching ``expect`` arrived within the timeout.
+        ttft_ms: time to the first token, milliseconds, or None when none arrived.
+        latency_ms: time to the end of the answer (or to the failure), milliseconds.
+        text: the generated text received (possibly partial).
+        reason: why the probe failed (``completion probe: ...``); empty when ``ok``.
+    """
+
+    ok: bool
+    ttft_ms: float | None
+    latency_ms: float
+    text: str = ""
+    reason: str = ""
+
+
+def probe_request(src: FleetSource, spec: ProbeSpec, model: str | None) -> tuple[str, dict[str, Any]]:
+    """The URL and JSON body of ``src``'s probe.
+
+    Args:
+        src: the fleet source (its ``url`` is the server's base URL).
+        spec: the probe spec with ``api`` resolved (``FleetSource.probe_spec()``).
+        model: model name to send when neither ``spec.model`` nor ``src.model`` names one;
+            None leaves it out (OpenAI servers then use their only model).
+
+    Raises:
+        ValueError: a Triton probe without any model name (Triton's URL needs one).
+    """
+    base = src.url.rstrip("/")
+    name = spec.model or src.model or model
+    if spec.api == "tgi":
+        return f"{base}/generate_stream", {"inputs": spec.prompt,
+                                           "parameters": {"max_new_tokens": spec.max_tokens}}
+    if spec.api == "triton":
+        if not name:
+            raise ValueError(f"source {src.name}: a Triton probe needs a model (probe.model or model)")
+        return (f"{base}/v2/models/{name}/generate_stream",
+                {"text_input": spec.prompt, "max_tokens": spec.max_tokens, "stream": True})
+    body: dict[str, Any] = {"max_tokens": spec.max_tokens, "stream": True, "temperature": 0}
+    if name:
+        body["model"] = name
+    if spec.api == "chat":
+        body["messages"] = [{"role": "user", "content": spec.prompt}]
+        return f"{base}/v1/chat/completions", body
+    body["prompt"] = spec.prompt
+    return f"{base}/v1/completions", body
+
+
+def token_of(api: str, event: object, *, streamed: bool = True) -> str:
+    """The generated text one event (or a whole non-streamed body) carries ("" for none).
+
+    Raises:
+        ProbeFailedError: the event is not the API's shape, or is an error event.
+    """
+    if not isinstance(event, dict):
+        raise ProbeFailedError(f"malformed answer: expected a JSON object, got {type(event).__name__}")
+    if "error" in event:
+        err = event["error"]
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        raise ProbeFailedError(f"engine error: {str(msg)[:200]}")
+    try:
+        if api in ("completions", "chat"):
+            choice = event["choices"][0] if event["choices"] else {}
+            if api == "completions":
+                value = choice.get("text", "")
+            else:
+                part = choice.get("delta" if streamed else "message") or {}
+                value = part.get("content") or ""
+        elif api == "tgi":
+            if streamed:
+                tok = event["token"]
+                value = "" if tok.get("special") else tok["text"]
+            else:
+                value = event["generated_text"]
+        else:  # triton
+            value = event["text_output"]
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ProbeFailedError(f"malformed answer: missing {exc} in {json.dumps(event)[:120]}") from exc
+    if not isinstance(value, str):
+        raise ProbeFailedError(f"malformed answer: token is {type(value).__name__}, not text")
+    return value
+
+
+async def run_probe(
+    session: aiohttp.ClientSession,
+    src: FleetSource,
+    spec: ProbeSpec,
+    timeout_s: float,
+    model: str | None = None,
+) -> ProbeResult:
+    """Send one probe to ``src`` and judge the answer. Never raises on a bad server.
+
+    Args:
+        session: the agent's shared HTTP session (this request sets its own timeout).
+        src: the fleet source.
+        spec: its probe spec, ``api`` resolved (``FleetSource.probe_spec()``).
+        timeout_s: deadline for the whole answer (first token and end), seconds.
+        model: model name to send when neither ``spec.model`` nor ``src.model`` is set.
+
+    Returns:
+        The result; ``reason`` says why it failed.
+    """
+    t0 = time.monotonic()
+    first: float | None = None
+    pieces: list[str] = []
+
+    def result(reason: str = "") -> ProbeResult:
+        end = time.monotonic()
+        ttft = None if first is None else round((first - t0) * 1000.0, 3)
+        text = "".join(pieces)
+        return ProbeResult(ok=not reason, ttft_ms=ttft, latency_ms=round((end - t0) * 1000.0, 3), text=text,
+                           reason=f"completion probe: {reason}" if reason else "")
+
+    try:
+        url, body = probe_request(src, spec, model)
+    except ValueError as exc:
+        return result(str(exc))
+    assert spec.api is not None
+    api = spec.api
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=None),
+                                    headers={"Accept": "text/event-stream"}) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text(errors="replace"))[:200].strip()
+                    return result(f"HTTP {resp.status}" + (f": {detail}" if detail else ""))
+                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                    raw = await resp.read()
+                    try:
+                        doc = json.loads(raw)
+                    except ValueError:
+                        return result(f"malformed answer: not JSON: {raw[:80]!r}")
+                    pieces.append(token_of(api, doc, streamed=False))
+                    first = time.monotonic()
+                else:
+                    async for line in resp.content:
+                        data = _sse_data(line)
+                        if data is None:
+                            continue
+                        if data == "[DONE]":
+                            break
+                        try:
+                            event = json.loads(data)
+                        except ValueError:
+                            return result(f"malformed answer: event is not JSON: {data[:80]!r}")
+                        tok = token_of(api, event)
+                        if tok and first is None:
+                            first = time.monotonic()
+                        pieces.append(tok)
+    except TimeoutError:
+        if first is None:
+            return result(f"no first token within {timeout_s:g}s")
+        return result(f"answer incomplete after {timeout_s:g}s (first token after {(first - t0) * 1000:.0f} ms)")
+    except ProbeFailedError as exc:
+        return result(str(exc))
+    except aiohttp.ClientError as exc:
+        return result(f"{type(exc).__name__}: {exc}"[:300])
+    except OSError as exc:
+        return result(f"{type(exc).__name__}: {exc}"[:300])
+    text = "".join(pieces)
+    if not text.strip():
+        return result("empty answer")
+    if re.search(spec.expect, text) is None:
+        return result(f"answer {text[:80]!r} does not match {spec.expect!r}")
+    return result()
+
+
+def _sse_data(line: bytes) -> str | None:
+    """The payload of an SSE ``data:`` line (TGI writes ``data:`` without a blank), else None."""
+    text = line.decode("utf-8", errors="replace").strip()
+    if not text.startswith("data:"):
+        return None
+    return text[5:].strip()
+
+
+@dataclass(slots=True)
+class ProbeState:
+    """What the agent knows of one source's probes.
+
+    Attributes:
+        spec: the source's probe spec (``api`` resolved).
+        started: probes started (each gets the next sequence number).
+        applied: sequence number of the newest probe whose result was applied.
+        last: that probe's result, or None before the first one finished.
+        last_ttft_ms: TTFT of the newest successful probe, milliseconds, or None.
+        consecutive_ok: consecutive successful probes up to ``last``.
+        consecutive_fail: consecutive failed probes up to ``last``.
+        probes: results applied.
+        failures: of which failed.
+    """
+
+    spec: ProbeSpec
+    started: int = 0
+    applied: int = 0
+    last: ProbeResult | None = None
+    last_ttft_ms: float | None = None
+    consecutive_ok: int = 0
+    consecutive_fail: int = 0
+    probes: int = 0
+    failures: int = 0
+
+    def apply(self, seq: int, res: ProbeResult) -> bool:
+        """Record the result of probe ``seq``; False (ignored) if a newer one was applied."""
+        if seq <= self.applied:
+            return False
+        self.applied, self.last, self.probes = seq, res, self.probes + 1
+        if res.ok:
+            self.consecutive_ok, self.consecutive_fail = self.consecutive_ok + 1, 0
+            self.last_ttft_ms = res.ttft_ms
+        else:
+            self.consecutive_ok, self.consecutive_fail = 0, self.consecutive_fail + 1
+            self.failures += 1
+        return True
+
+
+@dataclass(slots=True)
+class Prober:
+    """The synthetic probes of one region's fleet sources.
+
+    Attributes:
+        sources: the region's fleet sources; those whose ``probe_spec()`` is None are skipped.
+        interval_s: time between the starts of two rounds, seconds.
+        timeout_s: deadline of one probe, seconds.
+        fall: consecutive failed probes after which the source counts as failing
+            (:meth:`failing`); one slow probe on a loaded machine is not a failure.
+        model_of: the model to send when neither the probe spec nor the inventory names one.
+        states: per probed source name.
+    """
+
+    sources: Sequence[FleetSource]
+    interval_s: float
+    timeout_s: float
+    fall: int = 2
+    model_of: ModelOf = field(default=lambda _src: None)
+    states: dict[str, ProbeState] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for src in self.sources:
+            spec = src.probe_spec()
+            if spec is not None:
+                self.states[src.name] = ProbeState(spec)
+
+    def failing(self, source: str) -> str:
+        """Why ``source`` fails its probes (``fall`` in a row, newest reason), or ""."""
+        st = self.states.get(source)
+        if st is None or st.last is None or st.consecutive_fail < self.fall:
+            return ""
+        return f"{st.last.reason} ({st.consecutive_fail} in a row)"
+
+    def state(self, source: str) -> ProbeState | None:
+        """The probe state of ``source``, or None when it is not probed."""
+        return self.states.get(source)
+
+    async def round(self, session: aiohttp.ClientSession) -> Mapping[str, ProbeResult]:
+        """Probe every source once, concurrently, and apply the results; returns them."""
+        jobs = {name: self._probe(session, name) for name in self.states}
+        results = await asyncio.gather(*jobs.values())
+        return dict(zip(jobs, results, strict=True))
+
+    async def _probe(self, session: aiohttp.ClientSession, name: str) -> ProbeResult:
+        src = next(s for s in self.sources if s.name == name)
+        st = self.states[name]
+        st.started += 1
+        seq = st.started
+        res = await run_probe(session, src, st.spec, self.timeout_s, self.model_of(src))
+        if st.apply(seq, res) and not res.ok and st.consecutive_fail == self.fall:
+            log.warning("probe: source %s failing: %s", name, res.reason)
+        elif res.ok and st.consecutive_ok == 1 and st.probes > 1:
+            log.info("probe: source %s answers again (TTFT %.0f ms)", name, res.ttft_ms or 0.0)
+        return res
+
+    async def run(self, stop: asyncio.Event, session: Callable[[], aiohttp.ClientSession]) -> None:
+        """Start a round every ``interval_s`` until ``stop`` is set; rounds may overlap (a hung
+        engine holds a round for its timeout). Rounds still running at the end are cancelled.
+
+        Args:
+            stop: ends the loop.
+            session: returns the agent's shared HTTP session.
+        """
+        if not self.states:
+            return
+        next_at = time.monotonic()
+        try:
+            while not stop.is_set():
+                task = asyncio.ensure_future(self._round_logged(session()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                next_at = max(next_at + self.interval_s, time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
+        finally:
+            await cancel_all(set(self._tasks))
+
+    async def _round_logged(self, session: aiohttp.ClientSession) -> None:
+        try:
+            await self.round(session)
+        except Exception:  # a bug; the next round runs anyway
+            log.exception("probe: round failed")
