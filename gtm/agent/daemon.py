@@ -71,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from gtm.agent.clock import ClockSkew
-from gtm.agent.probe import Prober
+from gtm.agent.probe import STALL_SLACK_S, Prober
 from gtm.agent.scrape import (
     HEALTH_PATHS,
     EngineSample,
@@ -163,6 +163,11 @@ class AgentSettings(BaseModel):
     """Consecutive failed probes before a source counts as unhealthy (one slow probe on a
     loaded machine is not a failure); a wedge is seen within about
     ``probe_fall × probe_interval_s + probe_timeout_s``."""
+    probe_busy_grace_s: float = Field(default=30.0, ge=0)
+    """Probes that time out while the source keeps decoding (its token counter advances) mean a
+    busy engine, not a broken one: failing it over would push its load onto the other regions.
+    Such timeouts are not counted for up to this long, seconds; an engine that admits no new
+    request for longer is failed. Errors and malformed answers always count."""
     vantage_interval_s: float = Field(default=1.0, gt=0)
     """Time between two rounds of probes of the other regions' public endpoints, seconds."""
     vantage_timeout_s: float = Field(default=1.0, gt=0)
@@ -214,6 +219,8 @@ class _SourceState:
     req_rate: float | None = None
     req_delta: float | None = None
     err_delta: float | None = None
+    # Since when the source's probes time out while it keeps decoding (busy, not wedged).
+    busy_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -265,6 +272,7 @@ class RegionAgent:
             ttl_s=settings.vantage_ttl_s, write_timeout_s=settings.write_timeout_s,
         )
         self.checks = 0
+        self.stalls = 0  # checks scraped again because the agent itself had stalled
         self.writes = 0
         self.writes_changed = 0
         self.write_failures = 0
@@ -373,9 +381,18 @@ class RegionAgent:
                 st.info_tried_at = now
                 info_for.append(src)
                 info_jobs.append(asyncio.ensure_future(fetch_tgi_model(session, src, s.scrape_timeout_s)))
-        results = await asyncio.gather(
-            *(scrape_source(session, src, s.scrape_timeout_s, s.health_paths) for src in self.region.fleet)
-        )
+        for _attempt in range(2):
+            t0 = time.monotonic()
+            results = await asyncio.gather(
+                *(scrape_source(session, src, s.scrape_timeout_s, s.health_paths) for src in self.region.fleet)
+            )
+            late = time.monotonic() - t0 - s.scrape_timeout_s
+            if late <= STALL_SLACK_S or not any("timeout" in r for res in results for r in res.reasons):
+                break
+            # The deadline fired long after it was due: this process was paused (SIGSTOP, a VM
+            # pause) or starved, so the timeouts are ours, not the fleet's. Scrape again at once.
+            self.stalls += 1
+            log.warning("check: the agent itself stalled for %.1fs; its scrape timeouts are not counted", late)
         for src, model in zip(info_for, await asyncio.gather(*info_jobs), strict=True):
             self._states[src.name].info_model = model
         report = self._build(results)
@@ -414,11 +431,25 @@ class RegionAgent:
                     f"wedged: {eng.waiting:g} waiting, no progress for {res.finished_at - st.stalled_since:.1f}s"
                 )
         probe_failing = self.prober.failing(src.name)
-        if probe_failing:
+        if probe_failing and not self._busy(src.name, st, res.finished_at):
             reasons.append(probe_failing)
         healthy = res.up and res.health_ok is not False and not reasons
         model = (eng.model if eng else None) or src.model or st.last_model or st.info_model
         return _Judged(res, healthy, "; ".join(reasons), model)
+
+    def _busy(self, source: str, st: _SourceState, t: float) -> bool:
+        """Whether ``source``'s failing probes are only timeouts of a busy engine: it decoded
+        tokens over the last scrape interval, and that for less than ``probe_busy_grace_s``."""
+        probe = self.prober.state(source)
+        decoding = st.rate is not None and st.rate > 0
+        if probe is None or probe.last is None or not probe.last.timed_out or not decoding:
+            st.busy_since = None
+            return False
+        if st.busy_since is None:
+            st.busy_since = t
+            log.warning("probe: %s times out while decoding at %.0f tokens/s: busy, not failed (for up to %gs)",
+                        source, st.rate, self.settings.probe_busy_grace_s)
+        return t - st.busy_since < self.settings.probe_busy_grace_s
 
     @staticmethod
     def _track(st: _SourceState, eng: EngineSample, t: float) -> None:

@@ -70,6 +70,11 @@ class ProbeResult:
         latency_ms: time to the end of the answer (or to the failure), milliseconds.
         text: the generated text received (possibly partial).
         reason: why the probe failed (``completion probe: ...``); empty when ``ok``.
+        timed_out: the probe failed by its deadline (no first token or no end in time), as
+            opposed to an error or a malformed answer.
+        stalled: the deadline fired more than ``STALL_SLACK_S`` late: the agent itself was
+            paused or starved (SIGSTOP, a VM pause, a CPU-starved event loop), so the timeout
+            says nothing about the engine; such a result is not counted.
     """
 
     ok: bool
@@ -77,6 +82,13 @@ class ProbeResult:
     latency_ms: float
     text: str = ""
     reason: str = ""
+    timed_out: bool = False
+    stalled: bool = False
+
+
+STALL_SLACK_S = 1.0
+"""A deadline that fires this much later than set (seconds) means the agent's own event loop did
+not run in time: the result is the agent's stall, not the engine's (``ProbeResult.stalled``)."""
 
 
 def probe_request(src: FleetSource, spec: ProbeSpec, model: str | None) -> tuple[str, dict[str, Any]]:
@@ -169,12 +181,13 @@ async def run_probe(
     first: float | None = None
     pieces: list[str] = []
 
-    def result(reason: str = "") -> ProbeResult:
+    def result(reason: str = "", *, timed_out: bool = False) -> ProbeResult:
         end = time.monotonic()
         ttft = None if first is None else round((first - t0) * 1000.0, 3)
         text = "".join(pieces)
         return ProbeResult(ok=not reason, ttft_ms=ttft, latency_ms=round((end - t0) * 1000.0, 3), text=text,
-                           reason=f"completion probe: {reason}" if reason else "")
+                           reason=f"completion probe: {reason}" if reason else "", timed_out=timed_out,
+                           stalled=timed_out and end - t0 > timeout_s + STALL_SLACK_S)
 
     try:
         url, body = probe_request(src, spec, model)
@@ -214,8 +227,9 @@ async def run_probe(
                         pieces.append(tok)
     except TimeoutError:
         if first is None:
-            return result(f"no first token within {timeout_s:g}s")
-        return result(f"answer incomplete after {timeout_s:g}s (first token after {(first - t0) * 1000:.0f} ms)")
+            return result(f"no first token within {timeout_s:g}s", timed_out=True)
+        return result(f"answer incomplete after {timeout_s:g}s (first token after {(first - t0) * 1000:.0f} ms)",
+                      timed_out=True)
     except ProbeFailedError as exc:
         return result(str(exc))
     except aiohttp.ClientError as exc:
@@ -265,8 +279,9 @@ class ProbeState:
     failures: int = 0
 
     def apply(self, seq: int, res: ProbeResult) -> bool:
-        """Record the result of probe ``seq``; False (ignored) if a newer one was applied."""
-        if seq <= self.applied:
+        """Record the result of probe ``seq``; False (ignored) if a newer one was applied, or if
+        the result only shows that the agent itself stalled (``ProbeResult.stalled``)."""
+        if seq <= self.applied or res.stalled:
             return False
         self.applied, self.last, self.probes = seq, res, self.probes + 1
         if res.ok:

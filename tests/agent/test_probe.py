@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import aiohttp
@@ -238,8 +240,15 @@ async def test_agent_reports_probe_results_and_fails_a_wedged_source(
         assert (src.healthy, src.probe_ok, src.probe_ttft_ms) == (False, False, None)
         assert src.probe_consecutive_fail >= 2
         assert rep.models[MODEL].probe_success == 0.0
-        async with asyncio.timeout(15):  # bounded: a stall fails here, not at the suite's timeout
-            stored = await redis_store.client.get(redis_store.keys.report("r1"))
+        # The writer task stores the failing report soon after the check that made it.
+        stored: Any = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            async with asyncio.timeout(15):  # bounded: a stall fails here, not at the suite's timeout
+                stored = await redis_store.client.get(redis_store.keys.report("r1"))
+            if stored is not None and not json.loads(stored)["healthy"]:
+                break
+            await asyncio.sleep(0.02)
         assert stored is not None and "completion probe" in json.loads(stored)["reason"]
     finally:
         stop.set()
@@ -270,3 +279,98 @@ async def test_sim_wire_formats(fleet: Fleet) -> None:
     triton.set_state(ttft_s=0.0, itl_s=0.0)
     got = await lines(triton, f"/v2/models/{MODEL}/generate_stream", {"text_input": "x", "max_tokens": 1})
     assert [json.loads(ln[6:])["text_output"] for ln in got] == ["Hello!"]
+
+
+@pytest.mark.parametrize("grace_s", [30.0, 0.0])
+async def test_probe_timeouts_of_a_busy_but_decoding_engine_are_not_a_failure_within_the_grace(
+    grace_s: float, fleet: Fleet, redis_store: Store
+) -> None:
+    """A saturated engine answers new requests late but keeps decoding: failing it over would push
+    its load onto the other regions. Its probe timeouts are not counted for ``probe_busy_grace_s``
+    (the first case); with no grace (the control) the same timeouts fail the source."""
+    sim = await fleet("vllm", 3)
+    sim.set_state(ttft_s=5.0, itl_s=0.0)  # first token after 5 s: every 0.4 s probe times out
+    region = Region(name="r1", jurisdiction="EU", geography={"continent": "EU"},  # type: ignore[arg-type]
+                    endpoints=[{"address": "192.0.2.1"}], fleet=[_source(sim)])  # type: ignore[list-item]
+    agent = RegionAgent(region, redis_store, FAST.model_copy(update={"probe_busy_grace_s": grace_s}), agent_id="t")
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await _until(lambda: (st := agent.prober.state(f"{sim.kind}-a")) is not None
+                     and st.consecutive_fail >= 4, 10)
+        # a few more checks with the probes failing and the decode counter moving
+        await _until(lambda: agent.last_report is not None and agent.last_report.seq >= agent.checks - 1, 5)
+        rep = await agent.check_once()
+        if grace_s:
+            assert rep.healthy, rep.reason
+            assert rep.sources[0].probe_ok is False  # the probe's outcome is still reported
+        else:
+            assert not rep.healthy
+            assert "completion probe: no first token within 0.4s" in rep.reason
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+
+
+@pytest.fixture
+def slow_fleet() -> Iterator[str]:
+    """A vLLM-shaped fleet on its own thread (its URL) that answers every request after 0.1 s:
+    the agent's event loop can then be blocked while the fleet's answer is on its way, as when
+    the agent alone is paused."""
+    sim = FleetSim(kind="vllm", model=MODEL, replicas=3)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            time.sleep(0.1)
+            body = sim.render().encode() if self.path == "/metrics" else b""
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_stalled_agent_does_not_count_its_own_lateness_against_the_fleet(
+    slow_fleet: str, fleet: Fleet, redis_store: Store
+) -> None:
+    """The agent's event loop blocked for 1.5 s in the middle of a scrape (as SIGSTOP or a starved
+    VM would) while the fleet, on another thread, answers in 0.1 s: the scrape deadline fires late,
+    the check is scraped again, and the healthy fleet stays healthy. A probe in flight is
+    discarded as stalled, not counted as a failure."""
+    src = FleetSource(name="vllm-a", kind="vllm", url=slow_fleet, model=MODEL, probe=False)  # type: ignore[arg-type]
+    region = Region(name="r1", jurisdiction="EU", geography={"continent": "EU"},  # type: ignore[arg-type]
+                    endpoints=[{"address": "192.0.2.1"}], fleet=[src])
+    agent = RegionAgent(region, redis_store, FAST, agent_id="t")
+    loop = asyncio.get_running_loop()
+    try:
+        assert (await agent.check_once()).healthy
+        loop.call_later(0.03, time.sleep, 1.5)  # blocks the loop while the scrape below is in flight
+        rep = await agent.check_once()
+        assert rep.healthy and rep.consecutive_fail == 0, rep.reason
+        assert agent.stalls == 1
+    finally:
+        await agent.aclose()
+
+    sim = await fleet("vllm", 3)
+    sim.set_state(ttft_s=1.0)
+    probed = _source(sim)
+    spec = probed.probe_spec()
+    assert spec is not None
+    async with aiohttp.ClientSession() as http:
+        loop.call_later(0.05, time.sleep, 2.0)
+        res = await run_probe(http, probed, spec, 0.4)
+    assert res.timed_out and res.stalled, res
+    state = ProbeState(spec)
+    assert state.apply(1, res) is False and state.consecutive_fail == 0
