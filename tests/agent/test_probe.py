@@ -321,7 +321,7 @@ def slow_fleet() -> Iterator[str]:
     sim = FleetSim(kind="vllm", model=MODEL, replicas=3)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server calls it by this name
             time.sleep(0.1)
             body = sim.render().encode() if self.path == "/metrics" else b""
             self.send_response(200)
