@@ -177,6 +177,38 @@ class Decision:
     reason: str
 
 
+AnnounceAction = Literal["announce", "withdraw"]
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What one region's BGP speaker should do with one anycast prefix.
+
+    Attributes:
+        prefix: the anycast prefix (CIDR), e.g. ``198.51.100.0/24``.
+        region: the region whose speaker announces it.
+        action: ``announce`` or ``withdraw``.
+        prepend: extra copies of the region's own ASN prepended to the AS path (0 at full share;
+            more makes the region less preferred: reduced share, canary, ramping back).
+        med: MULTI_EXIT_DISC sent with the route (lower is preferred).
+        communities: communities attached (``ASN:value``; ``65535:0`` is GRACEFUL_SHUTDOWN, RFC 8326).
+        share: the region's share of the prefix's traffic the preference was derived from,
+            fraction 0..1.
+        reason: why, in words.
+        changed_at: unix seconds the action or preference last changed.
+    """
+
+    prefix: str
+    region: str
+    action: AnnounceAction
+    prepend: int = 0
+    med: int = 0
+    communities: tuple[str, ...] = ()
+    share: float = 0.0
+    reason: str = ""
+    changed_at: float = 0.0
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """The whole desired routing at one instant.
@@ -195,6 +227,8 @@ class DesiredState:
         rejoin_since: while held after a mass lapse of reports, when the first regions reported
             again (unix seconds): the hold lasts one lapse window more for the stragglers
             (``gtm.engine.staleness``); 0 otherwise.
+        announcements: anycast: per prefix, one ``Announcement`` per region that may announce
+            it (sorted by region); empty when no service uses anycast.
     """
 
     generation: int
@@ -208,6 +242,7 @@ class DesiredState:
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     decisions: tuple[Decision, ...] = ()
     rejoin_since: float = 0.0
+    announcements: dict[str, tuple[Announcement, ...]] = field(default_factory=dict)
     _digest: Annotated[list[str], Field(exclude=True)] = field(  # memo of routing_digest(), never stored
         default_factory=list, init=False, repr=False, compare=False
     )
@@ -227,6 +262,9 @@ class DesiredState:
             for region in sorted(self.endpoints):
                 h.update(f"{region}:{self.endpoints[region]}".encode())
             h.update(_services_digest(self.services).encode())
+            for prefix in sorted(self.announcements):
+                for a in self.announcements[prefix]:
+                    h.update(f"{prefix}|{a.region}|{a.action}|{a.prepend}|{a.med}|{a.communities};".encode())
             self._digest.append(h.hexdigest())
         return self._digest[0]
 

@@ -174,6 +174,78 @@ class Geography(_Strict):
         return v
 
 
+COMMUNITY_RE = r"^\d{1,10}:\d{1,10}$"
+"""A standard BGP community, ``ASN:value`` (RFC 1997), e.g. ``65001:100``."""
+
+GRACEFUL_SHUTDOWN = "65535:0"
+"""The GRACEFUL_SHUTDOWN well-known community (RFC 8326): peers lower the route's preference so
+traffic moves before the route is withdrawn."""
+
+
+class BgpPeer(_Strict):
+    """One BGP neighbor of a region's speaker (ExaBGP on the region's agent host).
+
+    Attributes:
+        address: the neighbor's IP address.
+        asn: the neighbor's AS number (1-4294967295).
+        port: the neighbor's BGP port (179 unless a lab says otherwise).
+    """
+
+    address: str
+    asn: int = Field(ge=1, le=4_294_967_295)
+    port: int = Field(default=179, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class BgpSide(_Strict):
+    """A region's side of anycast: how its agent's BGP speaker (ExaBGP) announces prefixes.
+
+    Attributes:
+        local_asn: the region's AS number (prepends repeat it).
+        local_address: the address ExaBGP binds and peers from.
+        router_id: BGP router id (defaults to ``local_address`` when it is IPv4).
+        next_hop: the next hop announced for the region's anycast prefixes (its load balancer).
+        peers: the routers ExaBGP peers with.
+        communities: communities the region may attach (``ASN:value``); GRACEFUL_SHUTDOWN
+            (65535:0) is always allowed for drains.
+    """
+
+    local_asn: int = Field(ge=1, le=4_294_967_295)
+    local_address: str
+    router_id: str | None = None
+    next_hop: str
+    peers: tuple[BgpPeer, ...] = Field(min_length=1)
+    communities: tuple[str, ...] = ()
+
+    @field_validator("local_address", "next_hop")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("router_id")
+    @classmethod
+    def _router_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+    @field_validator("communities")
+    @classmethod
+    def _communities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        for c in v:
+            if not re.match(COMMUNITY_RE, c) or any(int(x) > 65535 for x in c.split(":")):
+                raise ValueError(f"community {c!r} is not ASN:value with both parts 0-65535")
+        return v
+
+
 class Region(_Strict):
     """A deployment location.
 
@@ -183,7 +255,9 @@ class Region(_Strict):
         geography: where the region is and which client networks it sits with.
         endpoints: the addresses or hostnames answered for this region.
         fleet: fleet sources the region's agent scrapes.
-        anycast_prefix: optional prefix the region announces over BGP.
+        bgp: the region's BGP side for anycast (``BgpSide``), or None when it announces nothing.
+            The anycast prefix itself is named by the policy's service (one prefix announced
+            from several regions), not here.
         capacity_per_replica: optional tokens/s one fully idle replica can take; when set,
             spare capacity is reported in tokens/s instead of replica-equivalents.
         vantage_url: optional URL on the region's public endpoint that the OTHER regions'
@@ -196,16 +270,21 @@ class Region(_Strict):
     geography: Geography
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
     fleet: tuple[FleetSource, ...] = ()
-    anycast_prefix: str | None = None
+    bgp: BgpSide | None = None
     capacity_per_replica: float | None = Field(default=None, gt=0)
     vantage_url: str | None = Field(default=None, pattern=r"^https?://")
 
-    @field_validator("anycast_prefix")
+    @model_validator(mode="before")
     @classmethod
-    def _valid_prefix(cls, v: str | None) -> str | None:
-        if v is not None:
-            ipaddress.ip_network(v, strict=True)
-        return v
+    def _no_anycast_prefix(cls, data: object) -> object:
+        if isinstance(data, dict) and "anycast_prefix" in data:
+            raise ValueError(
+                "anycast_prefix is no longer a region field: a prefix announced by one region is unicast, "
+                "not anycast. Name the prefix on the service in the policy (services[].anycast: {prefix: "
+                f"{data['anycast_prefix']}}}) and give the region its BGP side here (bgp: {{local_asn, "
+                "local_address, next_hop, peers: [{address, asn}]}})"
+            )
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Region:
