@@ -194,6 +194,9 @@ class Announcement:
         communities: communities attached (``ASN:value``; ``65535:0`` is GRACEFUL_SHUTDOWN, RFC 8326).
         share: the region's share of the prefix's traffic the preference was derived from,
             fraction 0..1.
+        planned: a planned move (drain, rollback, planned step): before withdrawing, the speaker
+            announces with GRACEFUL_SHUTDOWN (65535:0) and holds it so peers move traffic
+            first; False for failures (withdrawn at once).
         reason: why, in words.
         changed_at: unix seconds the action or preference last changed.
     """
@@ -205,6 +208,7 @@ class Announcement:
     med: int = 0
     communities: tuple[str, ...] = ()
     share: float = 0.0
+    planned: bool = False
     reason: str = ""
     changed_at: float = 0.0
 
