@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from gtm.models.accelerator import check_against_services, provider_kind_settings
 from gtm.models.region import CONTINENTS
 from gtm.models.rollout import RolloutSpec
 
@@ -298,7 +299,8 @@ class ProviderConfig(BaseModel):
 
     Attributes:
         name: provider id, unique in the policy (``route53-main``).
-        kind: ``embedded``, ``route53``, ``clouddns`` or ``rfc2136``.
+        kind: ``embedded``, ``route53``, ``clouddns``, ``rfc2136`` or ``globalaccelerator``
+            (AWS Global Accelerator traffic dials; options: ``gtm.models.accelerator``).
         zones: zones it may change (default: every zone of the policy).
         max_change_fraction: refuse a plan that updates/deletes more than this share (0..1)
             of a zone's owned record sets, unless forced.
@@ -309,10 +311,17 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    kind: Literal["embedded", "route53", "clouddns", "rfc2136"]
+    kind: Literal["embedded", "route53", "clouddns", "rfc2136", "globalaccelerator"]
     zones: tuple[str, ...] = ()
     max_change_fraction: float = Field(default=0.5, gt=0, le=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> ProviderConfig:
+        provider_kind_settings(self.kind, self.options)  # options gtm models are checked with the policy
+        if self.kind == "globalaccelerator" and self.zones:
+            raise ValueError("a globalaccelerator provider has no zones (it steers endpoint groups)")
+        return self
 
 
 class Policy(_Strict):
@@ -366,6 +375,12 @@ class Policy(_Strict):
             for z in p.zones:
                 if _norm_name(z) not in zones:
                     raise ValueError(f"provider {p.name!r} names zone {z!r}, not declared in zones")
+        shapes = {s.name: (s.fqdn, s.regions, tuple(g.name for g in s.all_segments)) for s in self.services}
+        for p in self.providers:
+            accel = provider_kind_settings(p.kind, p.options)
+            problems = check_against_services(p.name, accel, shapes) if accel is not None else []
+            if problems:
+                raise ValueError("; ".join(problems))
         names = [s.name for s in self.services]
         fqdns = [s.fqdn for s in self.services]
         if len(set(names)) != len(names):

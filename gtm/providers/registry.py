@@ -14,6 +14,7 @@ KINDS: dict[str, str] = {
     "route53": "gtm.providers.route53:Route53Provider",
     "clouddns": "gtm.providers.clouddns:CloudDnsProvider",
     "rfc2136": "gtm.providers.rfc2136:Rfc2136Provider",
+    "globalaccelerator": "gtm.providers.globalaccelerator:GlobalAcceleratorProvider",
 }
 
 
@@ -30,8 +31,8 @@ def build_provider(cfg: ProviderConfig, policy: Policy, **overrides: Any) -> Pro
     """Instantiate one provider.
 
     Raises:
-        ConfigError: unknown kind or options the provider does not take (named with the
-            provider and the option).
+        ConfigError: unknown kind, options the provider does not take or invalid option values
+            (named with the provider and the option).
     """
     cls = provider_class(cfg.kind)
     zones = cfg.zones or tuple(z.name for z in policy.zones)
@@ -39,7 +40,9 @@ def build_provider(cfg: ProviderConfig, policy: Policy, **overrides: Any) -> Pro
     try:
         return cls(cfg.name, owner_id=policy.owner_id, zones=zones,
                    max_change_fraction=cfg.max_change_fraction, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: pydantic's, for settings gtm models
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError([f"provider {cfg.name!r} ({cfg.kind}): {exc}"]) from exc
 
 
