@@ -13,6 +13,7 @@ example regions; ``FakeListener`` only plays Global Accelerator's side of the co
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from botocore.stub import Stubber
 from pydantic import ValidationError
 
 from gtm.controller.provider_plan import plan_providers
+from gtm.controller.provider_worker import ProviderWorker
 from gtm.engine.planner import plan as engine_plan
 from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderError
 from gtm.models.override import Override
@@ -43,6 +45,7 @@ from tests.factories import (
     make_report,
     make_service,
 )
+from tests.support.wait import wait_until
 
 REGIONS = sorted(FOUR_REGIONS)
 ACCOUNT = "123456789012"
@@ -90,7 +93,7 @@ def provider(**kw: Any) -> GlobalAcceleratorProvider:
 
 def chat_policy(*, segments: Sequence[Any] = (), providers: Sequence[ProviderConfig] = ()) -> Policy:
     base = make_policy([make_service(segments=list(segments))])
-    return base.model_copy(update={"providers": tuple(providers)})
+    return Policy(**{**dict(base), "providers": tuple(providers)})  # validated, cross-checks included
 
 
 def state_at(
@@ -209,7 +212,7 @@ def test_invalid_settings_are_refused_with_the_policy(options: dict[str, Any], e
 def test_registry_reports_invalid_options_as_a_config_error() -> None:
     policy = chat_policy(providers=[ProviderConfig(name="ga", kind="globalaccelerator", options=settings())])
     bad = policy.providers[0].model_copy(update={"options": {**settings(), "typo": 1}})  # bypasses validation
-    with pytest.raises(ConfigError, match=r"provider 'ga' \(globalaccelerator\).*typo"):
+    with pytest.raises(ConfigError, match=r"(?s)provider 'ga' \(globalaccelerator\).*typo"):
         build_providers(policy.model_copy(update={"providers": (bad,)}))
 
 
@@ -297,25 +300,26 @@ async def test_a_drain_steps_the_dial_down_then_sends_weight_zero() -> None:
     assert ga.groups[GROUP["us-west-2"]]["EndpointDescriptions"][0]["ClientIPPreservationEnabled"] is True
 
 
-async def test_a_failover_is_one_call_to_zero_and_the_return_restores_the_weights() -> None:
+async def test_a_failover_is_one_call_to_zero_and_the_return_ramps_back_in_steps() -> None:
     p, ga = provider(), FakeListener()
     steady = state_at(T0)
-    failed = state_at(T0 + 1, steady, unhealthy=["eu-west-1"])
-    back = [failed]
-    for i in range(2, 12):
+    back = [state_at(T0 + 1, steady, unhealthy=["eu-west-1"])]
+    for i in range(2, 8):
         back.append(state_at(T0 + i, back[-1]))
     ramp = [s.pool_for("chat.gtm.example.com", "default").weight_of("eu-west-1") for s in back]  # type: ignore[union-attr]
-    first_up = next(i for i, w in enumerate(ramp) if w > 0)
-    assert 0 < ramp[first_up] < 255  # the engine ramps back in planned steps after rise
+    assert ramp == [0, 64, 128, 192, 255, 255, 255]  # the engine: out at once, back in planned steps
     with await stubbed(p) as stub:
-        expect_cycle(stub, ga, [with_weights("eu-west-1", 0.0, 0)])  # immediate: no intermediate dial
-        for _ in range(1, first_up):
-            expect_cycle(stub, ga)  # still out: nothing sent
-        expect_cycle(stub, ga, [with_weights("eu-west-1", float(traffic_dial(ramp[first_up], 255)), 128)])
-        for s in back[: first_up + 1]:
-            await p.publish(s)
+        expect_cycle(stub, ga, [with_weights("eu-west-1", 0.0, 0)])     # failed: dial 0, weights 0, one call
+        expect_cycle(stub, ga, [with_weights("eu-west-1", 25.0, 128)])  # back: weights restored, dial low
+        expect_cycle(stub, ga, [dial_only("eu-west-1", 50.0)])
+        expect_cycle(stub, ga, [dial_only("eu-west-1", 75.0)])
+        expect_cycle(stub, ga, [dial_only("eu-west-1", 100.0)])
+        expect_cycle(stub, ga)
+        expect_cycle(stub, ga)
+        wrote = [await p.publish(s) for s in back]
         stub.assert_no_pending_responses()
-    assert 0 < ga.dials()["eu-west-1"] < 100
+    assert wrote == [True, True, True, True, True, False, False]
+    assert ga.dials()["eu-west-1"] == 100.0
     assert ga.weights("eu-west-1") == {ALB["eu-west-1"]: 128, EIP["eu-west-1"]: 128}
 
 
@@ -421,6 +425,38 @@ async def test_plan_providers_shows_the_dial_changes() -> None:
                                                                                                     EIP["us-east-1"]))]
 
 
+async def test_the_provider_worker_records_the_error_then_the_applied_generation(redis_store: Any) -> None:
+    """What ``gtm status`` shows: the worker publishing to the accelerator records a throttled
+    publish as ``last_error`` in ``applied:ga``, retries after its backoff, and then records the
+    applied generation with no error."""
+    p, ga = provider(), FakeListener()
+    failed = state_at(T0 + 1, state_at(T0), unhealthy=["us-east-1"])
+    worker = ProviderWorker(p, redis_store, retry_initial_s=0.01, retry_max_s=0.05)
+    stop = asyncio.Event()
+    with await stubbed(p) as stub:
+        stub.add_response("list_endpoint_groups", ga.listing(), {"ListenerArn": LISTENER, "MaxResults": 100})
+        stub.add_client_error("update_endpoint_group", service_error_code="ThrottlingException", http_status_code=400,
+                              expected_params=with_weights("us-east-1", 0.0, 0))
+        expect_cycle(stub, ga, [with_weights("us-east-1", 0.0, 0)])
+        task = asyncio.create_task(worker.run(stop))
+        worker.submit(failed)
+
+        async def applied() -> bool:
+            info = await redis_store.get_applied("ga") or {}
+            return info.get("generation") == failed.generation and info.get("last_error") == ""
+
+        try:
+            await wait_until(applied)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        stub.assert_no_pending_responses()
+    assert worker.errors == 1 and worker.publishes == 1  # one throttled publish, then one that wrote
+    info = await redis_store.get_applied("ga")
+    assert info["wrote"] is True and info["last_error_at"] is not None  # the error was recorded, then cleared
+    assert ga.dials()["us-east-1"] == 0.0
+
+
 # -- throttling inside botocore's retry loop -------------------------------------------------
 
 
@@ -444,8 +480,8 @@ class HttpStubber:
     def add(self, operation: str, status: int, body: Mapping[str, Any]) -> None:
         self.pending.append((operation, status, dict(body)))
 
-    def _send(self, request: Any, **_: Any) -> AWSResponse:
-        operation = request.headers["X-Amz-Target"].decode().rsplit(".", 1)[-1]
+    def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        operation = event_name.rsplit(".", 1)[-1]
         self.attempts.append(operation)
         assert self.pending, f"unexpected request {operation}"
         expected, status, body = self.pending.pop(0)
