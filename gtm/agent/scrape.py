@@ -103,9 +103,9 @@ HEALTH_PATHS: Mapping[str, str] = {
 SERVED_VERSION_METRIC = "gtm_served_version_info"
 """Info gauge (value 1) whose ``version`` label names the model version a fleet serves."""
 
-PARSE_IN_THREAD_BYTES = 64 * 1024
-"""Expositions larger than this many bytes are parsed in a worker thread (TGI's is ~100 KB,
-~20 ms of parsing) so the event loop keeps its timers accurate."""
+PARSE_IN_THREAD_BYTES = 4 * 1024
+"""Expositions larger than this many bytes are parsed in a worker thread (TGI's is ~100 KB and
+~20 ms of parsing, vLLM's ~20 KB) so the event loop keeps its timers and probes accurate."""
 
 Labels = Mapping[str, str]
 

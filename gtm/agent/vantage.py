@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gtm.agent.probe import STALL_SLACK_S
 from gtm.errors import StoreError
 from gtm.log import get_logger
 from gtm.models.region import Region
@@ -47,6 +48,9 @@ class TargetResult:
     ok: bool
     latency_ms: float | None
     reason: str = ""
+    stalled: bool = False
+    """The deadline fired more than ``STALL_SLACK_S`` late: this agent was paused or starved, so
+    the timeout says nothing about the target (not counted)."""
 
 
 async def probe_target(session: aiohttp.ClientSession, url: str, vantage: str, timeout_s: float) -> TargetResult:
@@ -65,7 +69,8 @@ async def probe_target(session: aiohttp.ClientSession, url: str, vantage: str, t
                                    timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 status = resp.status
     except TimeoutError:
-        return TargetResult(False, None, f"no answer within {timeout_s:g}s")
+        late = time.monotonic() - t0 - timeout_s > STALL_SLACK_S
+        return TargetResult(False, None, f"no answer within {timeout_s:g}s", stalled=late)
     except (aiohttp.ClientError, OSError) as exc:
         return TargetResult(False, None, f"{type(exc).__name__}: {exc}"[:300])
     latency = round((time.monotonic() - t0) * 1000.0, 3)
@@ -120,6 +125,8 @@ class VantagePoint:
         )
         for name, res in zip(names, results, strict=True):
             old = self.checks.get(name)
+            if res.stalled:
+                continue  # this agent stalled; the target's counts stay as they were
             ok_n = (old.consecutive_ok if old else 0) + 1 if res.ok else 0
             fail_n = 0 if res.ok else (old.consecutive_fail if old else 0) + 1
             if old is not None and old.reachable != res.ok:
