@@ -292,8 +292,12 @@ def test_plan_candidate_shows_exactly_the_routing_changes(repo: Path) -> None:
         ("chat.gtm.example.com", "default", "us-west-2", 255, None),
         ("embed.gtm.example.com", "default", "us-east-1", 200, 100),
     ]
-    others = sorted(c["kind"] for c in doc["changes"] if c["kind"] != "weight")
+    others = sorted(c["kind"] for c in doc["changes"] if c["kind"] not in ("weight", "announcement"))
     assert others == ["pool-added", "pool-added", "pool-removed", "pool-removed"]
+    # The service's anycast prefix is no longer announced from the region it left.
+    anycast = [(c["detail"], c["region"], c["before"], c["after"])
+               for c in doc["changes"] if c["kind"] == "announcement"]
+    assert anycast == [("203.0.113.0/24", "us-west-2", "announce +0 MED 0", None)]
 
     code, out, _ = gtm(*common, "--candidate", f"{repo}@candidate")
     assert code == 0, "without --exit-code a difference is not an error"
