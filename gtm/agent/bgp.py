@@ -181,7 +181,7 @@ class BgpSpeaker:
         self._graceful: dict[str, float] = {}  # prefix → monotonic deadline of the GSHUT hold
         self._reasons: dict[str, str] = {}
         self._wake = asyncio.Event()
-        self._state_at = -1e18
+        self._state_wake = asyncio.Event()
         self._dirty = True
 
     def wake(self) -> None:
@@ -280,8 +280,6 @@ class BgpSpeaker:
             if not self.api.connected:
                 break
             await self._send(w)
-        if any(self._graceful.get(p, 0) > now for p in self._graceful):
-            self._dirty = True
 
     async def _send(self, w: Wanted) -> None:
         cmd = withdraw_command(w.prefix) if w.route is None else announce_command(w.route)
@@ -336,21 +334,34 @@ class BgpSpeaker:
         try:
             async with asyncio.timeout(1.0):
                 await self.store.put_bgp_state(self.state(), self.settings.state_ttl_s)
-            self._state_at = time.monotonic()
-            self._dirty = False
         except (StoreError, TimeoutError) as exc:
             log.debug("bgp: state not written: %s", exc)
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    async def _state_writer(self, stop: asyncio.Event) -> None:
+        """Write the BgpState after each change and at least every ``state_every_s``, in its own
+        task: a slow Redis never delays a withdrawal."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_wake.wait(), self.settings.state_every_s)
+            self._state_wake.clear()
+            await self._write_state()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run ExaBGP (when managed), follow the plan and the fleet until ``stop`` is set, then
-        withdraw every prefix and stop ExaBGP. Never raises on a Redis or ExaBGP failure."""
+        withdraw every prefix and stop ExaBGP. Never raises on a Redis or ExaBGP failure.
+
+        Raises:
+            OSError: the state directory or the API socket cannot be created.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         await self.api.start()
         own_stop = asyncio.Event()  # ExaBGP must outlive ``stop`` until the withdrawals are done
-        tasks = [asyncio.create_task(self._poll_plan(stop), name=f"bgp-plan-{self.region.name}")]
-        if self.process is not None:
-            tasks.append(asyncio.create_task(self.process.run(own_stop), name=f"exabgp-{self.region.name}"))
+        helpers = [asyncio.create_task(self._poll_plan(stop), name=f"bgp-plan-{self.region.name}"),
+                   asyncio.create_task(self._state_writer(stop), name=f"bgp-state-{self.region.name}")]
+        exabgp = (asyncio.create_task(self.process.run(own_stop), name=f"exabgp-{self.region.name}")
+                  if self.process is not None else None)
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -358,14 +369,14 @@ class BgpSpeaker:
                     await self.reconcile()
                 except GtmError as exc:
                     log.error("bgp: reconcile failed: %s", exc)
-                if self._dirty or time.monotonic() - self._state_at >= self.settings.state_every_s:
-                    await self._write_state()
+                if self._dirty:
+                    self._dirty = False
+                    self._state_wake.set()
                 timeout = self.settings.plan_poll_s
-                if self._graceful:
-                    now = time.monotonic()
-                    pending = [d - now for d in self._graceful.values() if d > now]
-                    if pending:
-                        timeout = min(timeout, max(0.0, min(pending)) + 0.001)
+                now = time.monotonic()
+                pending = [d - now for d in self._graceful.values() if d > now]
+                if pending:
+                    timeout = min(timeout, min(pending) + 0.001)
                 waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait()),
                                                    asyncio.ensure_future(stop.wait())}
                 _done, rest = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -377,10 +388,11 @@ class BgpSpeaker:
             except (TimeoutError, GtmError) as exc:
                 log.error("bgp: withdrawing on stop did not finish: %s", exc)
             own_stop.set()
-            for t in tasks:
-                if t.get_name().startswith("bgp-plan"):
-                    t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if exabgp is not None:
+                await asyncio.gather(exabgp, return_exceptions=True)
             await self._write_state()
             await self.api.aclose()
 

@@ -44,7 +44,7 @@ def _report(healthy: bool, ok: int, fail: int) -> FleetReport:
 
 
 def _plan(**kw: Any) -> DesiredState:
-    a = Announcement(prefix=PREFIX, region="eu-west-1", reason="test", **kw)
+    a = Announcement(prefix=PREFIX, region="eu-west-1", **{"reason": "test", **kw})
     return DesiredState(generation=1, generated_at=time.time(), policy_digest="d", held=False, hold_reason="",
                         regions={}, pools={}, services={}, endpoints={}, announcements={PREFIX: (a,)})
 

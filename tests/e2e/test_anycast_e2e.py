@@ -77,7 +77,11 @@ async def test_drain_goes_through_graceful_shutdown_then_undrain_announces_prepe
         # what the agent stored for `gtm status`: sent and acknowledged
         store = connect(redis_url, ns=lab.namespace)
         try:
-            st = (await store.get_bgp_states([R]))[R]
+            for _ in range(100):  # written right after the acknowledgement, by its own task
+                st = (await store.get_bgp_states([R]))[R]
+                if st.routes[PREFIX].sent_prepend == 2 and st.routes[PREFIX].acked == "done":
+                    break
+                await asyncio.sleep(0.05)
         finally:
             await store.aclose()
         route = st.routes[PREFIX]
