@@ -140,8 +140,9 @@ class AnycastLab:
         prefixes the same way (prefix → region → fields)."""
         self.generation += 1
         by_prefix = {prefix: actions, **(more or {})}
-        anns = {p: tuple(Announcement(prefix=p, region=r, reason=f"lab step {self.generation}",
-                                      changed_at=time.time(), **kw) for r, kw in sorted(acts.items()))
+        anns = {p: tuple(Announcement(prefix=p, region=r, **{"reason": f"lab step {self.generation}",
+                                                             "changed_at": time.time(), **kw})
+                         for r, kw in sorted(acts.items()))
                 for p, acts in by_prefix.items()}
         state = DesiredState(generation=self.generation, generated_at=time.time(), policy_digest="lab", held=False,
                              hold_reason="", regions={}, pools={}, services={}, endpoints={}, announcements=anns)

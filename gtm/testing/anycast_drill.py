@@ -61,10 +61,15 @@ async def run_anycast_drill(console: Console, *, regions: int = 3, graceful_s: f
         async with AnycastLab(redis.url, regions=regions, graceful_s=graceful_s) as lab:
             failed, drained = lab.names[0], lab.names[1]
 
-            async def step(name: str, event: str, pred: Any, act: Any, timeout: float = 15.0) -> None:
+            marks: dict[str, float] = {}
+
+            async def step(name: str, event: str, pred: Any, act: Any, timeout: float = 15.0,
+                           since: str | None = None) -> None:
                 nonlocal ok
                 t0 = time.monotonic()
+                marks[name] = t0
                 await act()
+                t0 = marks[since] if since else t0
                 try:
                     await lab.wait_routes(pred, timeout=timeout)
                     took: float | None = time.monotonic() - t0
@@ -104,8 +109,8 @@ async def run_anycast_drill(console: Console, *, regions: int = 3, graceful_s: f
                        lambda rs: failed in rs, restart)
             await step("drain", f"{drained} drained → GRACEFUL_SHUTDOWN at BIRD",
                        lambda rs: drained in rs and rs[drained].graceful_shutdown, drain, timeout=5)
-            await step("drain", f"{drained} drained → route gone at BIRD (hold {graceful_s:g}s)",
-                       lambda rs: drained not in rs, nothing, timeout=graceful_s + 5)
+            await step("drain done", f"{drained} drained → route gone at BIRD (after the {graceful_s:g}s hold)",
+                       lambda rs: drained not in rs, nothing, timeout=graceful_s + 5, since="drain")
             await step("undrain", f"{drained} undrained → back with 1 prepend",
                        lambda rs: drained in rs and rs[drained].prepend_count == 1, undrain)
     elapsed = round(time.monotonic() - started, 1)
