@@ -5,7 +5,9 @@ The regions, fleets and agents are ``gtm.testing.scenario``'s (shared with the p
 only the CLI's ``gtm demo`` imports this module.
 
 Every share printed comes from real DNS queries over UDP to the embedded server, with an EDNS
-Client Subnet option placing the client in the EU or the US.
+Client Subnet option placing the client in the EU or the US. Beside them, each step prints the
+anycast decision per prefix and region from the controller's plan (announce with its AS-path
+prepends, or withdraw); no BGP daemon runs in the demo (``gtm drill anycast`` runs the real path).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.table import Table
 
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.models.override import Override
+from gtm.models.plan import DesiredState
 from gtm.providers.dnsclient import query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
@@ -31,7 +34,9 @@ from gtm.store import connect
 from gtm.testing.ports import free_port
 from gtm.testing.scenario import (
     ADDRESS_TO_REGION,
+    ANYCAST_PREFIX,
     EU_CLIENT,
+    EU_PREFIX,
     FQDN,
     REGIONS,
     US_CLIENT,
@@ -52,6 +57,8 @@ class Step:
     took_s: float | None = None
     note: str = ""
     health: dict[str, str] = field(default_factory=dict)
+    anycast: dict[str, dict[str, str]] = field(default_factory=dict)
+    """prefix → region → ``announce``, ``announce +N`` (N AS-path prepends), ``withdraw``."""
 
 
 @dataclass
@@ -96,9 +103,9 @@ class Demo:
         return None
 
     async def record(self, title: str, n: int, took: float | None = None, note: str = "",
-                     health: dict[str, str] | None = None) -> Step:
+                     health: dict[str, str] | None = None, anycast: dict[str, dict[str, str]] | None = None) -> Step:
         step = Step(time.monotonic() - self.t0, title, await self.shares(EU_CLIENT, n),
-                    await self.shares(US_CLIENT, n), took, note, health or {})
+                    await self.shares(US_CLIENT, n), took, note, health or {}, anycast or {})
         self.steps.append(step)
         return step
 
@@ -112,6 +119,22 @@ DE_CLIENT = "80.128.5.0/24"
 
 def _fmt(shares: dict[str, float]) -> str:
     return " · ".join(f"{r} {v:.0%}" for r, v in shares.items())
+
+
+def anycast_view(state: DesiredState | None) -> dict[str, dict[str, str]]:
+    """prefix → region → the plan's anycast decision: ``announce``, ``announce +N`` (N AS-path
+    prepends: a reduced share), ``withdraw`` or ``withdraw (planned)``."""
+    if state is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for prefix, anns in sorted(state.announcements.items()):
+        row = out[prefix] = {}
+        for a in anns:
+            if a.action == "announce":
+                row[a.region] = "announce" + (f" +{a.prepend}" if a.prepend else "")
+            else:
+                row[a.region] = "withdraw" + (" (planned)" if a.planned else "")
+    return out
 
 
 async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False) -> bool:
@@ -138,6 +161,10 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         for r, rs in st.regions.items():
             out[r] = rs.state + (f" ({rs.override})" if rs.override else "")
         return out
+
+    def bgp() -> dict[str, dict[str, str]]:
+        return anycast_view(ctl.state)
+
     ok = True
     problems: list[str] = []
     if not json_out:
@@ -160,6 +187,10 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         if step.health:
             hl = " · ".join(f"{r} {h}" for r, h in sorted(step.health.items()))
             console.print(f"         health:     {hl}", soft_wrap=True, highlight=False)
+        for prefix, row in step.anycast.items():
+            label = "EU seg." if prefix == EU_PREFIX else "default"
+            an = " · ".join(f"{r} {d}" for r, d in sorted(row.items()))
+            console.print(f"         anycast {prefix} ({label}): {an}", soft_wrap=True, highlight=False)
         if step.note:
             console.print(f"         {step.note}", soft_wrap=True, highlight=False)
 
@@ -175,7 +206,11 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         # 1. steady state
         took = await demo.wait_for(US_CLIENT, lambda s: len([r for r in s if r not in ("none",)]) >= 3, 20)
         expect(took is not None, "steady state reached with regions answering")
-        say(await demo.record("steady state: all four regions healthy", queries, took, health=health()))
+        st = await demo.record("steady state: all four regions healthy", queries, took, health=health(),
+                               anycast=bgp())
+        expect(all(d.startswith("announce") for d in st.anycast.get(ANYCAST_PREFIX, {"-": "none"}).values()),
+               f"{ANYCAST_PREFIX} announced from every region in steady state")
+        say(st)
         de = await demo.shares(DE_CLIENT, 20)
         expect(set(de) <= {"eu-west-1", "eu-central-1"}, f"a German client ({DE_CLIENT}) gets EU regions only")
         if not json_out:
@@ -189,8 +224,10 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         expect(took is not None, f"{failed} excluded after its fleet failed")
         st = await demo.record(f"{failed} fleet fails (vLLM /health 503) → failover", queries, took,
                                note=f"reason: {ctl.state.regions[failed].reason if ctl.state else '?'}",
-                               health=health())
+                               health=health(), anycast=bgp())
         expect(st.eu.get(failed, 0) == 0 and st.us.get(failed, 0) == 0, f"{failed} share is 0 %")
+        expect(all(row.get(failed) == "withdraw" for row in st.anycast.values()) and bool(st.anycast),
+               f"{failed} withdraws every anycast prefix at once (a failure: no graceful shutdown)")
         say(st)
 
         # 3. it recovers
@@ -198,9 +235,9 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(failed, 0) > 0, 15)
         expect(took is not None, f"{failed} takes traffic again after recovery")
         say(await demo.record(f"{failed} recovers (rise 3 checks) → ramping back in planned steps", queries, took,
-                              health=health()))
+                              health=health(), anycast=bgp()))
         await asyncio.sleep(1.0 if fast else 4.5)
-        st = await demo.record(f"{failed} back at full weight", queries, health=health())
+        st = await demo.record(f"{failed} back at full weight", queries, health=health(), anycast=bgp())
         expect(st.eu.get(failed, 0) > 0.2, f"{failed} back to a real share")
         say(st)
 
@@ -210,8 +247,11 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
                                           actor="demo-operator", since=time.time()))
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) == 0, 15)
         expect(took is not None, f"{drained} drained to 0 %")
-        st = await demo.record(f"operator drains {drained} (step 64 per 1s)", queries, took, health=health())
+        st = await demo.record(f"operator drains {drained} (step 64 per 1s)", queries, took, health=health(),
+                               anycast=bgp())
         expect(st.eu.get(drained, 0) == 0 and st.us.get(drained, 0) == 0, f"drained {drained} at 0 %")
+        expect(all(row.get(drained) == "withdraw (planned)" for row in st.anycast.values()) and bool(st.anycast),
+               f"drained {drained} withdraws every anycast prefix as a planned move")
         say(st)
 
         # 5. undrain
@@ -219,10 +259,14 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         took = await demo.wait_for(EU_CLIENT, lambda s: s.get(drained, 0) > 0, 15)
         expect(took is not None, f"{drained} takes traffic after undrain")
         await asyncio.sleep(1.0 if fast else 4.5)
-        say(await demo.record(f"undrain {drained} → ramped back", queries, took, health=health()))
+        say(await demo.record(f"undrain {drained} → ramped back", queries, took, health=health(), anycast=bgp()))
 
         expect(demo.eu_regions_seen <= {"eu-west-1", "eu-central-1"},
                f"EU answers only ever named EU regions (saw {sorted(demo.eu_regions_seen)})")
+        eu_announcers = {r for step in demo.steps for r, d in step.anycast.get(EU_PREFIX, {}).items()
+                         if d.startswith("announce")}
+        expect(bool(eu_announcers) and eu_announcers <= {"eu-west-1", "eu-central-1"},
+               f"the EU prefix {EU_PREFIX} is only ever announced from EU regions (saw {sorted(eu_announcers)})")
     finally:
         stop.set()
         for task in tasks:
@@ -245,6 +289,8 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     t.add_column("check")
     t.add_column("result")
     t.add_row("EU-subnet answers only EU regions", ", ".join(sorted(demo.eu_regions_seen)))
+    t.add_row(f"EU prefix {EU_PREFIX} announced from", ", ".join(sorted(
+        {r for step in demo.steps for r, d in step.anycast.get(EU_PREFIX, {}).items() if d.startswith("announce")})))
     t.add_row("DNS updates applied", str(dns.updates_applied))
     t.add_row("controller cycles / plans", f"{ctl.stats.cycles} / {ctl.stats.plans}")
     console.print(t)

@@ -36,6 +36,7 @@ from gtm.controller import actions
 from gtm.controller.loop import Controller
 from gtm.controller.status import gather_status
 from gtm.errors import ConfigError, GtmError, RefusedError, StoreError, UnknownRegionError, UsageError
+from gtm.models.plan import DesiredState
 from gtm.store import Store
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,37 @@ async def _metrics(request: web.Request) -> web.Response:
                 damped.labels(r).set(int(st.damped_until > now))
                 if st.override:
                     override.labels(r, st.override).set(1)
+            _announcement_metrics(state, reg)
     await _rollout_metrics(request, reg)
     await _rejected_metrics(request, reg)
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _announcement_metrics(state: DesiredState, reg: CollectorRegistry) -> None:
+    """The plan's anycast announcements per prefix and region (what the agents should send)."""
+    if not state.announcements:
+        return
+    labels = ["prefix", "region"]
+    announced = Gauge("gtm_anycast_announced", "1 when the plan announces the prefix from the region, "
+                      "0 when it withdraws it", labels, registry=reg)
+    prepend = Gauge("gtm_anycast_prepend", "AS-path prepends the plan asks for (announced prefixes)", labels,
+                    registry=reg)
+    med = Gauge("gtm_anycast_med", "MED the plan asks for (announced prefixes)", labels, registry=reg)
+    share = Gauge("gtm_anycast_share", "Region's share of the prefix's traffic the preference follows, "
+                  "fraction 0..1", labels, registry=reg)
+    planned = Gauge("gtm_anycast_withdraw_planned", "1 when a withdrawal is planned (drain, cordon, rollout: "
+                    "GRACEFUL_SHUTDOWN first)", labels, registry=reg)
+    changed = Gauge("gtm_anycast_changed_timestamp_seconds", "Unix time the announcement last changed",
+                    labels, registry=reg)
+    for prefix, anns in state.announcements.items():
+        for a in anns:
+            on = a.action == "announce"
+            announced.labels(prefix, a.region).set(int(on))
+            prepend.labels(prefix, a.region).set(a.prepend if on else 0)
+            med.labels(prefix, a.region).set(a.med if on else 0)
+            share.labels(prefix, a.region).set(a.share if on else 0.0)
+            planned.labels(prefix, a.region).set(int(a.planned and not on))
+            changed.labels(prefix, a.region).set(a.changed_at)
 
 
 async def _rejected_metrics(request: web.Request, reg: CollectorRegistry) -> None:

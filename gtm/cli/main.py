@@ -211,7 +211,7 @@ def plan_cmd(
                         git_regions_path, assume_healthy, exit_code)
         return
     from gtm.cli.render import render_plan
-    from gtm.controller.status import plan_now, pools_with_services
+    from gtm.controller.status import announcement_rows, plan_now, pools_with_services
     from gtm.store import connect
 
     cfg = _config_in_force(policies, regions, policies_git, policies_path, git_regions_path, debug)
@@ -244,6 +244,7 @@ def plan_cmd(
                     for d in state.decisions
                 ],
                 "pools": pools_with_services(state),
+                "announcements": announcement_rows(state),
                 "plan_ms": round(ms, 3),
             }
         )

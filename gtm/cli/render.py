@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gtm.controller.status import pools_with_services
+from gtm.controller.status import announcement_rows, pools_with_services
 from gtm.models.plan import DesiredState
 
 _STATE_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "magenta"}
@@ -83,6 +83,8 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             escape(weights), escape(", ".join(pool["services"])),
         )
     console.print(p)
+    if status.get("announcements"):
+        console.print(_anycast_table(status["announcements"], now, agent=True))
     current = state.get("generation") if state else None
     for name, info in status.get("providers", {}).items():
         gen = info.get("generation")
@@ -135,6 +137,46 @@ def render_bgp_agents(console: Console, status: dict[str, Any]) -> None:
     console.print(t)
 
 
+def _wants(row: dict[str, Any]) -> str:
+    if row["action"] == "announce":
+        return f"[green]announce[/] +{row['prepend']} MED {row['med']}"
+    return "[red]withdraw[/]" + (" (planned)" if row.get("planned") else "")
+
+
+def _agent(row: dict[str, Any], now: float) -> str:
+    """What the region's agent sent and ExaBGP acknowledged (from ``gtm:{ns}:bgp:<region>``)."""
+    agent = row.get("agent")
+    if agent is None:
+        return "agent: —"
+    route = agent.get("route") or {}
+    sent = route.get("sent_action") or "nothing sent"
+    ack = route.get("acked") or "-"
+    when = f" {_age(now, route['acked_at'])} ago" if route.get("acked_at") else ""
+    sessions = f"{agent.get('sessions_up', 0)}/{agent.get('sessions', 0)} sessions up"
+    if agent.get("connected") is False:
+        sessions += ", ExaBGP not connected"
+    return f"sent {sent}, ack {ack}{when}; {sessions}"
+
+
+def _anycast_table(rows: list[dict[str, Any]], now: float, *, agent: bool) -> Table:
+    """Per prefix and region: what the plan wants, the share it follows, why (and the agent's side)."""
+    t = Table(title="anycast")
+    cols = ["prefix", "region", "plan wants", "share", "reason"] + (["agent / ExaBGP"] if agent else [])
+    for col in cols:
+        t.add_column(col, overflow="fold")
+    last = None
+    for row in rows:
+        cells = [
+            escape(row["prefix"]) if row["prefix"] != last else "", escape(row["region"]), _wants(row),
+            f"{row['share']:.0%}" if row["action"] == "announce" else "-", escape(row["reason"]),
+        ]
+        if agent:
+            cells.append(escape(_agent(row, now)))
+        t.add_row(*cells)
+        last = row["prefix"]
+    return t
+
+
 def render_plan(console: Console, state: DesiredState, previous: DesiredState | None) -> None:
     """Print what the controller would do now, with the reason for each decision."""
     if state.held:
@@ -158,3 +200,5 @@ def render_plan(console: Console, state: DesiredState, previous: DesiredState | 
                 escape(m["region"]), str(m["weight"]), escape(m["reason"]),
             )
     console.print(p)
+    if state.announcements:
+        console.print(_anycast_table(announcement_rows(state), state.generated_at, agent=False))

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gtm.config.anycast import anycast_reasons
 from gtm.errors import ConfigError
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory, Region
@@ -355,6 +356,7 @@ def cross_check(policy: Policy, inventory: Inventory) -> list[str]:
                     f"{svc.name!r} is pinned to {list(seg.residency.jurisdictions)} but none of "
                     f"its regions {list(pool)} is in those jurisdictions"
                 )
+    reasons.extend(anycast_reasons(policy, inventory))
     return reasons
 
 

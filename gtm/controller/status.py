@@ -58,6 +58,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
             if fields.get("generation") == str(desired.generation):
                 desired_commit = fields.get("policy_commit", "")
                 break
+    bgp = await _bgp_states(store, regions)
     providers = {}
     names = ["embedded-dns", *(p.name for p in config.policy.providers)] if config is not None else ["embedded-dns"]
     for name in names:
@@ -101,6 +102,11 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
                     if desired is not None
                     else {}
                 ),
+                "anycast": (
+                    {prefix: a.action for prefix, anns in desired.announcements.items() for a in anns if a.region == r}
+                    if desired is not None
+                    else {}
+                ),
             }
         )
     return {
@@ -125,6 +131,8 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         ),
         "regions": rows,
         "pools": pools_with_services(desired) if desired is not None else [],
+        "announcements": announcement_rows(desired, bgp) if desired is not None else [],
+        "bgp": bgp,
         "providers": providers,
         "rejected_reports": sum(n for by in rejected.values() for n in by.values()),
         "bgp_agents": await bgp_agents(store, regions),
@@ -149,6 +157,55 @@ async def plan_now(store: Store, config: Config, now: float | None = None) -> tu
                                     inventory=config.inventory, thresholds=config.policy.health)
     state = plan(config.policy, config.inventory, now=now, digest=config.digest, **inputs.plan_kwargs())
     return state, inputs.previous
+
+
+async def _bgp_states(store: Store, regions: list[str]) -> dict[str, dict[str, Any]]:
+    """What each region agent's BGP speaker reported (``gtm:{ns}:bgp:<region>``), as JSON-ready
+    dicts by region; {} when none is stored or this store cannot read them."""
+    read = getattr(store, "get_bgp_states", None)  # written by `gtm agent --bgp exabgp`
+    if read is None or not regions:
+        return {}
+    states = await read(regions)
+    return {r: (st.model_dump(mode="json") if hasattr(st, "model_dump") else dict(st)) for r, st in states.items()}
+
+
+def announcement_rows(state: DesiredState, bgp: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (prefix, region): the announcement the plan wants and, when the region's
+    agent reported its BGP speaker, what it sent and what ExaBGP acknowledged (``agent``:
+    None when no such report is stored).
+
+    Args:
+        state: the plan.
+        bgp: region → the agent's BGP state as a dict (``BgpState``: ``routes`` by prefix with
+            ``sent_action``, ``acked``, ``acked_at``...; ``peers`` by address with ``up``).
+    """
+    bgp = bgp or {}
+    out = []
+    for prefix in sorted(state.announcements):
+        for a in state.announcements[prefix]:
+            agent = bgp.get(a.region)
+            route = (agent.get("routes") or {}).get(prefix) if agent is not None else None
+            peers = (agent.get("peers") or {}) if agent is not None else {}
+            out.append({
+                "prefix": prefix,
+                "region": a.region,
+                "action": a.action,
+                "prepend": a.prepend,
+                "med": a.med,
+                "communities": list(a.communities),
+                "share": a.share,
+                "planned": a.planned,
+                "reason": a.reason,
+                "changed_at": a.changed_at,
+                "agent": None if agent is None else {
+                    "connected": agent.get("connected"),
+                    "sessions_up": sum(1 for p in peers.values() if p.get("up")),
+                    "sessions": len(peers),
+                    "last_ack_at": agent.get("last_ack_at"),
+                    "route": route,
+                },
+            })
+    return out
 
 
 def pools_with_services(state: DesiredState) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ another service's pool (e.g. a smaller distilled model), inside the same residen
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from gtm.models.plan import Decision, PoolPlan, SegmentRoute, ServicePlan
@@ -72,5 +73,5 @@ def apply_fallbacks(
         if changed:
             if out is services:
                 out = dict(services)
-            out[svc.fqdn] = ServicePlan(plan.name, plan.fqdn, plan.zone, plan.ttl, tuple(routes))
+            out[svc.fqdn] = dataclasses.replace(plan, segments=tuple(routes))
     return out, decisions

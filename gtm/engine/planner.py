@@ -19,16 +19,20 @@ Order of judgement:
 4. When no region of a pool can serve: ``on_all_unhealthy`` (``fail-static`` holds the previous
    pool, ``fail-open`` spreads over every non-drained eligible region); otherwise the pool is
    dark, said loudly. Never spill outside a residency pin.
+5. **Anycast** announcements per (prefix, region) from the same pools (``gtm.engine.anycast``):
+   weight > 0 announces, with prepends and MED from the region's share; weight 0 withdraws.
 
 Pools with the same inputs are computed once and shared by every service that uses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gtm.engine.anycast import PrefixSpec, plan_announcements, prefix_specs
 from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
 from gtm.engine.demand import smoothed_load
 from gtm.engine.fallback import apply_fallbacks
@@ -152,6 +156,10 @@ def plan(
         else:
             settled.pop(pool_id, None)
         pools[pool_id] = pool
+    announcements, anycast_decisions = plan_announcements(
+        compiled.prefixes, services, pools, statuses, previous.announcements if previous is not None else {},
+        policy, caps or {}, now,
+    )
     services, fallback_decisions = apply_fallbacks(policy, inventory, services, pools)
     endpoints = compiled.endpoints
     state = DesiredState(
@@ -164,11 +172,13 @@ def plan(
         pools=pools,
         services=services,
         endpoints=endpoints,
-        decisions=(*_decisions(previous, statuses, pools, now), *fallback_decisions),
+        decisions=(*_decisions(previous, statuses, pools, now), *fallback_decisions, *anycast_decisions),
+        announcements=announcements,
     )
     if (
         previous is not None and not previous.held and previous.policy_digest == digest
         and previous.services is services and previous.endpoints is endpoints
+        and previous.announcements is announcements
         and len(previous.pools) == len(pools)
         and all(previous.pools.get(pid) is pool for pid, pool in pools.items())
     ):
@@ -187,6 +197,7 @@ class _Compiled:
     pool_keys: dict[str, _PoolKey]
     endpoints: dict[str, tuple[tuple[str, str], ...]]
     regions: list[str]
+    prefixes: tuple[PrefixSpec, ...] = ()
     settled_pools: dict[str, tuple[tuple[object, ...], PoolPlan]] = field(default_factory=dict)
     """pool id → (input signature, plan) of pools last planned settled and unchanged; reused
     while the signature holds and the previous plan passes that very pool object back."""
@@ -238,7 +249,8 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
         rkey = (svc.regions, svc.model, svc.routing, static_items, svc.segments)
         cached = route_cache.get(rkey)
         if cached is not None:
-            services[svc.fqdn] = ServicePlan(name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=cached)
+            services[svc.fqdn] = ServicePlan(name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=cached,
+                                             dns="dns" in svc.planes)
             continue
         routes = []
         for seg in _ordered_segments(svc):
@@ -276,13 +288,15 @@ def _compile(policy: Policy, inventory: Inventory) -> _Compiled:
             )
         route_cache[rkey] = tuple(routes)
         services[svc.fqdn] = ServicePlan(
-            name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=route_cache[rkey]
+            name=svc.name, fqdn=svc.fqdn, zone=svc.zone, ttl=svc.ttl, segments=route_cache[rkey],
+            dns="dns" in svc.planes,
         )
     regions = sorted(r for r in policy.region_names if r in inventory.regions)
     endpoints = {
         r: tuple((e.rdtype, e.value) for e in inventory.regions[r].endpoints) for r in regions
     }
-    return _Compiled(services=services, pool_keys=pool_keys, endpoints=endpoints, regions=regions)
+    return _Compiled(services=services, pool_keys=pool_keys, endpoints=endpoints, regions=regions,
+                     prefixes=prefix_specs(policy, inventory))
 
 
 def _previous_pool(
@@ -327,7 +341,7 @@ def _with_caps(
             routes.append(
                 SegmentRoute(route.segment, route.continents, route.countries, pool_id, route.jurisdictions)
             )
-        services[svc.fqdn] = ServicePlan(plan_.name, plan_.fqdn, plan_.zone, plan_.ttl, tuple(routes))
+        services[svc.fqdn] = dataclasses.replace(plan_, segments=tuple(routes))
     used = {r.pool_id for s in services.values() for r in s.segments}
     return {k: v for k, v in pool_keys.items() if k in used}, services
 
@@ -351,7 +365,7 @@ def _hold(
     if previous is None:
         return DesiredState(
             generation=0, generated_at=now, policy_digest=digest, held=True,
-            hold_reason=reason + " (none yet: publishing nothing)", regions={}, pools={},
+            hold_reason=reason + " (none yet: publishing nothing, announcing nothing)", regions={}, pools={},
             services={}, endpoints={},
             decisions=(Decision("plan", "hold", reason),), rejoin_since=rejoin_since,
         )
@@ -367,6 +381,7 @@ def _hold(
         endpoints=previous.endpoints,
         decisions=(Decision("plan", "hold", reason),),
         rejoin_since=rejoin_since,
+        announcements=previous.announcements,
     )
 
 

@@ -12,10 +12,17 @@ Invariants (a break makes verify fail):
 - failover: a failed region takes no traffic unless its pool is held (fail-static) or opened
   (fail-open), which are reported;
 - drains: a drained region never gains weight while draining;
-- determinism: the same inputs give the same routing digest.
+- determinism: the same inputs give the same routing digest;
+- anycast (``gtm.engine.anycast``): a pinned prefix is only announced from regions in its
+  jurisdictions; a failed region does not announce unless the pool or the prefix fails static
+  or open; a region announces exactly when its pool weight is > 0 (but when the prefix fails
+  static or open); a prefix is never withdrawn everywhere while a region that may announce it
+  has weight; a draining region never announces more preferred (fewer prepends, lower MED) nor
+  comes back.
 
 Findings (reported, not failures): segments left dark, pools over capacity (the pool's demand
-exceeds what its surviving regions can take), reliance on fail-open/fail-static/spill/fallback.
+exceeds what its surviving regions can take), reliance on fail-open/fail-static/spill/fallback,
+prefixes withdrawn everywhere.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+from gtm.engine.anycast import PrefixSpec, prefix_specs
 from gtm.engine.planner import PlanCache, plan
 from gtm.models.override import Override
-from gtm.models.plan import DesiredState
+from gtm.models.plan import Announcement, DesiredState, PoolPlan
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory
 from gtm.models.report import FleetReport, ModelStats
@@ -132,6 +140,59 @@ def _check(
                     sc.over_capacity.append(f"{where} ({demand:.1f} > {capacity:.1f})")
 
 
+def _own_pool(state: DesiredState, spec: PrefixSpec) -> PoolPlan | None:
+    """The pool of the segment the prefix serves; None when the segment falls back to another
+    service (its DNS answers then come from that service's pool, which anycast does not follow)."""
+    svc = state.services.get(spec.fqdn)
+    route = next((r for r in svc.segments if r.segment == spec.segment), None) if svc is not None else None
+    if route is None or route.note:
+        return None
+    return state.pools.get(route.pool_id)
+
+
+def _check_anycast(
+    inventory: Inventory, state: DesiredState, specs: tuple[PrefixSpec, ...], failed: set[str], sc: Scenario
+) -> None:
+    for spec in specs:
+        anns = state.announcements.get(spec.prefix, ())
+        if not spec.eligible:
+            continue
+        where = f"anycast {spec.prefix} ({spec.service}/{spec.segment})"
+        pool = _own_pool(state, spec)
+        weights = {r: pool.weight_of(r) if pool is not None else 0 for r in spec.eligible}
+        mode = pool.mode if pool is not None else "fallback"
+        fallback = next((a.reason.split(":")[0] for a in anns if a.reason.startswith(("FAIL-STATIC", "FAIL-OPEN"))),
+                        "")
+        if fallback:
+            sc.relies_on.append(f"{fallback.lower()} at {where}")
+        announcing = [a.region for a in anns if a.action == "announce"]
+        if not announcing:
+            sc.dark.append(where)
+            if pool is not None and any(w > 0 for w in weights.values()):
+                sc.broken.append(f"anycast: {where} withdrawn everywhere while {weights} can serve")
+        if spec.jurisdictions:
+            outside = [r for r in announcing if inventory.regions[r].jurisdiction not in spec.jurisdictions]
+            if outside:
+                pin = "/".join(spec.jurisdictions)
+                sc.broken.append(f"residency: {where} pinned to {pin} announced from {outside}")
+        if not fallback and pool is not None:
+            dead = [r for r in announcing if r in failed]
+            if dead and mode == "normal":
+                sc.broken.append(f"failover: {where} still announced from failed {dead}")
+            disagree = [r for r in spec.eligible if (weights[r] > 0) != (r in announcing)]
+            if disagree:
+                sc.broken.append(f"anycast: {where} disagrees with the DNS weights for {disagree}")
+
+
+def _more_preferred(before: Announcement | None, after: Announcement | None) -> bool:
+    """Whether ``after`` announces where ``before`` withdrew, or with fewer prepends or a lower MED."""
+    if after is None or after.action != "announce":
+        return False
+    if before is None or before.action != "announce":
+        return True
+    return after.prepend < before.prepend or after.med < before.med
+
+
 def verify(
     policy: Policy,
     inventory: Inventory,
@@ -157,6 +218,7 @@ def verify(
     load_of = {r: replicas[r] * load for r in regions}
     cap_of = {r: float(replicas[r]) for r in regions}
     digest = "verify"
+    specs = prefix_specs(policy, inventory)
     baseline = plan(policy, inventory, good, {}, None, T0, digest=digest, cache=cache)
     if n <= max_exhaustive:
         max_k, exhaustive = n, True
@@ -177,6 +239,7 @@ def verify(
             state = plan(policy, inventory, reps, {}, baseline, T0 + 1, digest=digest, cache=cache)
             sc = Scenario(failed=failed)
             _check(policy, inventory, state, fs, sc, load_of, cap_of)
+            _check_anycast(inventory, state, specs, fs, sc)
             if count % check_determinism_every == 0:
                 again = plan(policy, inventory, reps, {}, baseline, T0 + 1, digest=digest, cache=cache)
                 if again.routing_digest() != state.routing_digest():
@@ -197,6 +260,11 @@ def verify(
             for pid, p in nxt.pools.items():
                 if p.weight_of(r) > before.get(pid, p.weight_of(r)):
                     sc.broken.append(f"drain: {r} gained weight in {pid}")
+            for prefix, anns in nxt.announcements.items():
+                was = next((a for a in state.announcements.get(prefix, ()) if a.region == r), None)
+                now_a = next((a for a in anns if a.region == r), None)
+                if _more_preferred(was, now_a):
+                    sc.broken.append(f"drain: {r} announced {prefix} more preferred while draining")
             now_w = {pid: p.weight_of(r) for pid, p in nxt.pools.items()}
             if now_w == before and i > 1:
                 held = sorted({m.reason for p in nxt.pools.values() for m in p.members
@@ -209,6 +277,7 @@ def verify(
                 break
             before, state = now_w, nxt
         _check(policy, inventory, state, set(), sc, load_of, cap_of)
+        _check_anycast(inventory, state, specs, set(), sc)
         broken += bool(sc.broken)
         if sc.notable:
             notable.append(sc)

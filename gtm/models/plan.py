@@ -159,13 +159,18 @@ class SegmentRoute:
 
 @dataclass(frozen=True, slots=True)
 class ServicePlan:
-    """A service's routing: its name, TTL and a pool per segment (most specific first)."""
+    """A service's routing: its name, TTL and a pool per segment (most specific first).
+
+    ``dns`` is False for an anycast-only service (``data_planes: [anycast]``): its pools drive
+    the announcements, and DNS providers publish no record for it.
+    """
 
     name: str
     fqdn: str
     zone: str
     ttl: int
     segments: tuple[SegmentRoute, ...]
+    dns: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +335,7 @@ def _services_digest(services: dict[str, ServicePlan]) -> str:
     h = hashlib.blake2b(digest_size=12)
     for fqdn in sorted(services):
         s = services[fqdn]
-        h.update(f"{fqdn}|{s.zone}|{s.ttl}|".encode())
+        h.update(f"{fqdn}|{s.zone}|{s.ttl}|{'' if s.dns else 'no-dns|'}".encode())
         for r in s.segments:
             h.update(f"{r.segment}:{r.continents}:{r.countries}:{r.pool_id}:{r.jurisdictions};".encode())
     digest = h.hexdigest()

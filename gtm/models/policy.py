@@ -14,6 +14,8 @@ from gtm.models.rollout import RolloutSpec
 
 RoutingMode = Literal["capacity", "static"]
 AllUnhealthy = Literal["fail-static", "fail-open"]
+DataPlane = Literal["dns", "anycast"]
+"""How clients reach a service: weighted DNS answers, or one anycast prefix announced by BGP."""
 
 
 class _Strict(BaseModel):
@@ -132,6 +134,28 @@ class Residency(_Strict):
     jurisdictions: tuple[str, ...] = Field(min_length=1)
 
 
+class Anycast(_Strict):
+    """An anycast prefix: one prefix announced by BGP from several regions (``gtm.engine.anycast``).
+
+    Attributes:
+        prefix: the network, CIDR with the host bits zero (``198.51.100.0/24``,
+            ``2001:db8:100::/48``); normalised (``str(ipaddress.ip_network(...))``).
+    """
+
+    prefix: str
+
+    @field_validator("prefix")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_network(v.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(
+                f"{v!r} is not a network prefix ({exc}); write the network address with its length, "
+                "e.g. 198.51.100.0/24"
+            ) from None
+
+
 class Segment(_Strict):
     """A slice of a service's clients with its own pool.
 
@@ -144,6 +168,8 @@ class Segment(_Strict):
             ``fail-closed`` (default) leaves it explicitly dark; ``spill`` sends it to the
             service's regions in ``spill_to`` jurisdictions, loudly. Never spills silently.
         spill_to: jurisdictions a pinned segment may spill to (needs ``on_unavailable: spill``).
+        anycast: the segment's own anycast prefix, announced only from the segment's eligible
+            regions (its residency pin holds for it in every failure; anycast never spills).
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -152,6 +178,7 @@ class Segment(_Strict):
     regions: tuple[str, ...] | None = None
     on_unavailable: Literal["fail-closed", "spill"] = "fail-closed"
     spill_to: tuple[str, ...] = ()
+    anycast: Anycast | None = None
 
     @model_validator(mode="after")
     def _spill(self) -> Segment:
@@ -188,6 +215,12 @@ class Service(_Strict):
             ``client_networks`` entry and no GeoIP record covers them); None means the
             default segment. Naming a pinned segment (``eu``) keeps unlocated clients of an
             EU-only deployment in the EU.
+        anycast: the service's anycast prefix; it serves the catch-all (default) segment's
+            pool. A segment may name its own prefix instead (``segments[].anycast``).
+        data_planes: ``[dns]``, ``[anycast]`` or ``[dns, anycast]``. Default: ``dns``, plus
+            ``anycast`` when the service or one of its segments names a prefix. An anycast-only
+            service publishes no DNS records (providers skip it; its pools still drive the
+            announcements).
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -201,6 +234,19 @@ class Service(_Strict):
     segments: tuple[Segment, ...] = ()
     fallback: str | None = None
     unlocated_segment: str | None = None
+    anycast: Anycast | None = None
+    data_planes: tuple[DataPlane, ...] | None = None
+
+    @field_validator("data_planes")
+    @classmethod
+    def _planes(cls, v: tuple[DataPlane, ...] | None) -> tuple[DataPlane, ...] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("data_planes is empty: the service would be unreachable; use [dns], [anycast] or both")
+        if len(set(v)) != len(v):
+            raise ValueError(f"data_planes lists a plane twice: {list(v)}")
+        return v
 
     @field_validator("unlocated_segment")
     @classmethod
@@ -246,7 +292,67 @@ class Service(_Strict):
             for r in seg.regions or ():
                 if r not in self.regions:
                     raise ValueError(f"segment {seg.name!r} names region {r!r}, not in regions")
+        self._check_anycast()
         return self
+
+    def _check_anycast(self) -> None:
+        own = [s.name for s in self.segments if s.anycast is not None]
+        planes = self.planes
+        if "anycast" in planes and self.anycast is None and not own:
+            raise ValueError(
+                "data_planes includes anycast but no prefix is named: add anycast: {prefix: ...} to the "
+                "service or to its segments"
+            )
+        if "anycast" not in planes and (self.anycast is not None or own):
+            raise ValueError(
+                f"an anycast prefix is named but data_planes {list(planes)} leaves anycast out: add anycast "
+                "to data_planes or remove the prefix"
+            )
+        default = next((s for s in self.all_segments if s.is_default), None)
+        if self.anycast is not None and default is not None and default.anycast is not None:
+            raise ValueError(
+                f"both the service ({self.anycast.prefix}) and its catch-all segment {default.name!r} "
+                f"({default.anycast.prefix}) name an anycast prefix for the same clients; keep one"
+            )
+        if planes == frozenset({"anycast"}):
+            # No DNS answer places these clients: each segment is reached through a prefix.
+            for seg in self.all_segments:
+                if seg.anycast is not None:
+                    continue
+                if seg.residency is not None:
+                    raise ValueError(
+                        f"anycast-only service: segment {seg.name!r} is pinned to "
+                        f"{list(seg.residency.jurisdictions)} but has no prefix of its own; an anycast "
+                        "route cannot tell where a client is, so give the segment "
+                        "anycast: {prefix: ...} (announced only from its jurisdictions)"
+                    )
+                if self.anycast is None:
+                    raise ValueError(
+                        f"anycast-only service: segment {seg.name!r} has no prefix and the service names "
+                        "none, so its clients would have no way in; add anycast: {prefix: ...}"
+                    )
+
+    @property
+    def planes(self) -> frozenset[DataPlane]:
+        """The data planes in force: ``data_planes``, or its default (see the class)."""
+        if self.data_planes is not None:
+            return frozenset(self.data_planes)
+        if self.anycast is not None or any(s.anycast is not None for s in self.segments):
+            return frozenset({"dns", "anycast"})
+        return frozenset({"dns"})
+
+    def prefix_segments(self) -> tuple[tuple[str, Segment], ...]:
+        """``(prefix, segment it serves)`` for each anycast prefix of the service: a segment's own,
+        and the service's, which serves the catch-all segment. Empty without anycast."""
+        if "anycast" not in self.planes:
+            return ()
+        out = []
+        for seg in self.all_segments:
+            if seg.anycast is not None:
+                out.append((seg.anycast.prefix, seg))
+            elif seg.is_default and self.anycast is not None:
+                out.append((self.anycast.prefix, seg))
+        return tuple(out)
 
     @property
     def all_segments(self) -> tuple[Segment, ...]:
@@ -375,7 +481,24 @@ class Policy(_Strict):
         for s in self.services:
             if s.zone not in zones:
                 raise ValueError(f"service {s.name!r} is in zone {s.zone!r}, not declared in zones")
+        self._check_prefixes()
         return self
+
+    def _check_prefixes(self) -> None:
+        """One prefix belongs to one service segment: no prefix repeats or overlaps another (the
+        more specific one would take the other's traffic wherever both are announced)."""
+        seen: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, str]] = []
+        for s in self.services:
+            for prefix, seg in s.prefix_segments():
+                net = ipaddress.ip_network(prefix)
+                for other, svc, segname in seen:
+                    if net.version == other.version and net.overlaps(other):
+                        what = "is also used by" if net == other else f"overlaps {other} of"
+                        raise ValueError(
+                            f"service {s.name!r}: anycast prefix {prefix} (segment {seg.name!r}) {what} "
+                            f"service {svc!r} (segment {segname!r}); a prefix belongs to one service segment"
+                        )
+                seen.append((net, s.name, seg.name))
 
     @property
     def region_names(self) -> frozenset[str]:

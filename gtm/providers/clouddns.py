@@ -88,6 +88,7 @@ from gtm.providers.records import (
     Plan,
     RecordSet,
     blocked_by_foreign,
+    dns_services,
     normalize_name,
     split_ownership,
 )
@@ -224,8 +225,9 @@ class CloudDnsProvider(Provider):
         """
         zone = normalize_name(zone)
         out: list[RecordSet] = []
-        for fqdn in sorted(state.services):
-            svc = state.services[fqdn]
+        published = dns_services(state)
+        for fqdn in sorted(published):
+            svc = published[fqdn]
             if normalize_name(svc.zone) == zone:
                 out.extend(self._render_service(state, svc, zone))
         return out

@@ -77,6 +77,7 @@ from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.policy import Zone
 from gtm.providers.geo import Location, PrefixTable
 from gtm.providers.geoip import REFRESH_INTERVAL_S, GeoIpTable
+from gtm.providers.records import dns_services
 
 if TYPE_CHECKING:
     from gtm.providers.dns_metrics import EmbeddedDnsCollector
@@ -785,7 +786,7 @@ def _build_snapshot(
         services_by_zone[_abs(zone.name)] = []
     served: list[str] = []
     if state is not None:
-        for svc in state.services.values():
+        for svc in dns_services(state).values():
             origin = _find_served_zone(services_by_zone, _abs(svc.fqdn))
             if origin is None:
                 log.warning("update: service %s is in no zone served here; ignored", svc.fqdn)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gtm.errors import UnsafePlanError
+from gtm.models.plan import DesiredState, ServicePlan
 
 OWNER_PREFIX = "_gtm-owner"
 """Ownership markers are TXT records at ``_gtm-owner.<name>`` (ExternalDNS' TXT registry idea)."""
@@ -42,6 +43,13 @@ def normalize_name(name: str) -> str:
             raise ValueError(f"label {enc!r} longer than 63 octets")
         labels.append(enc)
     return ".".join(labels)
+
+
+def dns_services(state: DesiredState) -> dict[str, ServicePlan]:
+    """The services DNS providers publish, by fqdn: all but the anycast-only ones
+    (``data_planes: [anycast]``), which publish no record. Zones are still judged from every
+    service (``Provider.zones_of``), so a service turning anycast-only has its records deleted."""
+    return {fqdn: s for fqdn, s in state.services.items() if s.dns}
 
 
 def owner_marker_name(name: str) -> str:

@@ -82,6 +82,7 @@ from gtm.providers.records import (
     Observed,
     Plan,
     RecordSet,
+    dns_services,
     normalize_name,
     split_ownership,
 )
@@ -277,8 +278,9 @@ class Rfc2136Provider(Provider):
         zone_n = normalize_name(zone)
         out: list[RecordSet] = []
         claimed: dict[str, str] = {}
-        for fqdn in sorted(state.services):
-            svc = state.services[fqdn]
+        published = dns_services(state)
+        for fqdn in sorted(published):
+            svc = published[fqdn]
             if normalize_name(svc.zone) != zone_n:
                 continue
             for route in svc.segments:  # most specific first; the first default segment wins

@@ -92,6 +92,7 @@ from gtm.providers.records import (
     RecordSet,
     blocked_by_foreign,
     diff,
+    dns_services,
     normalize_name,
     split_ownership,
 )
@@ -293,7 +294,7 @@ class Route53Provider(Provider):
         """
         z = normalize_name(zone)
         services = sorted(
-            (s for s in state.services.values() if _norm_name(s.zone) == z), key=lambda s: _norm_name(s.fqdn)
+            (s for s in dns_services(state).values() if _norm_name(s.zone) == z), key=lambda s: _norm_name(s.fqdn)
         )
         service_names = {_norm_name(s.fqdn) for s in services}
         out: list[RecordSet] = []

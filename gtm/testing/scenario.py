@@ -1,9 +1,11 @@
 """The four-region scenario ``gtm demo`` and ``gtm drill providers`` run: simulated fleets,
 their agents and the config a controller plans from, all in one process on 127.0.0.1.
 
-Two US and two EU regions, each with one simulated fleet (``gtm.sim``) of a different engine;
-an EU segment with EU residency and a default segment; clients placed by EDNS Client Subnet
-in ``EU_CLIENT`` or ``US_CLIENT``.
+Two US and two EU regions, each with one simulated fleet (``gtm.sim``) of a different engine
+and a BGP side; an EU segment with EU residency and a default segment; clients placed by EDNS
+Client Subnet in ``EU_CLIENT`` or ``US_CLIENT``. The service also takes anycast: the EU segment
+has its own prefix (``EU_PREFIX``, announced only from EU regions), the service's prefix
+(``ANYCAST_PREFIX``) serves the default segment.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from gtm.models.region import Inventory, Region
 from gtm.sim.fleet import start_fleet
 
 __all__ = [
-    "ADDRESS_TO_REGION", "EU_CLIENT", "FQDN", "MODEL", "REGIONS", "US_CLIENT", "VERSION",
+    "ADDRESS_TO_REGION", "ANYCAST_PREFIX", "EU_CLIENT", "EU_PREFIX", "FQDN", "MODEL", "REGIONS", "US_CLIENT",
+    "VERSION",
     "scenario_config", "set_fleet_mode", "start_fleets_and_agents",
 ]
 
@@ -28,6 +31,12 @@ FQDN = "chat.gtm.example.com"
 EU_CLIENT = "100.96.7.0/24"
 US_CLIENT = "100.64.9.0/24"
 MODEL = "llama-3.1-8b"
+ANYCAST_PREFIX = "203.0.113.0/24"
+"""The service's anycast prefix (serves the default segment)."""
+EU_PREFIX = "198.51.100.0/24"
+"""The EU segment's own anycast prefix: announced only from EU regions."""
+PEER_ASN = 65000
+"""The upstream router every region's speaker peers with (no BGP daemon runs in the demo)."""
 VERSION = "llama-3.1-8b-2026-10"
 
 # region, jurisdiction, continent, client network, endpoint, engine kind, replicas
@@ -45,7 +54,7 @@ def scenario_config(ports: dict[str, int]) -> Config:
     """The scenario's inventory and policy (the same shape as ``regions/`` and ``policies/``);
     ``ports`` maps each region to its simulated fleet's port on 127.0.0.1."""
     regions = {}
-    for name, jur, cont, net, addr, kind, replicas in REGIONS:
+    for i, (name, jur, cont, net, addr, kind, replicas) in enumerate(REGIONS):
         fleet: list[dict[str, Any]] = [
             {"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{ports[name]}",
              "model": MODEL, "version": VERSION, "replicas": replicas},
@@ -55,7 +64,9 @@ def scenario_config(ports: dict[str, int]) -> Config:
         regions[name] = Region.model_validate(
             {"name": name, "jurisdiction": jur,
              "geography": {"continent": cont, "client_networks": [net]},
-             "endpoints": [{"address": addr}], "fleet": fleet}
+             "endpoints": [{"address": addr}], "fleet": fleet,
+             "bgp": {"local_asn": 65001 + i, "local_address": f"127.0.0.{11 + i}", "next_hop": addr,
+                     "peers": [{"address": "127.0.0.1", "asn": PEER_ASN}]}}
         )
     inventory = Inventory(regions=regions)
     policy = Policy.model_validate(
@@ -69,9 +80,10 @@ def scenario_config(ports: dict[str, int]) -> Config:
                 {"name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30,
                  "model": MODEL, "routing": "capacity",
                  "regions": [r[0] for r in REGIONS],
+                 "anycast": {"prefix": ANYCAST_PREFIX},
                  "segments": [
                      {"name": "eu", "match": {"continents": ["EU"]},
-                      "residency": {"jurisdictions": ["EU"]}},
+                      "residency": {"jurisdictions": ["EU"]}, "anycast": {"prefix": EU_PREFIX}},
                      {"name": "default"},
                  ]},
             ],
