@@ -9,10 +9,16 @@ and BIRD 2 on loopback, agents as separate processes with default settings, a pr
   preference 0, so traffic already moves) — the agent reads the plan every 0.25 s;
 - ``drain_gone``: ... and until the route is gone (after the default 5 s hold).
 
-The plan is written by the benchmark, standing in for the controller, so the drain figures
-leave out the controller's own reaction (its tick, 0.5 s, and the engine's pacing). The DNS
-path for a killed fleet (``failover.killed``: agent → Redis → controller → embedded DNS
-answers) is copied beside the fleet-failure figure when ``run`` is given it.
+Those three are measured with the plan written by the benchmark (standing in for the
+controller: the agent → ExaBGP → BIRD path alone). ``with_controller`` repeats the events with
+a real ``gtm controller`` planning (static equal weights, default safety rules: a drain steps the
+weight down by ``planned_step`` every ``step_interval_s``, growing the prepends, then withdraws
+through GRACEFUL_SHUTDOWN) and measures both data planes of the same event at once:
+
+- ``fleet_killed``: ``bgp_s`` (route gone at BIRD) and ``dns_s`` (20 real queries in a row to
+  the controller's embedded DNS no longer name the region);
+- ``gtm_drain``: from ``gtm drain`` returning, ``bgp_graceful_s`` (GRACEFUL_SHUTDOWN at BIRD),
+  ``bgp_gone_s`` (route gone) and ``dns_gone_s`` (answers no longer name the region).
 
 Polling BIRD with ``birdc`` takes about 3-5 ms a read; each figure is an upper bound to that.
 """
@@ -65,7 +71,9 @@ async def run_async(trials: int = 10) -> dict[str, Any]:
                 await lab.put_plan(both)
                 await lab.wait_routes(lambda rs: r in rs and not rs[r].graceful_shutdown, timeout=10)
                 await asyncio.sleep(0.3)
+    controlled = await _with_controller(trials, settings)
     return {
+        "with_controller": controlled,
         "settings": {"fall": settings.fall, "rise": settings.rise, "graceful_s": settings.graceful_s,
                      "plan_poll_s": settings.plan_poll_s, "scrape_interval_s": 0.25, "regions": 2,
                      "speaker": "ExaBGP 5 (exabgp server, API process)", "router": "BIRD 2 (birdc polled)"},
@@ -76,17 +84,51 @@ async def run_async(trials: int = 10) -> dict[str, Any]:
     }
 
 
-def run(trials: int = 10, dns: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The figures; with ``dns`` (``failover.run``'s result) the DNS path's killed-fleet figure
-    is put beside the BGP one."""
-    out = asyncio.run(run_async(trials))
-    if dns and "killed" in dns:
-        out["side_by_side"] = {
-            "fleet_killed_bgp_median_s": out["fleet_failure"]["median_s"],
-            "fleet_killed_dns_median_s": dns["killed"]["median_s"],
-            "dns_path": "agent → Redis → controller → embedded DNS answers (failover.killed, same run)",
-        }
-    return out
+async def _with_controller(trials: int, settings: BgpSettings) -> dict[str, Any]:
+    kill_bgp: list[float] = []
+    kill_dns: list[float] = []
+    drain_graceful: list[float] = []
+    drain_gone: list[float] = []
+    drain_dns: list[float] = []
+    with RedisProcess() as redis:
+        async with AnycastLab(redis.url, regions=2, graceful_s=settings.graceful_s, controller=True) as lab:
+            r, other = lab.names
+            await lab.wait_routes(lambda rs: r in rs and other in rs, timeout=30)
+            await lab.wait_dns(lambda s: s == {r, other}, timeout=30)
+            for _ in range(trials):
+                lab.kill_fleet(r)
+                bgp = asyncio.create_task(lab.wait_routes(lambda rs: r not in rs, timeout=15, poll_s=0.002))
+                dns = asyncio.create_task(lab.wait_dns(lambda s: r not in s, timeout=15, poll_s=0.002))
+                await asyncio.gather(bgp, dns)
+                kill_bgp.append(bgp.result())
+                kill_dns.append(dns.result())
+                lab.start_fleet(r)
+                await lab.wait_routes(lambda rs: r in rs, timeout=30)
+                await lab.wait_dns(lambda s: s == {r, other}, timeout=30)
+                await asyncio.sleep(0.3)
+            for _ in range(trials):
+                await lab.drain(r)
+                graceful = asyncio.create_task(lab.wait_routes(lambda rs: r in rs and rs[r].graceful_shutdown,
+                                                               timeout=30, poll_s=0.002))
+                gone = asyncio.create_task(lab.wait_routes(lambda rs: r not in rs, timeout=30, poll_s=0.002))
+                dns = asyncio.create_task(lab.wait_dns(lambda s: r not in s, timeout=30, poll_s=0.002))
+                await asyncio.gather(graceful, gone, dns)
+                drain_graceful.append(graceful.result())
+                drain_gone.append(gone.result())
+                drain_dns.append(dns.result())
+                await lab.drain(r, undo=True)
+                await lab.wait_routes(lambda rs: r in rs and rs[r].prepend_count == 0, timeout=30)
+                await lab.wait_dns(lambda s: s == {r, other}, timeout=30)
+                await asyncio.sleep(0.3)
+    return {
+        "fleet_killed": {"bgp": _summary(kill_bgp), "dns": _summary(kill_dns)},
+        "gtm_drain": {"bgp_graceful": _summary(drain_graceful), "bgp_gone": _summary(drain_gone),
+                      "dns_gone": _summary(drain_dns)},
+    }
+
+
+def run(trials: int = 10) -> dict[str, Any]:
+    return asyncio.run(run_async(trials))
 
 
 if __name__ == "__main__":

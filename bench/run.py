@@ -36,7 +36,7 @@ def main() -> int:
     print("bench: failover (killed and hung fleets) ...", file=sys.stderr, flush=True)
     result["failover"] = failover.run(3 if args.quick else args.trials)
     print("bench: anycast (ExaBGP → BIRD: fleet failure, drain) ...", file=sys.stderr, flush=True)
-    result["anycast"] = anycast.run(3 if args.quick else max(10, args.trials), dns=result["failover"])
+    result["anycast"] = anycast.run(3 if args.quick else max(10, args.trials))
     print("bench: steady state ...", file=sys.stderr, flush=True)
     result["steady_state"] = steady.run(8 if args.quick else 20)
     print("bench: DNS providers (Route 53 on moto, RFC2136 to BIND) ...", file=sys.stderr, flush=True)

@@ -1,10 +1,13 @@
 """An anycast lab on loopback: one BIRD 2, and per region a simulated fleet and an agent process
 running ``gtm agent --bgp exabgp`` (so its own ExaBGP), all on a real Redis.
 
-For the anycast end-to-end tests, ``gtm drill anycast`` and ``bench/anycast.py``. The plan the
-agents follow is written by :meth:`AnycastLab.put_plan` (a ``DesiredState`` whose
-``announcements`` name the lab's prefix), standing in for the controller; everything else is
-the real path: agent → ExaBGP (API process) → BGP → BIRD, read back with ``birdc``.
+For the anycast end-to-end tests, ``gtm drill anycast`` and ``bench/anycast.py``. Without a
+controller (the default) the plan the agents follow is written by :meth:`AnycastLab.put_plan`
+(a ``DesiredState`` whose ``announcements`` name the lab's prefix). With ``controller=True`` a
+real ``gtm controller`` plans from a policy whose service ``chat`` takes both data planes (DNS
+answers from its embedded server and the anycast prefix), and :meth:`AnycastLab.drain` runs
+``gtm drain``. Either way the rest is the real path: agent → ExaBGP (API process) → BGP → BIRD,
+read back with ``birdc``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Any
 import yaml
 
 from gtm.models.plan import Announcement, DesiredState
+from gtm.providers.dnsclient import query
 from gtm.store.store import connect
 from gtm.testing.bgp import Bird, BirdRoute, bgp_region, speaker_address
-from gtm.testing.cluster import REGIONS
+from gtm.testing.cluster import ADDRESS_TO_REGION, FQDN, REGIONS, US_CLIENT
 from gtm.testing.ports import free_port
 
 __all__ = ["PREFIX", "AnycastLab"]
@@ -53,6 +57,9 @@ class AnycastLab:
     regions: int = 1
     graceful_s: float = 1.0
     agent_args: tuple[str, ...] = ()
+    controller: bool = False
+    """Run a real controller (policy: service ``chat``, static equal weights, DNS + anycast)."""
+    dns_port: int = 0
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-anycast-")))
     bird: Bird | None = None
     fleet_ports: dict[str, int] = field(default_factory=dict)
@@ -92,6 +99,61 @@ class AnycastLab:
             }
             (d / f"{name}.yaml").write_text(yaml.safe_dump(doc))
         return d
+
+    def write_policy(self) -> Path:
+        """The lab's policy: service ``chat`` over every lab region, equal static weights, on DNS
+        (the controller's embedded server) and anycast (``PREFIX``); default safety rules."""
+        svc: dict[str, Any] = {
+            "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30, "model": "llama-3.1-8b",
+            "routing": "static", "static_weights": {n: 100 for n in self.names}, "regions": self.names,
+            "anycast": {"prefix": PREFIX}, "segments": [{"name": "default"}],
+        }
+        policy = {"name": "anycast-lab",
+                  "zones": [{"name": "gtm.example.com", "nameservers": ["ns1.gtm.example.com"]}],
+                  "safety": {"flap_threshold": 0},  # trials fail the same region again and again
+                  "services": [svc]}
+        path = self.root / "policy.yaml"
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        return path
+
+    def _gtm(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gtm.cli.main", *args, "--redis", self.redis_url, "--ns", self.namespace]
+
+    async def drain(self, region: str, undo: bool = False) -> None:
+        """``gtm drain REGION`` (``gtm undrain`` with ``undo``) against the lab's controller.
+        Raises ``RuntimeError`` with its output when it fails."""
+        argv = self._gtm("undrain" if undo else "drain", region, "--reason", "anycast lab")
+        if not undo:  # --force: a small lab may meet the drain safety rules (headroom, min healthy)
+            argv += ["--policies", str(self.root / "policy.yaml"), "--regions", str(self.root / "regions"), "--force"]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[2:4])} failed ({proc.returncode}): {out.decode(errors='replace')}")
+
+    async def dns_regions(self, n: int = 20) -> set[str]:
+        """The regions ``n`` real DNS queries (US client subnet) to the controller are answered with."""
+        seen: set[str] = set()
+        for _ in range(n):
+            try:
+                resp = await query("127.0.0.1", self.dns_port, FQDN, "A", client_subnet=US_CLIENT, timeout=0.5)
+            except Exception:
+                seen.add("error")
+                continue
+            found = [ADDRESS_TO_REGION.get(rd.to_text(), "other") for rrset in resp.answer for rd in rrset]
+            seen.update(found[:1] or ["none"])
+        return seen
+
+    async def wait_dns(self, pred: Any, timeout: float = 15.0, poll_s: float = 0.005) -> float:
+        """Seconds until ``pred(regions answered)`` holds for 20 queries in a row. Raises ``TimeoutError``."""
+        t0 = time.monotonic()
+        seen: set[str] = set()
+        while time.monotonic() - t0 < timeout:
+            seen = await self.dns_regions()
+            if pred(seen):
+                return time.monotonic() - t0
+            await asyncio.sleep(poll_s)
+        raise TimeoutError(f"DNS answers did not change as expected within {timeout}s: {seen}; logs in {self.root}")
 
     def start_fleet(self, region: str) -> None:
         kind = REGIONS[self.index(region)][5]
@@ -193,6 +255,12 @@ class AnycastLab:
             await self.wait_fleet(n)
         for n in self.names:
             self.start_agent(n)
+        if self.controller:
+            policy = self.write_policy()
+            self.dns_port = free_port()
+            self._spawn("controller", self._gtm("controller", "--policies", str(policy), "--regions",
+                                                str(self.root / "regions"), "--api-listen", "off",
+                                                "--dns-listen", f"127.0.0.1:{self.dns_port}"))
         await self.wait_sessions()
 
     async def close(self) -> None:

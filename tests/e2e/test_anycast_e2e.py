@@ -180,3 +180,23 @@ async def test_withdraw_then_announce_within_milliseconds_leaves_the_new_route(t
             stop.set()
             await runner
             await api.aclose()
+
+
+async def test_gtm_drain_through_the_engine_goes_graceful_then_withdrawn_and_undrain_returns(
+        redis_url: str) -> None:
+    """The real controller plans the announcements (static equal weights, default safety rules);
+    ``gtm drain`` steps the region down (prepends grow), then withdraws it through
+    GRACEFUL_SHUTDOWN; the fleet kill of the other region is withdrawn by its agent too."""
+    async with AnycastLab(redis_url, regions=2, graceful_s=1.0, controller=True) as lab:
+        await lab.wait_routes(lambda rs: R in rs and OTHER in rs and rs[R].prepend_count == 0
+                              and rs[OTHER].prepend_count == 0, timeout=30)
+        await lab.drain(R)
+        await lab.wait_routes(_announced(R, graceful_shutdown=True), timeout=20)
+        r = (await lab.routes())[R]
+        assert r.local_pref == 0 and not r.best
+        await lab.wait_routes(_gone(R), timeout=10)
+        assert OTHER in await lab.routes()
+        await lab.wait_dns(lambda s: s == {OTHER}, timeout=10)
+        await lab.drain(R, undo=True)
+        await lab.wait_routes(_announced(R, graceful_shutdown=False), timeout=20)
+        await lab.wait_dns(lambda s: s == {R, OTHER}, timeout=20)
