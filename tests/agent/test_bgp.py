@@ -182,3 +182,59 @@ def test_parse_bird_routes() -> None:
     assert (other.prefix, other.best, other.as_path) == (PREFIX, False, (65001, 65001, 65001))
     assert other.med == 20 and other.local_pref == 0 and other.graceful_shutdown
     assert other.communities == ("65001:100", GRACEFUL_SHUTDOWN)
+
+
+# -- gtm status and /metrics read the stored state ---------------------------------------------
+
+
+def _stored_state() -> Any:
+    from gtm.models.report import BgpPeerState, BgpRouteState, BgpState
+
+    return BgpState(
+        region="eu-west-1", agent_id="t:1", observed_at=time.time(), connected=True, fleet_up=True,
+        plan_generation=7, last_ack_at=1_700_000_100.0,
+        routes={PREFIX: BgpRouteState(prefix=PREFIX, plan_action="announce", wanted="announce", reason="plan: share 1",
+                                      sent_action="announce", sent_next_hop="192.0.2.101", sent_prepend=2,
+                                      sent_med=30, sent_at=1_700_000_099.0, acked="done", acked_at=1_700_000_100.0)},
+        peers={"127.0.0.2": BgpPeerState(address="127.0.0.2", up=True, event="neighbor 127.0.0.2 up")},
+    )
+
+
+async def test_status_shows_what_the_agent_sent_and_exabgp_acknowledged(redis_store: Any) -> None:
+    from rich.console import Console
+
+    from gtm.cli.render import render_bgp_agents
+    from gtm.controller.status import bgp_agents
+
+    await redis_store.put_bgp_state(_stored_state(), 5.0)
+    data = {"now": 1_700_000_101.0, "bgp_agents": await bgp_agents(redis_store, ["eu-west-1", "us-east-1"])}
+    assert list(data["bgp_agents"]) == ["eu-west-1"]
+    console = Console(record=True, width=200)
+    render_bgp_agents(console, data)
+    text = console.export_text()
+    assert "announce prepend 2 med 30" in text and "done 1.0s ago" in text and "127.0.0.2:up" in text
+
+
+async def test_metrics_export_the_agents_announcements_and_last_ack(redis_store: Any) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gtm.api.app import build_app
+    from gtm.config.loader import Config, policy_digest
+    from tests.factories import make_inventory, make_policy, make_service
+
+    policy, inv = make_policy([make_service()]), make_inventory()
+    cfg = Config(policy=policy, inventory=inv, digest=policy_digest(policy, inv), files=())
+    await redis_store.put_bgp_state(_stored_state(), 5.0)
+    client = TestClient(TestServer(build_app(redis_store, lambda: cfg, None, None)))
+    await client.start_server()
+    try:
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    [announced] = fams["gtm_bgp_agent_announced"].samples
+    assert announced.labels == {"region": "eu-west-1", "prefix": PREFIX} and announced.value == 1.0
+    assert fams["gtm_bgp_agent_last_ack_timestamp_seconds"].samples[0].value == 1_700_000_100.0
+    assert fams["gtm_bgp_agent_session_up"].samples[0].labels["peer"] == "127.0.0.2"
+    assert fams["gtm_bgp_agent_connected"].samples[0].value == 1.0
