@@ -177,7 +177,7 @@ class BgpSpeaker:
         self.plan_reachable = True
         self.commands = 0
         self._sent: dict[str, _Sent] = {}
-        self._connection = 0
+        self._connection = (0, 0)
         self._graceful: dict[str, float] = {}  # prefix → monotonic deadline of the GSHUT hold
         self._reasons: dict[str, str] = {}
         self._wake = asyncio.Event()
@@ -267,9 +267,9 @@ class BgpSpeaker:
 
     async def reconcile(self) -> None:
         """One pass: send what differs from what the current ExaBGP has (see the module docstring)."""
-        if self.api.connections != self._connection:
-            self._connection = self.api.connections
-            self._sent.clear()  # a new ExaBGP: its table is empty; send everything again
+        if (self.api.connections, self.api.sessions_up) != self._connection:
+            self._connection = (self.api.connections, self.api.sessions_up)
+            self._sent.clear()  # a new ExaBGP (empty table) or a session up again: send everything
             self._dirty = True
         now = time.monotonic()
         for w in self.wanted(now):

@@ -18,7 +18,9 @@ How the agent talks to ExaBGP (its documented external-process API, ``encoder te
   command is ``error``.
 * Events arrive on the same stream: ``neighbor 127.0.0.2 connected`` / ``... up`` /
   ``... down ...`` (the session to that peer) and blank lines; they update
-  ``ExaBgpApi.peers``.
+  ``ExaBgpApi.peers``. A session coming up (after a peer reset or an ExaBGP reload) also makes
+  the speaker send its full state again; ExaBGP would re-advertise its own table anyway, so this
+  only costs a few acknowledged lines and guards against a reload that changed that table.
 
 Every value is checked before it is formatted (:func:`announce_command`): the prefix and the
 next hop through ``ipaddress``, ASNs and MED as integers in range, communities against
@@ -208,11 +210,14 @@ class ExaBgpApi:
             bridge), which gets the full desired state again.
         peers: BGP sessions by peer address.
         last_ack_at: unix seconds of the last acknowledgement (``done`` or ``error``).
+        sessions_up: how often a peer session came up; the speaker sends its full state again
+            then too (a reload that restarted the session must not leave a stale route).
     """
 
     socket_path: Path
     on_change: Callable[[], None] = lambda: None
     connections: int = 0
+    sessions_up: int = 0
     peers: dict[str, PeerSession] = field(default_factory=dict)
     last_ack_at: float | None = None
     _server: asyncio.AbstractServer | None = None
@@ -286,6 +291,7 @@ class ExaBgpApi:
                 peer.event, peer.changed_at = line[:300], time.time()
                 if was != peer.up:
                     log.info("exabgp: session to %s %s", words[1], "up" if peer.up else state)
+                    self.sessions_up += int(peer.up)
                     self.on_change()
             return
         log.debug("exabgp: %s", line[:300])
