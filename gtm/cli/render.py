@@ -163,7 +163,7 @@ def _anycast_table(rows: list[dict[str, Any]], now: float, *, agent: bool) -> Ta
     t = Table(title="anycast")
     cols = ["prefix", "region", "plan wants", "share", "reason"] + (["agent / ExaBGP"] if agent else [])
     for col in cols:
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col in ("prefix", "region", "plan wants", "share"))
     last = None
     for row in rows:
         cells = [

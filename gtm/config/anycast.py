@@ -15,13 +15,14 @@ def anycast_reasons(policy: Policy, inventory: Inventory) -> list[str]:
     for spec in prefix_specs(policy, inventory):
         if spec.eligible:
             continue
-        svc = policy.services[index[spec.service]]
+        i = index[spec.service]
+        svc = policy.services[i]
         seg_i = next((j for j, s in enumerate(svc.segments) if s.name == spec.segment), None)
-        where = (f"services[{index[spec.service]}].segments[{seg_i}].anycast" if seg_i is not None
-                 and svc.segments[seg_i].anycast is not None else f"services[{index[spec.service]}].anycast")
+        seg = svc.segments[seg_i] if seg_i is not None else None
+        where = f"services[{i}]" + (f".segments[{seg_i}]" if seg is not None and seg.anycast else "") + ".anycast"
         pin = f" allowed by its residency pin {list(spec.jurisdictions)}" if spec.jurisdictions else ""
-        listed = [r for r in (svc.regions if seg_i is None or svc.segments[seg_i].regions is None
-                              else svc.segments[seg_i].regions) if r in inventory.regions]
+        pool = seg.regions if seg is not None and seg.regions is not None else svc.regions
+        listed = [r for r in pool if r in inventory.regions]
         reasons.append(
             f"{where}: service {spec.service!r} announces {spec.prefix} for segment {spec.segment!r}, but none of "
             f"its regions{pin} has a bgp side (regions {listed}); give them one in regions/<name>.yaml "

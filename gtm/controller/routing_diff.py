@@ -18,14 +18,14 @@ from typing import Any
 from gtm.config.loader import Config
 from gtm.engine import plan
 from gtm.models.override import Override
-from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
+from gtm.models.plan import Announcement, DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.report import FleetReport, ModelStats, VantageReport
 from gtm.store import Store
 from gtm.store.inputs import read_plan_inputs
 
 KINDS = (
     "service-added", "service-removed", "segment-added", "segment-removed", "match", "residency",
-    "ttl", "mode", "weight", "pool-added", "pool-removed",
+    "ttl", "mode", "weight", "pool-added", "pool-removed", "announcement",
 )
 """Every ``RoutingChange.kind``, in the order changes are listed for one service/segment."""
 
@@ -71,6 +71,8 @@ class RoutingChange:
                 f"{where}: {self.region} {_w(self.before, self.share_before)} → {_w(self.after, self.share_after)}"
                 + (f" ({self.detail})" if self.detail else "")
             )
+        if self.kind == "announcement":
+            return f"anycast {self.detail}: {self.region} {_fmt(self.before)} → {_fmt(self.after)}"
         if self.kind in ("pool-added", "pool-removed"):
             return f"{self.kind.replace('-', ' ')} {self.pool_id}" + (f" ({self.detail})" if self.detail else "")
         if self.kind in ("service-added", "segment-added"):
@@ -138,6 +140,27 @@ def routing_diff(before: DesiredState, after: DesiredState) -> list[RoutingChang
         for seg in order:
             out.extend(_segment_diff(before, after, fqdn, seg, b_routes.get(seg), a_routes.get(seg)))
     out.extend(_pool_diff(before, after))
+    out.extend(_announcement_diff(before, after))
+    return out
+
+
+def _announcement_label(a: Announcement | None) -> str | None:
+    if a is None:
+        return None
+    return f"announce +{a.prepend} MED {a.med}" if a.action == "announce" else "withdraw"
+
+
+def _announcement_diff(before: DesiredState, after: DesiredState) -> list[RoutingChange]:
+    """Per anycast prefix and region, the announcement that differs (``detail`` is the prefix;
+    ``before``/``after`` ``announce +N MED M``, ``withdraw`` or None when absent)."""
+    out = []
+    for prefix in sorted(before.announcements.keys() | after.announcements.keys()):
+        b = {a.region: a for a in before.announcements.get(prefix, ())}
+        a_ = {a.region: a for a in after.announcements.get(prefix, ())}
+        for region in sorted(b.keys() | a_.keys()):
+            was, now = _announcement_label(b.get(region)), _announcement_label(a_.get(region))
+            if was != now:
+                out.append(RoutingChange("announcement", region=region, before=was, after=now, detail=prefix))
     return out
 
 

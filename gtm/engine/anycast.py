@@ -33,8 +33,11 @@ prefix, one ``Announcement`` per region that may announce it:
   and holds it) when the region itself can serve (healthy or degraded, not flap-damped) and is
   out by intent: a drain or cordon override, a rollout cap that is not a rollback/abort, or a
   static weight of 0. A failure (unhealthy, unknown, damped, rollback) withdraws at once.
+- **Dark as DNS is dark**: when the pool is dark (no eligible region can serve; a pinned
+  segment fails closed) the prefix is withdrawn everywhere, with the pool's reason; when a
+  pinned pool spills, the prefix is withdrawn everywhere too (anycast never spills).
 - **Never withdrawn everywhere while a region can serve**: when no region that may announce
-  the prefix has weight > 0 (the pool is dark, or serves only through regions without a BGP
+  the prefix has weight > 0 but the pool still serves (only through regions without a BGP
   side) and not all of them are drained, ``safety.on_all_unhealthy`` decides as for DNS:
   ``fail-static`` keeps the previous announcements (drained regions still withdraw; with
   nothing to keep the prefix is withdrawn, said loudly); ``fail-open`` announces from every
@@ -202,6 +205,14 @@ def _prefix(
                 anns.append(_ann(spec, r, "withdraw", prev, now, planned=_planned(spec, r, statuses, caps, now),
                                  reason=f"weight 0: {why}"))
         return tuple(anns)
+    if pool is not None and pool.mode in ("dark", "spill"):
+        # As DNS: a dark pool leaves the prefix dark; anycast never spills out of a pin.
+        head = "withdrawn everywhere: " + ("anycast never spills; " if pool.mode == "spill" else "") + pool.reason
+        return tuple(
+            _ann(spec, r, "withdraw", prev, now, planned=_planned(spec, r, statuses, caps, now),
+                 reason=f"{head}; {r}: {members[r].reason if r in members else 'not a member'}")
+            for r in spec.eligible
+        )
     return _none_serves(spec, members, statuses, prev, policy, caps, now)
 
 

@@ -173,19 +173,18 @@ def test_fail_static_with_nothing_to_keep_withdraws_loudly() -> None:
     assert a.action == "withdraw" and a.reason.startswith("WITHDRAWN EVERYWHERE")
 
 
-def test_a_pool_failing_static_keeps_its_announcements() -> None:
+def test_a_pool_failing_static_keeps_its_announcements_and_a_dark_pool_withdraws() -> None:
     policy, inv = anycast_policy(), inventory()
     prev = first(policy, inv)
-    reports = healthy_reports(T0 + 1, ALL)
-    for r in EU:
-        reports[r] = make_report(r, T0 + 1, healthy=False, fail=2)
+    reports = {r: make_report(r, T0 + 1, healthy=False, fail=2) for r in ALL}
     state = plan(policy, inv, reports, {}, prev, T0 + 1)
-    assert state.pool_for(CHAT, "eu").mode == "fail-static"  # type: ignore[union-attr]
+    assert state.pool_for(CHAT, "default").mode == "fail-static"  # type: ignore[union-attr]
+    default = by_region(state, SERVICE_PREFIX)
+    assert all(a.action == "announce" and "fail-static" in a.reason and not a.planned for a in default.values())
+    # The EU segment is pinned: it fails closed (dark), and so does its prefix.
+    assert state.pool_for(CHAT, "eu").mode == "dark"  # type: ignore[union-attr]
     eu = by_region(state, EU_PREFIX)
-    assert all(a.action == "announce" and "fail-static" in a.reason and not a.planned for a in eu.values())
-    # The default segment's prefix moves to the US regions at once.
-    assert actions(state, SERVICE_PREFIX) == {
-        "eu-central-1": "withdraw", "eu-west-1": "withdraw", "us-east-1": "announce", "us-west-2": "announce"}
+    assert all(a.action == "withdraw" and "DARK (fail-closed)" in a.reason and not a.planned for a in eu.values())
 
 
 def test_a_pinned_prefix_is_never_announced_outside_its_jurisdiction_even_failing_open() -> None:
@@ -194,8 +193,12 @@ def test_a_pinned_prefix_is_never_announced_outside_its_jurisdiction_even_failin
     for r in EU:
         reports[r] = make_report(r, T0, healthy=False, fail=2)
     state = plan(policy, inv, reports, {}, None, T0)
-    assert state.pool_for(CHAT, "eu").mode == "fail-open"  # type: ignore[union-attr]
-    assert actions(state, EU_PREFIX) == {"eu-central-1": "announce", "eu-west-1": "announce"}
+    assert actions(state, EU_PREFIX) == {"eu-central-1": "withdraw", "eu-west-1": "withdraw"}
+    reports = {r: make_report(r, T0, healthy=False, fail=2) for r in ALL}
+    state = plan(policy, inv, reports, {}, None, T0)
+    assert state.pool_for(CHAT, "default").mode == "fail-open"  # type: ignore[union-attr]
+    assert set(actions(state, SERVICE_PREFIX).values()) == {"announce"}
+    assert actions(state, EU_PREFIX) == {"eu-central-1": "withdraw", "eu-west-1": "withdraw"}
 
 
 def test_a_held_plan_keeps_the_previous_announcements() -> None:
@@ -244,7 +247,7 @@ def test_verify_covers_announcements() -> None:
     res = verify(policy, inv, max_exhaustive=4)
     assert res.broken == 0, [sc.broken for sc in res.notable]
     both_eu = next(sc for sc in res.notable if sc.failed == EU)
-    assert f"fail-static at {'chat/eu'}" in both_eu.relies_on
+    assert both_eu.dark == ["chat/eu", "anycast 198.51.100.0/24 (chat/eu)"]
     # A state announcing the EU prefix from a US region breaks residency; verify says so.
     state = first(policy, inv)
     bad = dict(state.announcements)

@@ -18,7 +18,7 @@ from gtm.models.policy import Policy
 from tests.factories import Scenario, examples, reports_for, scenarios
 from tests.support.anycast import with_bgp
 
-SETTINGS = settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -64,7 +64,8 @@ def _check_plan(sc: Scenario, specs: tuple[PrefixSpec, ...], state: DesiredState
         if not spec.eligible:
             assert anns == ()
             continue
-        assert [a.region for a in anns] == list(spec.eligible)
+        if not state.held:  # a held plan carries what the previous one had (maybe nothing yet)
+            assert [a.region for a in anns] == list(spec.eligible)
         announcing = _announcing(state, spec.prefix)
         for r in announcing:
             assert sc.inventory.regions[r].bgp is not None
@@ -138,7 +139,7 @@ def test_announcement_invariants_over_plan_sequences(sc: Scenario) -> None:
         assert back.announcements == state.announcements
 
 
-@settings(max_examples=examples(150), deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(data=st.data(), sc=anycast_scenarios(max_steps=1))
 def test_residency_of_announcements_in_any_failure_combination(data: st.DataObject, sc: Scenario) -> None:
     """From a cold start, with failures drawn at random and the failure mode forced to
