@@ -103,38 +103,6 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
         console.print(line, highlight=False)
     if status.get("rejected_reports"):
         console.print(f"[yellow]rejected reports: {status['rejected_reports']}[/]")
-    render_bgp_agents(console, status)
-
-
-def render_bgp_agents(console: Console, status: dict[str, Any]) -> None:
-    """The agents' side of anycast: per region and prefix what the agent wants, what it sent to
-    ExaBGP and ExaBGP's acknowledgement, and its BGP sessions (nothing when no agent runs one)."""
-    agents = status.get("bgp_agents") or {}
-    if not agents:
-        return
-    now = status["now"]
-    t = Table(title="anycast (agents)")
-    for col in ("region", "prefix", "plan", "agent wants", "sent", "ack", "sessions", "reason"):
-        t.add_column(col)
-    for region, st in sorted(agents.items()):
-        sessions = " ".join(f"{a}:{'up' if p['up'] else 'down'}" for a, p in sorted(st["peers"].items()))
-        if not st["connected"]:
-            sessions = "[red]ExaBGP not connected[/] " + sessions
-        for prefix, r in sorted(st["routes"].items()) or [("-", None)]:
-            if r is None:
-                t.add_row(escape(region), "-", "", "", "", "", sessions, "")
-                continue
-            sent = r["sent_action"] or "-"
-            if r["sent_action"] == "announce":
-                sent += f" prepend {r['sent_prepend']}" + (f" med {r['sent_med']}" if r["sent_med"] is not None else "")
-                if r["sent_communities"]:
-                    sent += " [" + " ".join(r["sent_communities"]) + "]"
-            ack = r["acked"] or "-"
-            if r.get("acked_at"):
-                ack += f" {_age(now, r['acked_at'])} ago"
-            t.add_row(escape(region), escape(prefix), escape(r["plan_action"] or "-"), escape(r["wanted"]),
-                      escape(sent), escape(ack), sessions, escape(r["reason"]))
-    console.print(t)
 
 
 def _wants(row: dict[str, Any]) -> str:

@@ -135,14 +135,7 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
         "bgp": bgp,
         "providers": providers,
         "rejected_reports": sum(n for by in rejected.values() for n in by.values()),
-        "bgp_agents": await bgp_agents(store, regions),
     }
-
-
-async def bgp_agents(store: Store, regions: list[str]) -> dict[str, Any]:
-    """Per region whose agent runs a BGP speaker (``gtm agent --bgp exabgp``): its stored
-    ``BgpState`` as JSON (what it sent, what ExaBGP acknowledged, sessions). Raises ``StoreError``."""
-    return {r: s.model_dump(mode="json") for r, s in (await store.get_bgp_states(regions)).items()}
 
 
 async def plan_now(store: Store, config: Config, now: float | None = None) -> tuple[DesiredState, DesiredState | None]:

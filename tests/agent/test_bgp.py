@@ -201,18 +201,19 @@ def _stored_state() -> Any:
 
 
 async def test_status_shows_what_the_agent_sent_and_exabgp_acknowledged(redis_store: Any) -> None:
-    from rich.console import Console
-
-    from gtm.cli.render import render_bgp_agents
-    from gtm.controller.status import bgp_agents
+    """``gtm status`` (``gtm.controller.status``) puts the stored BgpState beside the plan's row."""
+    from gtm.controller.status import _bgp_states, announcement_rows
 
     await redis_store.put_bgp_state(_stored_state(), 5.0)
-    data = {"now": 1_700_000_101.0, "bgp_agents": await bgp_agents(redis_store, ["eu-west-1", "us-east-1"])}
-    assert list(data["bgp_agents"]) == ["eu-west-1"]
-    console = Console(record=True, width=200)
-    render_bgp_agents(console, data)
-    text = console.export_text()
-    assert "announce prepend 2 med 30" in text and "done 1.0s ago" in text and "127.0.0.2:up" in text
+    bgp = await _bgp_states(redis_store, ["eu-west-1", "us-east-1"])
+    assert list(bgp) == ["eu-west-1"]
+    [row] = announcement_rows(_plan(action="announce", prepend=2, med=30), bgp)
+    agent = row["agent"]
+    assert agent["connected"] is True and (agent["sessions_up"], agent["sessions"]) == (1, 1)
+    assert agent["last_ack_at"] == 1_700_000_100.0
+    route = agent["route"]
+    assert (route["sent_action"], route["sent_prepend"], route["sent_med"]) == ("announce", 2, 30)
+    assert route["acked"] == "done"
 
 
 async def test_metrics_export_the_agents_announcements_and_last_ack(redis_store: Any) -> None:
