@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench soak lint clean services drill-providers
+.PHONY: demo test test-fast bench soak lint clean services drill-providers drill-anycast
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ demo: $(STAMP)
 drill-providers: $(STAMP) services
 	$(BIN)/gtm drill providers
 
-## services: install/start the real components the tests need (redis-server, ...)
+## drill-anycast: a fleet failure and a drain through ExaBGP (one per region) to a BIRD 2 router on loopback
+drill-anycast: $(STAMP) services
+	$(BIN)/gtm drill anycast
+
+## services: install/start the real components the tests need (redis-server, BIND 9, BIRD 2, ...)
 services:
 	bash scripts/ensure-services.sh
 	bash scripts/ensure-bind.sh
+	bash scripts/ensure-bird.sh
 
 ## test: lint + the whole suite against real Redis, real DNS sockets and real processes
 test: $(STAMP) services lint

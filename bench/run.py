@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import failover, false_positive, plan_scale, providers, steady, verify_scale
+from bench import anycast, failover, false_positive, plan_scale, providers, steady, verify_scale
 
 
 def main() -> int:
@@ -35,6 +35,8 @@ def main() -> int:
     result["verify_scale"] = verify_scale.run((8, 12) if args.quick else (8, 12, 16))
     print("bench: failover (killed and hung fleets) ...", file=sys.stderr, flush=True)
     result["failover"] = failover.run(3 if args.quick else args.trials)
+    print("bench: anycast (ExaBGP → BIRD: fleet failure, drain) ...", file=sys.stderr, flush=True)
+    result["anycast"] = anycast.run(3 if args.quick else max(10, args.trials))
     print("bench: steady state ...", file=sys.stderr, flush=True)
     result["steady_state"] = steady.run(8 if args.quick else 20)
     print("bench: DNS providers (Route 53 on moto, RFC2136 to BIND) ...", file=sys.stderr, flush=True)

@@ -53,6 +53,10 @@ Sources report ``probe_ok`` / ``probe_ttft_ms``; models ``probe_ttft_s`` / ``pro
 
 Vantage point (``gtm.agent.vantage``): given the other regions (``peers``), the agent also
 probes their ``vantage_url`` every ``vantage_interval_s`` and writes a ``VantageReport``.
+
+Anycast (``gtm.agent.bgp``, ``gtm agent --bgp exabgp``): given a ``BgpSpeaker``, every report
+is handed to it (``observe``) so a failing fleet is withdrawn at once, and on stop the agent
+waits for it to withdraw every prefix before it exits.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from gtm.agent.bgp import BgpSpeaker
 from gtm.agent.clock import ClockSkew
 from gtm.agent.probe import STALL_SLACK_S, Prober
 from gtm.agent.scrape import (
@@ -259,8 +264,10 @@ class RegionAgent:
         settings: AgentSettings,
         agent_id: str | None = None,
         peers: Sequence[Region] = (),
+        bgp: BgpSpeaker | None = None,
     ) -> None:
         self.region = region
+        self.bgp = bgp
         self.store = store
         self.settings = settings
         self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -335,11 +342,14 @@ class RegionAgent:
         sup.start(f"agent-clock-{self.region.name}", self.clock.run(stop, s.clock_check_s))
         sup.start(f"agent-prober-{self.region.name}", self.prober.run(stop, self._client))
         sup.start(f"agent-vantage-{self.region.name}", self.vantage.run(stop, self._client))
+        bgp_task = sup.start(f"agent-bgp-{self.region.name}", self.bgp.run(stop)) if self.bgp else None
         next_at = time.monotonic()
         try:
             while not stop.is_set():
                 try:
                     report = await self.check_once()
+                    if self.bgp is not None:
+                        self.bgp.observe(report)
                     self._decide(report)
                 except Exception:  # the loop must survive anything
                     log.exception("run: check failed for region %s", self.region.name)
@@ -351,6 +361,8 @@ class RegionAgent:
                     await asyncio.wait_for(stop.wait(), timeout=next_at - time.monotonic())
         finally:
             self._writer_task = None
+            if bgp_task is not None and self.bgp is not None:  # withdraw every prefix before exiting
+                await sup.finish(bgp_task, self.bgp.settings.stop_timeout_s + 6.0)
             try:
                 await sup.aclose()  # cancels the writer; raises TaskCrashedError if it crashed
             finally:

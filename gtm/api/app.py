@@ -176,6 +176,7 @@ async def _metrics(request: web.Request) -> web.Response:
             _announcement_metrics(state, reg)
     await _rollout_metrics(request, reg)
     await _rejected_metrics(request, reg)
+    await _bgp_agent_metrics(request, reg)
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -204,6 +205,35 @@ def _announcement_metrics(state: DesiredState, reg: CollectorRegistry) -> None:
             share.labels(prefix, a.region).set(a.share if on else 0.0)
             planned.labels(prefix, a.region).set(int(a.planned and not on))
             changed.labels(prefix, a.region).set(a.changed_at)
+
+
+async def _bgp_agent_metrics(request: web.Request, reg: CollectorRegistry) -> None:
+    """What the region agents' BGP speakers did (their stored ``BgpState``, see
+    ``gtm.agent.bgp``): per region and prefix whether ExaBGP acknowledged an announcement,
+    per region the last acknowledgement time and whether ExaBGP is connected, per peer the
+    session. Omitted when Redis cannot be read or no agent runs a speaker."""
+    try:
+        states = await request.app[STORE_KEY].get_bgp_states(sorted(_cfg(request).inventory.regions))
+    except StoreError:
+        return
+    if not states:
+        return
+    announced = Gauge("gtm_bgp_agent_announced", "1 when the agent's last command for the prefix was an "
+                      "announcement ExaBGP acknowledged (done), 0 otherwise", ["region", "prefix"], registry=reg)
+    last_ack = Gauge("gtm_bgp_agent_last_ack_timestamp_seconds", "Unix time of ExaBGP's last acknowledgement",
+                     ["region"], registry=reg)
+    connected = Gauge("gtm_bgp_agent_connected", "1 while ExaBGP's API process is connected to the agent",
+                      ["region"], registry=reg)
+    session = Gauge("gtm_bgp_agent_session_up", "1 while the BGP session to the peer is established",
+                    ["region", "peer"], registry=reg)
+    for region, st in sorted(states.items()):
+        connected.labels(region).set(int(st.connected))
+        if st.last_ack_at is not None:
+            last_ack.labels(region).set(st.last_ack_at)
+        for prefix, r in st.routes.items():
+            announced.labels(region, prefix).set(int(r.sent_action == "announce" and r.acked == "done"))
+        for peer, p in st.peers.items():
+            session.labels(region, peer).set(int(p.up))
 
 
 async def _rejected_metrics(request: web.Request, reg: CollectorRegistry) -> None:

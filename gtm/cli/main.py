@@ -15,10 +15,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -510,12 +512,27 @@ def agent(
     vantage_interval: float | None = typer.Option(
         None, help="Seconds between probes of the other regions' vantage_url (as a vantage point) [default: 1]."),
     agent_id: str | None = typer.Option(None, help="Agent id (default host:pid)."),
+    bgp: str = typer.Option(
+        "off", "--bgp", help="Anycast speaker: 'exabgp' runs ExaBGP with the region's bgp section and "
+        "announces the plan's anycast prefixes (withdrawn at once when the own fleet fails); 'off'."),
+    bgp_dir: str | None = typer.Option(
+        None, "--bgp-dir", help="ExaBGP's config, API socket, log and pid file [default: /run/gtm/bgp-REGION]."),
+    exabgp_bin: str | None = typer.Option(None, "--exabgp-bin", help="The exabgp executable [default: beside "
+                                                                      "this Python, else on PATH]."),
+    bgp_graceful_s: float | None = typer.Option(
+        None, "--bgp-graceful-s", help="Seconds a planned withdrawal is announced with GRACEFUL_SHUTDOWN "
+        "(65535:0) first [default: 5]."),
+    bgp_fall: int | None = typer.Option(None, "--bgp-fall", help="Failed own-fleet checks that withdraw at "
+                                                                 "once [default: 2, the policy's fall]."),
+    bgp_rise: int | None = typer.Option(None, "--bgp-rise", help="Good checks before re-announcing "
+                                                                 "[default: 3, the policy's rise]."),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
 ) -> None:
     """Run the region agent: scrape the fleet, report health and spare capacity to Redis.
 
     Publishes at once when the verdict changes; otherwise one report per heartbeat.
-    Keeps running through Redis outages and unreachable fleet endpoints. Stop with SIGTERM.
+    Keeps running through Redis outages and unreachable fleet endpoints. Stop with SIGTERM
+    (with --bgp exabgp it withdraws every anycast prefix first).
     """
     from gtm.agent.daemon import AgentSettings, RegionAgent
     from gtm.config.loader import load_inventory
@@ -534,16 +551,32 @@ def agent(
              "scrape_timeout_s": scrape_timeout, "probe_interval_s": probe_interval,
              "probe_timeout_s": probe_timeout, "vantage_interval_s": vantage_interval}
     settings = AgentSettings(**{k: v for k, v in given.items() if v is not None})  # the rest: AgentSettings' defaults
+    if bgp not in ("off", "exabgp"):
+        err_console.print(f"[red]UsageError[/]: --bgp must be exabgp or off, not {escape(repr(bgp))}")
+        raise typer.Exit(2)
+    if bgp == "exabgp" and inv.regions[region].bgp is None:
+        err_console.print(f"[red]ConfigError[/]: --bgp exabgp needs a bgp section in region {escape(region)}'s "
+                          "inventory (local_asn, local_address, next_hop, peers)")
+        raise typer.Exit(2)
+    bgp_given = {"graceful_s": bgp_graceful_s, "fall": bgp_fall, "rise": bgp_rise}
     url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
 
     async def go() -> None:
+        from gtm.agent.bgp import BgpSettings, BgpSpeaker
+
         stop = asyncio.Event()
         _install_signal_stop(stop)
         store = connect(url, ns=ns)
+        the_id = agent_id or f"{socket.gethostname()}:{os.getpid()}"
+        speaker = None
+        if bgp == "exabgp":
+            speaker = BgpSpeaker(inv.regions[region], store,
+                                 BgpSettings(**{k: v for k, v in bgp_given.items() if v is not None}),
+                                 Path(bgp_dir or f"/run/gtm/bgp-{region}"), the_id, exabgp_bin=exabgp_bin)
         try:
-            await RegionAgent(inv.regions[region], store, settings, agent_id=agent_id,
-                              peers=tuple(inv.regions.values())).run(stop)
+            await RegionAgent(inv.regions[region], store, settings, agent_id=the_id,
+                              peers=tuple(inv.regions.values()), bgp=speaker).run(stop)
         finally:
             await store.aclose()
 
@@ -815,12 +848,17 @@ def demo(
 
 class Drill(StrEnum):
     providers = "providers"
+    anycast = "anycast"
 
 
 @app.command("drill")
 def drill(
-    what: Drill = typer.Argument(..., help="providers: one failover published to embedded DNS, BIND and Route 53."),
+    what: Drill = typer.Argument(..., help="providers: one failover published to embedded DNS, BIND and Route 53; "
+                                           "anycast: a fleet failure and a drain through ExaBGP to a BIRD router."),
     output: Output = OutputOpt,
+    regions: int = typer.Option(3, min=2, max=4, help="anycast: regions (ExaBGP speakers) peering with BIRD."),
+    graceful: float = typer.Option(2.0, "--graceful-s", min=0, help="anycast: seconds a drain holds "
+                                                                    "GRACEFUL_SHUTDOWN before the withdrawal."),
 ) -> None:
     """Run a self-contained drill on 127.0.0.1 (no Redis, no cloud account).
 
@@ -829,10 +867,21 @@ def drill(
     fleet fails, then recovers; each provider is read back (DNS queries, ListResourceRecordSets)
     and the seconds until it excluded and restored the region are printed. Exits 0 when every
     provider converged and EU answers stayed in the EU; needs `named` and the `drill` extra (moto[server]).
+
+    `gtm drill anycast`: a private Redis, one BIRD 2 and per region a simulated fleet and an agent
+    with its own ExaBGP on loopback; one fleet is killed (its agent withdraws alone), then one
+    region is drained (GRACEFUL_SHUTDOWN, then withdrawn) and undrained; prints the seconds until
+    BIRD's table changed. Needs `bird` (Debian bird2) and `exabgp` (the test extra).
     """
+    setup_logging("ERROR")
+    if what is Drill.anycast:
+        from gtm.testing.anycast_drill import run_anycast_drill
+
+        ok = asyncio.run(run_anycast_drill(console, regions=regions, graceful_s=graceful,
+                                           json_out=output is Output.json))
+        raise typer.Exit(0 if ok else 1)
     from gtm.testing.provider_drill import run_provider_drill
 
-    setup_logging("ERROR")
     ok = asyncio.run(run_provider_drill(console, json_out=output is Output.json))
     raise typer.Exit(0 if ok else 1)
 

@@ -243,3 +243,87 @@ class VantageReport(_Report):
         if not math.isfinite(v) or v <= 0:
             raise ValueError("observed_at must be a positive unix time in seconds")
         return v
+
+
+BgpAck = Literal["done", "error", "pending"]
+
+
+class BgpRouteState(_Report):
+    """One anycast prefix on a region's BGP speaker: what the plan wants, what the agent wants
+    (plan + own fleet + graceful drain), what it sent to ExaBGP and what ExaBGP acknowledged.
+
+    Attributes:
+        prefix: the anycast prefix (CIDR).
+        plan_action: what the controller's plan says (None: the plan names no such prefix now).
+        wanted: what the agent wants announced now.
+        reason: why ``wanted`` is what it is, in words.
+        sent_action: the last command sent to the current ExaBGP (None: nothing sent yet).
+        sent_next_hop: its next hop.
+        sent_prepend: extra copies of the local ASN on the AS path.
+        sent_med: MED sent (None: none).
+        sent_communities: communities sent (``65535:0`` while a planned withdrawal is held).
+        sent_at: unix seconds it was written.
+        acked: ExaBGP's answer: ``done``, ``error`` or ``pending`` (no answer yet).
+        acked_at: unix seconds of the answer.
+    """
+
+    prefix: str = Field(min_length=1, max_length=64)
+    plan_action: Literal["announce", "withdraw"] | None = None
+    wanted: Literal["announce", "withdraw"]
+    reason: str = Field(default="", max_length=500)
+    sent_action: Literal["announce", "withdraw"] | None = None
+    sent_next_hop: str | None = None
+    sent_prepend: int = Field(default=0, ge=0)
+    sent_med: int | None = None
+    sent_communities: tuple[str, ...] = ()
+    sent_at: float | None = None
+    acked: BgpAck | None = None
+    acked_at: float | None = None
+
+
+class BgpPeerState(_Report):
+    """A BGP session of a region's speaker, as ExaBGP reported it.
+
+    Attributes:
+        address: the peer's address.
+        up: whether the session is established.
+        event: ExaBGP's last event line about it.
+        changed_at: unix seconds of that event (0: none yet).
+    """
+
+    address: str
+    up: bool
+    event: str = Field(default="", max_length=300)
+    changed_at: float = 0.0
+
+
+class BgpState(_Report):
+    """What a region agent's BGP speaker does (``gtm:{ns}:bgp:<region>``, with an expiry).
+
+    Attributes:
+        region: the agent's region.
+        agent_id: the reporting agent process.
+        observed_at: when written, unix seconds.
+        speaker: ``exabgp``.
+        connected: whether ExaBGP's API process is connected to the agent now.
+        restarts: bridge connections after the first (ExaBGP restarts or reloads).
+        fleet_up: the agent's own fleet verdict with fall/rise hysteresis (None: no check yet).
+        plan_generation: generation of the last plan read (None: none yet).
+        plan_reachable: False while Redis cannot be read (the last plan is kept).
+        last_ack_at: unix seconds of ExaBGP's last acknowledgement.
+        routes: per prefix.
+        peers: per peer address.
+    """
+
+    region: str = Field(min_length=1, max_length=64)
+    agent_id: str = Field(min_length=1, max_length=200)
+    observed_at: float
+    speaker: str = "exabgp"
+    connected: bool
+    restarts: int = Field(default=0, ge=0)
+    fleet_up: bool | None = None
+    plan_generation: int | None = None
+    plan_reachable: bool = True
+    last_ack_at: float | None = None
+    routes: dict[str, BgpRouteState] = Field(default_factory=dict)
+    peers: dict[str, BgpPeerState] = Field(default_factory=dict)

@@ -6,6 +6,7 @@
 | --- | --- | --- |
 | ``gtm:{ns}:report:<region>`` | string (JSON), EX = report TTL | latest FleetReport |
 | ``gtm:{ns}:vantage:<region>`` | string (JSON), EX = report TTL | VantageReport: its probes of the others |
+| ``gtm:{ns}:bgp:<region>`` | string (JSON), PX = BGP state TTL | BgpState: what the agent sent, what ExaBGP acked |
 | ``gtm:{ns}:reports`` | stream, MAXLEN ~ | report history (state changes only) |
 | ``gtm:{ns}:override:<region>`` | string (JSON) | drain / cordon |
 | ``gtm:{ns}:desired`` | string (JSON) | last DesiredState with its generation |
@@ -46,6 +47,10 @@ class Keys:
     def vantage(self, region: str) -> str:
         """The VantageReport written by ``region``'s agent (its probes of the other regions)."""
         return f"{self.prefix}vantage:{region}"
+
+    def bgp(self, region: str) -> str:
+        """The BgpState written by ``region``'s agent (its BGP speaker's routes and sessions)."""
+        return f"{self.prefix}bgp:{region}"
 
     @property
     def reports_stream(self) -> str:

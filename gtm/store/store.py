@@ -30,7 +30,7 @@ from gtm.log import get_logger
 from gtm.models.audit import AuditEntry
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
-from gtm.models.report import FleetReport, VantageReport
+from gtm.models.report import BgpState, FleetReport, VantageReport
 from gtm.store.keys import AUDIT_STREAM_MAXLEN, REPORT_STREAM_MAXLEN, Keys
 
 log = get_logger("store")
@@ -327,6 +327,45 @@ class Store:
                     log.warning("get_vantage: rejected vantage report of %s: %s", region, _first_line(exc))
                 continue
             out[region] = rep
+        return out
+
+    async def put_bgp_state(self, state: BgpState, ttl_s: float) -> None:
+        """Write a region agent's BGP speaker state with an expiry (``gtm status`` reads it).
+
+        Args:
+            state: the state (``state.region`` names the key).
+            ttl_s: key expiry, seconds (rounded up to whole milliseconds).
+
+        Raises:
+            StoreError: Redis refused or could not be reached.
+        """
+        try:
+            await self.client.set(self.keys.bgp(state.region), state.model_dump_json(),
+                                  px=max(1, math.ceil(ttl_s * 1000)))
+        except RedisError as exc:
+            raise StoreError(f"writing BGP state for {state.region}: {exc}") from exc
+
+    async def get_bgp_states(self, regions: list[str]) -> dict[str, BgpState]:
+        """The BGP speaker states of ``regions``' agents (absent or expired ones are left out;
+        a malformed one too, with a warning).
+
+        Raises:
+            StoreError: Redis could not be read.
+        """
+        if not regions:
+            return {}
+        try:
+            raw = await self.client.mget([self.keys.bgp(r) for r in regions])
+        except RedisError as exc:
+            raise StoreError(f"reading BGP states: {exc}") from exc
+        out: dict[str, BgpState] = {}
+        for region, text in zip(regions, raw, strict=True):
+            if text is None:
+                continue
+            try:
+                out[region] = BgpState.model_validate_json(text)
+            except ValidationError as exc:
+                log.warning("get_bgp_states: unreadable BGP state of %s: %s", region, _first_line(exc))
         return out
 
     async def rejected_counts(self) -> dict[str, int]:
