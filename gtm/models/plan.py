@@ -273,7 +273,7 @@ class DesiredState:
             h.update(_services_digest(self.services).encode())
             for prefix in sorted(self.announcements):
                 for a in self.announcements[prefix]:
-                    h.update(f"{prefix}|{a.region}|{a.action}|{a.prepend}|{a.med}|{a.communities};".encode())
+                    h.update(f"{prefix}|{a.region}|{a.action}|{a.prepend}|{a.med}|{a.communities}|{a.planned};".encode())
             self._digest.append(h.hexdigest())
         return self._digest[0]
 
