@@ -294,7 +294,9 @@ async def test_steady_state_one_write_per_heartbeat(store: Store, fleet: FleetFa
         w0, t0 = agent.writes, time.monotonic()
         await asyncio.sleep(1.7)
         writes, elapsed = agent.writes - w0, time.monotonic() - t0
-        commands = list(client.commands)
+        # The clock-skew check (Redis TIME, at start and once a minute) may land in the window
+        # on a loaded machine; it is not a report write.
+        commands = [c for c in client.commands if c != "TIME"]
     assert agent.checks > 20
     expected = elapsed / FAST.heartbeat_s  # ≈ 4.25
     assert expected - 1.5 <= writes <= expected + 1
