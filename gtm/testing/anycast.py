@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from gtm.store.store import connect
 from gtm.testing.bgp import Bird, BirdRoute, bgp_region, speaker_address
 from gtm.testing.cluster import ADDRESS_TO_REGION, FQDN, REGIONS, US_CLIENT
 from gtm.testing.ports import free_port
+from gtm.testing.procs import LogDirGroup
 
 __all__ = ["PREFIX", "AnycastLab"]
 
@@ -41,7 +41,7 @@ PREFIX = "198.51.100.0/24"
 
 
 @dataclass
-class AnycastLab:
+class AnycastLab(LogDirGroup):
     """BIRD + per region a fleet and an agent with ExaBGP. Use as an async context manager.
 
     Args:
@@ -280,19 +280,3 @@ class AnycastLab:
         if self.bird is not None:
             self.bird.stop()
 
-    def log(self, key: str) -> str:
-        path = self.root / f"{key}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def __aenter__(self) -> AnycastLab:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: object, *exc: object) -> None:
-        await self.close()
-        if exc_type is None and not os.environ.get("GTM_KEEP_CLUSTER_LOGS"):
-            shutil.rmtree(self.root, ignore_errors=True)

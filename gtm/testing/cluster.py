@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import yaml
 from gtm.providers.dnsclient import query
 from gtm.sim.fleet import HEALTH_ROUTES
 from gtm.testing.ports import free_port
+from gtm.testing.procs import LogDirGroup
 from gtm.testing.scenario import ADDRESS_TO_REGION, EU_CLIENT, FQDN, US_CLIENT
 from gtm.testing.scenario import REGIONS as _SCENARIO_REGIONS
 
@@ -94,7 +94,7 @@ class ProcessExitedError(RuntimeError):
 
 
 @dataclass
-class Cluster:
+class Cluster(LogDirGroup):
     """Separate processes: fleets, agents, controller. Use as an async context manager."""
 
     redis_url: str
@@ -300,20 +300,3 @@ class Cluster:
                 p.kill()
                 p.wait(5)
 
-    def log(self, key: str) -> str:
-        path = self.root / f"{key}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def __aenter__(self) -> Cluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: object, *exc: object) -> None:
-        await self.close()
-        # Keep the logs when something went wrong (the error message names the folder).
-        if exc_type is None and not os.environ.get("GTM_KEEP_CLUSTER_LOGS"):
-            shutil.rmtree(self.root, ignore_errors=True)
