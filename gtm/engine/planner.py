@@ -36,7 +36,7 @@ from gtm.engine.anycast import PrefixSpec, plan_announcements, prefix_specs
 from gtm.engine.capacity import MAX_WEIGHT, capacity_weights
 from gtm.engine.demand import smoothed_load
 from gtm.engine.fallback import apply_fallbacks
-from gtm.engine.health import flap_damping, judge_region
+from gtm.engine.health import Verdict, flap_damping, judge_region
 from gtm.engine.residency import eligible_regions
 from gtm.engine.safety import admitted_drains, drain_hold, drain_weight, paced_weight, step_due
 from gtm.engine.staleness import Lapse, judge_lapse
@@ -131,6 +131,9 @@ def plan(
     active_overrides = {r: o for r, o in overrides.items() if o.active(now)}
     statuses = _region_statuses(policy, inventory, reports, views, active_overrides, previous, now, regions,
                                 damping_cleared or {})
+    # A failover drill's override has made its region unhealthy in ``statuses``; from here on the
+    # region is planned exactly as an unhealthy region without an override (a failure move).
+    active_overrides = {r: o for r, o in active_overrides.items() if o.kind != "failover"}
     drains = {r: o for r, o in active_overrides.items() if o.kind == "drain"}
     admitted = admitted_drains(drains, policy.safety.max_drained)
 
@@ -401,9 +404,15 @@ def _region_statuses(
     for r in regions:
         prev = prev_regions.get(r)
         rep = reports.get(r)
-        verdict = judge_region(r, prev, rep, views[r], policy.health, now)
-        state = verdict.state
         ov = overrides.get(r)
+        verdict = judge_region(r, prev, rep, views[r], policy.health, now)
+        if ov is not None and ov.kind == "failover":
+            # `gtm drill failover`: the fleet keeps running, the engine acts as if it had failed.
+            # Not a confirmed failure: a drill never counts toward flap damping.
+            drill = f" {ov.drill}" if ov.drill else ""
+            verdict = Verdict("unhealthy", f"failover drill{drill} ({ov.actor}: {ov.reason}); the fleet itself: "
+                              f"{verdict.state}", vantage=verdict.vantage)
+        state = verdict.state
         rules = policy.safety
         # Only confirmed failures count toward damping: going out for one, or coming back from one.
         counts = verdict.confirmed_failure if not verdict.serving else prev is not None and prev.confirmed_failure

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gtm.models.accelerator import check_against_services, provider_kind_settings
+from gtm.models.drill import DrillLimits
 from gtm.models.region import CONTINENTS
 from gtm.models.rollout import RolloutSpec
 
@@ -441,6 +442,7 @@ class Policy(_Strict):
         safety: safety rules.
         providers: DNS providers to publish to (the embedded server needs none here).
         rollouts: staggered model-version rollouts (``gtm rollout start NAME``).
+        drills: limits, allowances and blocked windows of ``gtm drill drain|failover|kill``.
         owner_id: this installation's id in ownership markers; two installations sharing a
             zone must use different ids.
     """
@@ -452,6 +454,7 @@ class Policy(_Strict):
     safety: SafetyRules = SafetyRules()
     providers: tuple[ProviderConfig, ...] = ()
     rollouts: tuple[RolloutSpec, ...] = ()
+    drills: DrillLimits = DrillLimits()
     owner_id: str = Field(default="gtm", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@
 | ``gtm:{ns}:rejected`` | hash | reports rejected, field ``<region>|<reason-code>`` → count |
 | ``gtm:{ns}:rejected-last`` | hash | region → digest of the last rejected payload counted |
 | ``gtm:{ns}:rollout:<name>`` | string (JSON) | rollout state machine (``gtm.engine.rollout``) |
+| ``gtm:{ns}:drill`` | string (JSON), PX = drill lease | DrillLock: the one drill running (``gtm drill``) |
 | ``gtm:{ns}:events`` | pub/sub channel | wake-ups; polling remains the fallback |
 """
 
@@ -103,6 +104,10 @@ class Keys:
 
     def rollout(self, name: str) -> str:
         return f"{self.prefix}rollout:{name}"
+
+    @property
+    def drill(self) -> str:
+        return f"{self.prefix}drill"
 
     @property
     def events(self) -> str:

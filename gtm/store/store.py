@@ -28,6 +28,7 @@ from gtm.engine.plausibility import MALFORMED, Rejection
 from gtm.errors import ConfigError, LeaseLostError, StoreError
 from gtm.log import get_logger
 from gtm.models.audit import AuditEntry
+from gtm.models.drill import DrillLock
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
 from gtm.models.report import BgpState, FleetReport, VantageReport
@@ -751,6 +752,71 @@ class Store:
             return bool(await self.client.delete(self.keys.rollout(name)))
         except RedisError as exc:
             raise StoreError(f"deleting rollout {name}: {exc}") from exc
+
+    # -- drills --------------------------------------------------------------------------
+    # One drill at a time per installation: ``gtm:{ns}:drill`` holds its DrillLock with an
+    # expiry the running drill renews, so the lock of a drill that died lapses by itself.
+
+    async def acquire_drill(self, lock: DrillLock, ttl_s: float) -> DrillLock | None:
+        """Take the drill lock for ``lock`` (SET NX PX). Returns None when taken, else the lock
+        of the drill already running (nothing written). Raises ``StoreError``."""
+        try:
+            ok = await self.client.set(self.keys.drill, lock.model_dump_json(), nx=True, px=max(1, int(ttl_s * 1000)))
+            if ok:
+                await self.publish("drill")
+                return None
+            running = await self.get_drill()
+        except RedisError as exc:
+            raise StoreError(f"taking the drill lock: {exc}") from exc
+        # The holder's key lapsed between SET and GET: report it as running anyway; try again later.
+        return running if running is not None else lock
+
+    async def renew_drill(self, lock: DrillLock, ttl_s: float, *, expect: DrillLock) -> bool:
+        """Replace the drill lock ``expect`` by ``lock`` (a new phase or expiry) with a new TTL,
+        only while ``expect`` still holds it; returns whether it did. Raises ``StoreError``."""
+        key = self.keys.drill
+
+        async def ours(pipe: Any) -> bool:
+            return _opt_str(await pipe.get(key)) == expect.model_dump_json()
+
+        def put(pipe: Any) -> None:
+            pipe.set(key, lock.model_dump_json(), px=max(1, int(ttl_s * 1000)))
+            pipe.publish(self.keys.events, "drill")
+
+        try:
+            return await self.compare_and_set([key], ours, put)
+        except RedisError as exc:
+            raise StoreError(f"renewing the drill lock: {exc}") from exc
+
+    async def release_drill(self, lock: DrillLock) -> bool:
+        """Remove the drill lock if it is still ``lock``; returns whether it did."""
+        key = self.keys.drill
+
+        async def ours(pipe: Any) -> bool:
+            return _opt_str(await pipe.get(key)) == lock.model_dump_json()
+
+        def delete(pipe: Any) -> None:
+            pipe.delete(key)
+            pipe.publish(self.keys.events, "drill")
+
+        try:
+            return await self.compare_and_set([key], ours, delete)
+        except RedisError as exc:
+            raise StoreError(f"releasing the drill lock: {exc}") from exc
+
+    async def get_drill(self) -> DrillLock | None:
+        """The drill running now, or None (also when the stored lock cannot be parsed)."""
+        try:
+            text = _opt_str(await self.client.get(self.keys.drill))
+        except RedisError as exc:
+            raise StoreError(f"reading the drill lock: {exc}") from exc
+        if text is None:
+            return None
+        try:
+            return DrillLock.model_validate_json(text)
+        except ValidationError as exc:
+            log.warning("get_drill: malformed lock: %s", _first_line(exc))
+            return None
 
     # -- events --------------------------------------------------------------------------
 
