@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +62,9 @@ app.add_typer(policy_app, name="policy")
 from gtm.cli.rollout import rollout_app  # noqa: E402 - the sub-app needs the shared options above
 
 app.add_typer(rollout_app, name="rollout")
+from gtm.cli.drill import drill_app  # noqa: E402
+
+app.add_typer(drill_app, name="drill")
 
 log = get_logger("cli")
 
@@ -843,46 +845,6 @@ def demo(
 
     setup_logging("ERROR")
     ok = asyncio.run(run_demo(console, queries=queries, fast=fast, json_out=output is Output.json))
-    raise typer.Exit(0 if ok else 1)
-
-
-class Drill(StrEnum):
-    providers = "providers"
-    anycast = "anycast"
-
-
-@app.command("drill")
-def drill(
-    what: Drill = typer.Argument(..., help="providers: one failover published to embedded DNS, BIND and Route 53; "
-                                           "anycast: a fleet failure and a drain through ExaBGP to a BIRD router."),
-    output: Output = OutputOpt,
-    regions: int = typer.Option(3, min=2, max=4, help="anycast: regions (ExaBGP speakers) peering with BIRD."),
-    graceful: float = typer.Option(2.0, "--graceful-s", min=0, help="anycast: seconds a drain holds "
-                                                                    "GRACEFUL_SHUTDOWN before the withdrawal."),
-) -> None:
-    """Run a self-contained drill on 127.0.0.1 (no Redis, no cloud account).
-
-    `gtm drill providers`: the demo's fleets and controller publish to the embedded DNS, a
-    throw-away BIND 9 (`named`, RFC2136 + TSIG) and moto's Route 53 server at once; eu-west-1's
-    fleet fails, then recovers; each provider is read back (DNS queries, ListResourceRecordSets)
-    and the seconds until it excluded and restored the region are printed. Exits 0 when every
-    provider converged and EU answers stayed in the EU; needs `named` and the `drill` extra (moto[server]).
-
-    `gtm drill anycast`: a private Redis, one BIRD 2 and per region a simulated fleet and an agent
-    with its own ExaBGP on loopback; one fleet is killed (its agent withdraws alone), then one
-    region is drained (GRACEFUL_SHUTDOWN, then withdrawn) and undrained; prints the seconds until
-    BIRD's table changed. Needs `bird` (Debian bird2) and `exabgp` (the test extra).
-    """
-    setup_logging("ERROR")
-    if what is Drill.anycast:
-        from gtm.testing.anycast_drill import run_anycast_drill
-
-        ok = asyncio.run(run_anycast_drill(console, regions=regions, graceful_s=graceful,
-                                           json_out=output is Output.json))
-        raise typer.Exit(0 if ok else 1)
-    from gtm.testing.provider_drill import run_provider_drill
-
-    ok = asyncio.run(run_provider_drill(console, json_out=output is Output.json))
     raise typer.Exit(0 if ok else 1)
 
 
