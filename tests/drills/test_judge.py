@@ -106,7 +106,8 @@ def test_verdicts() -> None:
     j = judge("drain", R, limits, broken, acted=True, restored=True, aborted=None, expected_window_s=None)
     assert j.reasons == ["3 answers broke residency", f"the answers never stopped naming {R}",
                          f"the answers did not name {R} again after the restore"]
-    j = judge("drain", R, limits, good, acted=True, restored=True, aborted="aborted: p99 latency", expected_window_s=None)
+    j = judge("drain", R, limits, good, acted=True, restored=True, aborted="aborted: p99 latency",
+              expected_window_s=None)
     assert (j.verdict, j.reasons) == ("aborted", ["aborted: p99 latency"])
 
 
