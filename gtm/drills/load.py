@@ -25,23 +25,39 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from gtm.drills._interim import complete, resolve
+from gtm.agent.completion import CLIENT_HEADER, complete
 from gtm.drills.judge import AnswerSample
+from gtm.drills.resolve import resolve
 from gtm.errors import UsageError
 from gtm.models.drill import RequestOutcome, RequestRecord
 from gtm.models.policy import Segment, Service
-from gtm.models.region import Inventory
+from gtm.models.region import DEFAULT_PROBE_API, Inventory
+
+CLIENT_SUBNETS = 16
+"""ECS subnets (/24) a population's clients are spread over."""
 
 
 @dataclass(frozen=True)
 class Population:
-    """Clients of one network: ``name`` (e.g. the segment ``eu``), ``subnet`` (a CIDR sent as
-    ECS, e.g. ``100.96.0.0/24``) and the ``jurisdictions`` every answer must stay in (empty:
-    any)."""
+    """Clients of one network: ``name`` (e.g. the segment ``eu``), ``subnet`` (a CIDR, e.g.
+    ``100.96.0.0/16``) and the ``jurisdictions`` every answer must stay in (empty: any).
+
+    Clients sit behind many resolvers: the load sends ECS subnets taken in turn from the first
+    ``CLIENT_SUBNETS`` /24s (IPv6: /56s) of ``subnet`` (just ``subnet`` when it is that small),
+    so a caching resolver holds one answer per /24, as it does for real clients.
+    """
 
     name: str
     subnet: str
     jurisdictions: tuple[str, ...] = ()
+
+    def client_subnets(self, n: int = 0) -> list[str]:
+        """Up to ``n`` (default ``CLIENT_SUBNETS``) ECS subnets inside ``subnet``."""
+        net = ipaddress.ip_network(self.subnet, strict=False)
+        size = 24 if net.version == 4 else 56
+        if net.prefixlen >= size:
+            return [str(net)]
+        return [str(s) for s, _ in zip(net.subnets(new_prefix=size), range(n or CLIENT_SUBNETS), strict=False)]
 
 
 @dataclass
@@ -61,7 +77,9 @@ class LoadSettings:
             reachable (overrides port and scheme for that address).
         model / prompt / max_tokens: the completion request (small on purpose).
         timeout_s: per DNS lookup and per request, seconds.
-        samples_per_s: authoritative queries per population per second.
+        samples_per_s: authoritative queries per population per second (spread over the
+            second).
+        client_id: sent as ``X-GTM-Client`` (the simulator counts requests per client).
     """
 
     fqdn: str
@@ -77,15 +95,7 @@ class LoadSettings:
     max_tokens: int = 4
     timeout_s: float = 3.0
     samples_per_s: int = 8
-
-
-def _client_subnet(network: str) -> str:
-    """A /24 (IPv4) or /56 (IPv6) inside ``network`` (the ECS a resolver forwards)."""
-    net = ipaddress.ip_network(network, strict=False)
-    size = 24 if net.version == 4 else 56
-    if net.prefixlen >= size:
-        return str(net)
-    return str(next(net.subnets(new_prefix=size)))
+    client_id: str = "gtm-drill"
 
 
 def _located(segment: Segment, continent: str, countries: tuple[str, ...]) -> bool:
@@ -116,7 +126,7 @@ def default_populations(service: Service, inventory: Inventory) -> list[Populati
             elif any(_located(s, geo.continent, geo.countries) for s in matched):
                 continue
             jur = seg.residency.jurisdictions if seg.residency is not None else ()
-            out.append(Population(seg.name, _client_subnet(geo.client_networks[0]), tuple(jur)))
+            out.append(Population(seg.name, geo.client_networks[0], tuple(jur)))
             break
         else:
             raise UsageError(f"no region has a client network for segment {seg.name} of {service.name}: "
@@ -172,13 +182,17 @@ class ClientLoad:
         self.sent = 0
         self._regions = address_regions(inventory)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._subnets = {p.name: p.client_subnets() for p in populations}
+        self._turn: dict[str, int] = {}
 
     def region_of(self, address: str) -> str | None:
         return self._regions.get(address)
 
     def _kind(self, region: str | None) -> str:
+        """The completion API kind of the region's first serving source (OpenAI-style by default)."""
         reg = self.inventory.regions.get(region) if region is not None else None
-        return reg.fleet[0].kind if reg is not None and reg.fleet else "vllm"
+        kinds = [src.kind for src in reg.fleet if src.kind in DEFAULT_PROBE_API] if reg is not None else []
+        return kinds[0] if kinds else "vllm"
 
     def _url(self, address: str) -> str:
         s = self.settings
@@ -187,11 +201,17 @@ class ClientLoad:
         host = f"[{address}]" if ":" in address else address
         return f"{s.endpoint_scheme}://{host}:{s.endpoint_port}"
 
+    def _next_subnet(self, pop: Population, turn: str = "client") -> str:
+        subnets = self._subnets.get(pop.name) or pop.client_subnets()
+        i = self._turn.get(f"{turn}:{pop.name}", 0)
+        self._turn[f"{turn}:{pop.name}"] = i + 1
+        return subnets[i % len(subnets)]
+
     async def request(self, pop: Population) -> RequestRecord:
         """One client request: resolve, then complete. Never raises."""
         s = self.settings
         t = time.time()
-        res = await resolve(s.resolver, s.fqdn, pop.subnet, s.timeout_s)
+        res = await resolve(s.resolver, s.fqdn, self._next_subnet(pop), s.timeout_s)
         if res.error or not res.addresses:
             return RequestRecord(t=t, population=pop.name, outcome="dns_error", resolve_ms=res.elapsed_ms,
                                  detail=(res.error or f"no address ({res.rcode})")[:300])
@@ -200,7 +220,7 @@ class ClientLoad:
         jur = self.inventory.jurisdiction_of(region) if region is not None else None
         residency_ok = not pop.jurisdictions or jur in pop.jurisdictions
         c = await complete(self.session, self._url(address), self._kind(region), model=s.model, prompt=s.prompt,
-                           max_tokens=s.max_tokens, timeout_s=s.timeout_s)
+                           max_tokens=s.max_tokens, timeout_s=s.timeout_s, headers={CLIENT_HEADER: s.client_id})
         outcome: RequestOutcome
         if c.ok:
             outcome = "ok"
@@ -241,16 +261,16 @@ class ClientLoad:
         s = self.settings
         if s.authoritative is None:
             return
+        period = 1.0 / s.samples_per_s
         while not stop.is_set():
             t0 = time.monotonic()
             for pop in self.populations:
-                for _ in range(s.samples_per_s):
-                    t = time.time()
-                    res = await resolve(s.authoritative, s.fqdn, pop.subnet, min(1.0, s.timeout_s))
-                    region = self.region_of(res.addresses[0]) if res.addresses else None
-                    self.answers.append(AnswerSample(t, pop.name, region))
+                t = time.time()
+                res = await resolve(s.authoritative, s.fqdn, self._next_subnet(pop, "sample"), min(1.0, s.timeout_s))
+                region = self.region_of(res.addresses[0]) if res.addresses else None
+                self.answers.append(AnswerSample(t, pop.name, region))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, 1.0 - (time.monotonic() - t0)))
+                await asyncio.wait_for(stop.wait(), max(0.0, period - (time.monotonic() - t0)))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send and sample until ``stop`` is set, then wait for the requests in flight (each is
