@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -141,6 +141,7 @@ class _Drill:
         self.load, self.stop, self.on_progress, self.resolver = load, stop, on_progress, resolver
         self.started = time.time()
         self.id = f"drill-{kind}-{region}-{int(self.started)}"[:64]
+        load.settings = replace(load.settings, client_id=self.id)  # the fleets count this drill's requests
         self.events: list[DrillEvent] = []
         self.lock: DrillLock | None = None
         self.override: Override | None = None

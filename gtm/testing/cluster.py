@@ -35,7 +35,8 @@ REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
                  planned_step: int = 255, health: dict[str, Any] | None = None,
-                 vantage: bool = True) -> tuple[Path, Path]:
+                 vantage: bool = True, drills: dict[str, Any] | None = None,
+                 ttl: int = 30) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
 
     With ``vantage`` each region's ``vantage_url`` is its fleet's health URL (the fleet stands
@@ -61,7 +62,7 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
             doc["vantage_url"] = f"http://127.0.0.1:{fleet_ports[name]}{HEALTH_ROUTES[kind][0]}"
         (regions_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     svc: dict[str, Any] = {
-        "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30, "model": "llama-3.1-8b",
+        "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": ttl, "model": "llama-3.1-8b",
         "routing": routing, "regions": [r[0] for r in REGIONS],
         "segments": [
             {"name": "eu", "match": {"continents": ["EU"]}, "residency": {"jurisdictions": ["EU"]}},
@@ -80,6 +81,8 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     }
     if health:
         policy["health"] = dict(health)
+    if drills:
+        policy["drills"] = dict(drills)
     policy_path = root / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return regions_dir, policy_path
@@ -106,6 +109,10 @@ class Cluster(LogDirGroup):
     """Policy ``health`` fields (``write_config``); None keeps the defaults."""
     vantage: bool = True
     """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
+    drills: dict[str, Any] | None = None
+    """The policy's ``drills:`` section (limits, lease); None keeps the defaults."""
+    ttl: int = 30
+    """The service's DNS TTL, seconds."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
@@ -148,7 +155,7 @@ class Cluster(LogDirGroup):
         self.dns_port = free_port()
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
                                            planned_step=self.planned_step, health=self.health,
-                                           vantage=self.vantage)
+                                           vantage=self.vantage, drills=self.drills, ttl=self.ttl)
         for region in self.fleet_ports:
             self.start_fleet(region)
         for region in self.fleet_ports:
