@@ -169,14 +169,13 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
         fail(UsageError(str(exc)), debug, EXIT_USAGE)
     act = yes and not dry_run
 
-    async def go() -> tuple[Any, DrillReport | None]:
+    async def go() -> tuple[Any, DrillReport | None]:  # (preflight, None) for a dry run, else (None, report)
         store = store_connect(url, ns=ns)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
                                      connector=aiohttp.TCPConnector(limit=0, force_close=True))
         try:
-            pf = await runner.preflight(store, cfg, kind, region, http, hold_s=hold)
-            if not act or not pf.ok or svc is None:
-                return pf, None
+            if not act or svc is None:
+                return await runner.preflight(store, cfg, kind, region, http, hold_s=hold), None
             populations = pops or L.default_populations(svc, cfg.inventory)
             auth = _authoritative(cfg, svc.zone, authoritative)
             stop = asyncio.Event()
@@ -189,7 +188,7 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
                                           endpoint_scheme=endpoint_scheme, connect=conn, model=svc.model)
                 opts = runner.DrillOptions(actor=actor, reason=reason, hold_s=hold, baseline_s=baseline,
                                            probe_interval_s=probe_interval)
-                with Live(Text(f"{kind} {region}: starting"), console=err_console, refresh_per_second=2,
+                with Live(Text(f"{kind} {region}: preflight"), console=err_console, refresh_per_second=2,
                           transient=output is Output.json) as live:
                     def show(st: runner.DrillStatus) -> None:
                         live.update(_status_line(st))
@@ -197,7 +196,7 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
                     report = await runner.run_drill(store, cfg, kind, region, settings=settings,
                                                     populations=populations, options=opts, session=http, stop=stop,
                                                     on_progress=show, resolver=desc)
-            return pf, report
+            return None, report
         finally:
             await http.close()
             await store.aclose()
@@ -206,12 +205,15 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
     if report is None:
         _print_preflight(pf, output, act)
         raise typer.Exit(EXIT_REFUSED if pf.refusals else 0)
+    if report.verdict == "refused" and output is not Output.json:
+        for line in report.plan:
+            console.print(escape(line), highlight=False, soft_wrap=True)
     files = _write_report(report, out) if out is not None else []
     if output is Output.json:
         print_json({**report.model_dump(mode="json"), "files": [str(f) for f in files]})
     else:
         colour = "green" if report.verdict == "passed" else "red"
-        console.print(f"[{colour}]{escape(report.verdict_line())}[/]", highlight=False)
+        console.print(f"[{colour}]{escape(report.verdict_line())}[/]", highlight=False, soft_wrap=True)
         for f in files:
             console.print(f"  report: {escape(str(f))}", highlight=False)
     raise typer.Exit(report.exit_code)
@@ -257,11 +259,11 @@ def _print_preflight(pf: Any, output: Output, act: bool) -> None:
                     "refusals": pf.refusals, "dry_run": not act})
         return
     for line in pf.plan:
-        console.print(escape(line), highlight=False)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if pf.refusals:
         err_console.print(f"[red]RefusedError[/]: {pf.kind} {escape(pf.region)} refused:")
         for r in pf.refusals:
-            err_console.print(f"  - {escape(r)}", highlight=False)
+            err_console.print(f"  - {escape(r)}", highlight=False, soft_wrap=True)
     elif not act:
         console.print("dry run: nothing done; add --yes to run the drill")
 

@@ -334,7 +334,7 @@ class _Drill:
             timeout = self.svc.ttl + self.cfg.policy.health.report_timeout_s + 30
         end = time.monotonic() + timeout
         restored = self.restored or time.time()
-        while time.monotonic() < end and not self.stop.is_set():
+        while time.monotonic() < end:  # also after an interrupt: the report says when traffic came back
             samples = self.load.answers or self.load.client_answers()
             if any(a.t >= restored and a.region == self.region for a in samples):
                 self.event("restored", f"the answers name {self.region} again")
@@ -413,7 +413,7 @@ async def run_drill(
     stop = stop if stop is not None else asyncio.Event()
     pf = await preflight(store, cfg, kind, region, session, hold_s=opts.hold_s)
     if not pf.ok:
-        return refused_report(kind, region, opts.actor, pf, time.time())
+        return await _refused(store, cfg, kind, region, opts, pf)
     load = ClientLoad(settings, populations, cfg.inventory, session, on_record=on_record)
     d = _Drill(store, cfg, kind, region, opts, load, stop, on_progress, resolver)
     lock = DrillLock(id=d.id, kind=kind, region=region, actor=opts.actor, started=d.started, phase="act",
@@ -422,7 +422,7 @@ async def run_drill(
     if running is not None:
         pf.refusals.append(f"another drill is running: {running.id} ({running.kind} {running.region} "
                            f"by {running.actor})")
-        return refused_report(kind, region, opts.actor, pf, time.time())
+        return await _refused(store, cfg, kind, region, opts, pf)
     d.lock = lock
     d.event("preflight", "; ".join(pf.plan))
     load_stop = asyncio.Event()
@@ -457,6 +457,17 @@ async def run_drill(
                 await store.release_drill(d.lock)
     report = d.report(pf)
     await d.audit("drill verdict", report.verdict_line()[:2000])
+    return report
+
+
+async def _refused(store: Store, cfg: Config, kind: DrillKind, region: str, opts: DrillOptions,
+                   pf: Preflight) -> DrillReport:
+    """The refused report, audited (``drill verdict``) like every drill."""
+    report = refused_report(kind, region, opts.actor, pf, time.time())
+    with contextlib.suppress(GtmError):
+        await store.append_audit(AuditEntry(ts=report.ended, action="drill verdict", region=region, actor=opts.actor,
+                                            reason=opts.reason, via="drill", note=report.verdict_line()[:2000],
+                                            policy_digest=cfg.digest, policy_commit=cfg.commit))
     return report
 
 

@@ -33,7 +33,7 @@ from gtm.store import connect
 from gtm.store.store import Store
 from gtm.testing.cluster import US_CLIENT, Cluster
 from gtm.testing.redis import RedisProcess
-from tests.factories import skip_or_fail
+from tests.factories import make_override, skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -213,3 +213,64 @@ async def test_sigkilled_drill_is_undone_by_the_override_expiry(lab: Lab) -> Non
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def _cli(lab: Lab, *args: str) -> list[str]:
+    c = lab.c
+    return [sys.executable, "-m", "gtm.cli.main", "drill", *args, "--redis", c.redis_url, "--ns", c.namespace,
+            "--resolver", "{}:{}".format(*lab.unbound.address), "--authoritative", f"127.0.0.1:{c.dns_port}",
+            *[a for addr, url in lab.connect.items() for a in ("--connect", f"{addr}={url}")]]
+
+
+async def _run(argv: list[str], timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_dry_run_shows_the_plan_and_refuses_with_reasons(lab: Lab) -> None:
+    await lab.c.wait_shares(lambda s: set(s) == ALL, timeout=30)
+    code, out, _ = await _run(_cli(lab, "kill", "eu-west-1"))
+    assert code == 0, out
+    assert "kill eu-west-1: every fleet source (vllm-a) really dies for 30 s" in out
+    assert "eu-central-1 50%, eu-west-1 50% → eu-central-1 100%" in out and "dry run: nothing done" in out
+    await lab.store.put_override(make_override("eu-west-1", "cordon", since=time.time()))
+    try:
+        code, out, err = await _run(_cli(lab, "failover", "eu-west-1", "--yes"))
+        assert code == 3, out + err
+        assert "refused: eu-west-1 already has a cordon override (tester: maintenance); undrain it first" in out
+        assert await lab.store.get_drill() is None
+    finally:
+        await lab.store.delete_override("eu-west-1")
+
+
+async def test_cli_sigint_aborts_and_restores(lab: Lab) -> None:
+    await lab.c.wait_shares(lambda s: set(s) == ALL, timeout=30)
+    proc = await asyncio.create_subprocess_exec(
+        *_cli(lab, "drain", "eu-west-1", "--yes", "--hold", "60", "--baseline", "0", "--rps", "2", "-o", "json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while await lab.store.get_override("eu-west-1") is None:
+            assert proc.returncode is None and time.monotonic() < deadline, "the drill never drained"
+            await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, err.decode()
+    doc = DrillReport.model_validate_json(_report_json(out.decode()))
+    assert doc.verdict == "aborted" and doc.reasons[0] == "aborted: interrupted by the operator (SIGINT/SIGTERM)"
+    assert doc.restored_s is not None
+    await lab.clean()
+
+
+def _report_json(text: str) -> str:
+    import json
+
+    data = json.loads(text)
+    data.pop("files", None)
+    return json.dumps(data)
