@@ -131,11 +131,13 @@ def _counted(handler: Handler) -> Handler:
     async def counted(request: web.Request) -> web.StreamResponse:
         sim = request.app[SIM_KEY]
         ok = False
+        sim.completions_in_flight += 1
         try:
             resp = await handler(request)
             ok = resp.status == 200 and not resp.get(_FAILED, False)
             return resp
         finally:
+            sim.completions_in_flight -= 1
             sim.count_completion(ok, request.headers.get(CLIENT_HEADER))
 
     return counted
