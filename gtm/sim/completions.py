@@ -7,7 +7,8 @@ formats:
   ``"stream": true`` as Server-Sent Events (``data: {json}`` per chunk, then ``data: [DONE]``),
   else one JSON body;
 * TGI: ``POST /generate_stream`` (``data:{"token": {...}, "generated_text": ...}`` events) and
-  ``POST /generate`` (``{"generated_text": ...}``);
+  ``POST /generate`` (``{"generated_text": ...}``), and the OpenAI-compatible endpoints as above
+  (TGI 2.x's Messages API and ``/v1/completions``);
 * Triton: ``POST /v2/models/<model>/generate_stream`` (``data: {"text_output": ...}`` events) and
   ``/v2/models/<model>/generate``; an unknown model is a 400, as Triton answers it.
 
@@ -130,11 +131,13 @@ def _counted(handler: Handler) -> Handler:
     async def counted(request: web.Request) -> web.StreamResponse:
         sim = request.app[SIM_KEY]
         ok = False
+        sim.completions_in_flight += 1
         try:
             resp = await handler(request)
             ok = resp.status == 200 and not resp.get(_FAILED, False)
             return resp
         finally:
+            sim.completions_in_flight -= 1
             sim.count_completion(ok, request.headers.get(CLIENT_HEADER))
 
     return counted
@@ -244,6 +247,10 @@ def add_routes(app: web.Application, kind: str) -> None:
         app.router.add_post("/v1/completions", _counted(_openai))
         app.router.add_post("/v1/chat/completions", _counted(_openai))
     elif kind == "tgi":
+        # TGI 2.x serves the OpenAI-compatible API too (its Messages API and /v1/completions):
+        # a drill's clients send the same request to whatever region they are answered with.
+        app.router.add_post("/v1/completions", _counted(_openai))
+        app.router.add_post("/v1/chat/completions", _counted(_openai))
         app.router.add_post("/generate_stream", _counted(_tgi))
         app.router.add_post("/generate", _counted(_tgi))
     elif kind == "triton":

@@ -311,6 +311,7 @@ class FleetSim:
         completions_served: completion requests answered in full with a well-formed 200.
         completions_failed: completion requests answered otherwise (an error status, a
             malformed or interrupted answer, a wedge or shutdown the request gave up on).
+        completions_in_flight: completion requests being answered now.
         completions_by_client: the same two counts (``served``, ``failed``) per value of the
             requests' ``X-GTM-Client`` header (``gtm.agent.completion.CLIENT_HEADER``); requests
             without it (the agents' probes) are not in it.
@@ -337,6 +338,7 @@ class FleetSim:
     closing: bool = False
     completions_served: int = 0
     completions_failed: int = 0
+    completions_in_flight: int = 0
     completions_by_client: dict[str, dict[str, int]] = field(default_factory=dict)
     _templates: dict[str, _Template] = field(default_factory=dict, repr=False)
     _base: dict[str, float] = field(default_factory=dict, repr=False)
@@ -517,6 +519,7 @@ class FleetSim:
             "generation_tokens_total": self._tokens,
             "completions_served": self.completions_served,
             "completions_failed": self.completions_failed,
+            "completions_in_flight": self.completions_in_flight,
             "completions_by_client": {k: dict(v) for k, v in sorted(self.completions_by_client.items())},
             "values": self.values(),
         }

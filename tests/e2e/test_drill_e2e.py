@@ -53,14 +53,14 @@ class Lab:
                  http: aiohttp.ClientSession) -> None:
         self.c, self.cfg, self.unbound, self.store, self.http = cluster, cfg, unbound, store, http
         self.svc = cfg.policy.services[0]
-        # The inventory's endpoints (192.0.2.x) stand for the regions' load balancers: clients
-        # reach each at its simulated fleet.
-        self.connect = {reg.endpoints[0].value: reg.fleet[0].url for reg in cfg.inventory.regions.values()}
+        # Loopback endpoints: region i's fleet serves on 127.0.1.(i+1):P, the address DNS answers,
+        # so a client that connects to its answer reaches the answered region.
+        self.port = cluster.endpoint_port
 
     def settings(self, rps: float = 8.0) -> LoadSettings:
         return LoadSettings(fqdn=self.svc.fqdn, resolver=self.unbound.address,
-                            authoritative=("127.0.0.1", self.c.dns_port), rps=rps, connect=self.connect,
-                            model=self.svc.model, timeout_s=2.0)
+                            authoritative=self.c.dns_address, rps=rps, endpoint_port=self.port,
+                            endpoint_scheme="http", model=self.svc.model, timeout_s=2.0)
 
     async def drill(self, kind: Any, region: str, *, hold_s: float = HOLD_S, limits: DrillLimits | None = None,
                     reason: str = "e2e") -> DrillReport:
@@ -75,7 +75,7 @@ class Lab:
         """Completions the fleets served / failed for ``client`` (their ``X-GTM-Client`` counts)."""
         total = {"served": 0, "failed": 0}
         for region in self.c.fleet_ports:
-            url = f"http://127.0.0.1:{self.c.fleet_ports[region]}/_sim/state"
+            url = f"{self.c.fleet_url(region)}/_sim/state"
             async with self.http.get(url) as resp:
                 counts = (await resp.json()).get("completions_by_client", {}).get(client, {})
             for k in total:
@@ -95,7 +95,7 @@ async def lab() -> AsyncIterator[Lab]:
     except StartupError as exc:
         skip_or_fail(f"needs unbound (Debian unbound: scripts/ensure-unbound.sh): {exc}")
     with RedisProcess() as redis_proc:
-        async with Cluster(redis_proc.url, ttl=TTL_S, drills=DRILLS) as c:
+        async with Cluster(redis_proc.url, endpoints="loopback", ttl=TTL_S, drills=DRILLS) as c:
             cfg = load_config(str(c.root / "policy.yaml"), str(c.root / "regions"))
             store = connect(redis_proc.url, ns=c.namespace)
             async with aiohttp.ClientSession() as http, \
@@ -176,8 +176,8 @@ async def test_sigkilled_drill_is_undone_by_the_override_expiry(lab: Lab) -> Non
     c = lab.c
     argv = [sys.executable, "-m", "gtm.cli.main", "drill", "failover", "us-west-2", "--yes", "--hold", "120",
             "--redis", c.redis_url, "--ns", c.namespace, "--resolver", "{}:{}".format(*lab.unbound.address),
-            "--authoritative", f"127.0.0.1:{c.dns_port}", "--baseline", "0", "--rps", "2", "--reason", "sigkill",
-            *[a for addr, url in lab.connect.items() for a in ("--connect", f"{addr}={url}")]]
+            "--authoritative", "{}:{}".format(*c.dns_address), "--baseline", "0", "--rps", "2", "--reason", "sigkill",
+            "--endpoint-port", str(lab.port), "--endpoint-scheme", "http"]
     log = open(c.root / "drill-cli.log", "wb")  # noqa: SIM115 - the child keeps writing to it
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -218,8 +218,8 @@ async def test_sigkilled_drill_is_undone_by_the_override_expiry(lab: Lab) -> Non
 def _cli(lab: Lab, *args: str) -> list[str]:
     c = lab.c
     return [sys.executable, "-m", "gtm.cli.main", "drill", *args, "--redis", c.redis_url, "--ns", c.namespace,
-            "--resolver", "{}:{}".format(*lab.unbound.address), "--authoritative", f"127.0.0.1:{c.dns_port}",
-            *[a for addr, url in lab.connect.items() for a in ("--connect", f"{addr}={url}")]]
+            "--resolver", "{}:{}".format(*lab.unbound.address), "--authoritative", "{}:{}".format(*c.dns_address),
+            "--endpoint-port", str(lab.port), "--endpoint-scheme", "http"]
 
 
 async def _run(argv: list[str], timeout: float = 60) -> tuple[int, str, str]:

@@ -83,7 +83,10 @@ async def test_kill_refuses_connections_resets_streams_and_comes_back(http: aioh
             assert resp.status == 200
         async with aiohttp.ClientSession() as other:
             slow = asyncio.create_task(complete(other, url, "vllm", model=MODEL, max_tokens=8, timeout_s=5))
-            await asyncio.sleep(0.3)  # the stream has started (first token at once, then one a second)
+            # the stream has started (first token at once, then one a second)
+            while (await _state(http, url))["completions_in_flight"] != 1:
+                assert not slow.done(), slow
+                await asyncio.sleep(0.02)
             for bad in ({"for_s": 0}, {"for_s": 3601}, {"for_s": "2"}, {"other": 1}):
                 async with http.post(url + "/_sim/kill", json=bad) as resp:
                     assert resp.status == 400, bad
@@ -109,7 +112,7 @@ async def test_kill_refuses_connections_resets_streams_and_comes_back(http: aioh
         assert (await complete(http, url, "vllm", model=MODEL, timeout_s=2)).ok
         state = await _state(http, url)
         # served before and after the outage; the cut-off stream failed
-        assert (state["completions_served"], state["completions_failed"]) == (2, 1)
+        assert (state["completions_served"], state["completions_failed"], state["completions_in_flight"]) == (2, 1, 0)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
