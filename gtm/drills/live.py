@@ -8,6 +8,7 @@ always renders the same way.
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,55 +28,58 @@ NEAR = 0.8
 """A limit used to this fraction (0..1) or more is shown as close (yellow); past 1, crossed (red)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class DrillProgress:
-    """One second of a running drill, as the live view shows it.
+    """One second of a running drill, as the live view shows it. The runner may keep one and
+    update its fields in place.
 
     Attributes:
-        kind / region: the drill.
-        phase: ``preflight``, ``act``, ``hold``, ``restore``, ``done`` (free text, shown as is).
-        elapsed_s: seconds since the drill started.
+        id / kind / region: the drill.
+        phase: ``preflight``, ``baseline``, ``act``, ``hold``, ``restore``, ``settle``, ``done``
+            (free text, shown as is).
+        elapsed_s: seconds since the drill (its load) started.
         hold_s: the planned hold, seconds.
-        limits: the policy's ``drills:`` limits in force.
-        started: the drill's start, unix seconds (event times are shown relative to it).
-        hold_elapsed_s: seconds spent holding so far (None before the hold).
         ok / failed: client requests so far, by outcome.
-        rps: requests sent in the last second (all populations).
-        p99_ms: p99 latency of the last second's requests, milliseconds (None: none completed).
-        window_requests: requests in the sliding error window (``limits.error_window_s``).
-        window_error_rate: failed fraction (0..1) in that window; None until
-            ``limits.min_requests`` were sent in it.
-        window_p99_ms: p99 latency over that window, milliseconds.
-        error_judged_after_s: for ``kill``: the error rate is not judged before this many
-            seconds since the start (detection + TTL + margin); None: judged throughout.
+        last_rps: requests sent in the last second (all populations).
+        p99_ms: p99 latency over the limits' window (``limits.error_window_s``), milliseconds
+            (None: no request completed in it).
         shares: per population, the share (0..1) of its last seconds' requests answered with
             each region.
-        answer_shares: the authoritative answers of the last seconds, share per region.
         health: each region's health state in the plan in force (``healthy (drain)`` when an
             override holds it).
         events: the events so far (or the newest ones), in time order.
+        limits: the policy's ``drills:`` limits in force.
+        error_rate: failed fraction (0..1) of the requests in the limits' window.
+        window_requests: requests in that window; below ``limits.min_requests`` the error rate
+            is shown as not judged yet (None: not counted, always judged).
+        error_judged_after_s: for ``kill``: the error rate is not judged before this many
+            seconds since the start (detection + TTL + margin); None: judged throughout.
+        started: the drill's start, unix seconds: event times are shown relative to it (None:
+            as UTC clock times).
+        hold_elapsed_s: seconds held so far (None before the hold).
+        answer_shares: the authoritative answers of the last seconds, share per region (0..1).
     """
 
+    id: str
     kind: DrillKind
     region: str
-    phase: str
-    elapsed_s: float
-    hold_s: float
-    limits: DrillLimits
-    started: float = 0.0
-    hold_elapsed_s: float | None = None
+    phase: str = "preflight"
+    elapsed_s: float = 0.0
+    hold_s: float = 0.0
     ok: int = 0
     failed: int = 0
-    rps: float = 0.0
+    last_rps: float = 0.0
     p99_ms: float | None = None
-    window_requests: int = 0
-    window_error_rate: float | None = None
-    window_p99_ms: float | None = None
-    error_judged_after_s: float | None = None
     shares: dict[str, dict[str, float]] = field(default_factory=dict)
-    answer_shares: dict[str, float] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
-    events: Sequence[DrillEvent] = ()
+    events: Sequence[DrillEvent] = field(default_factory=list)
+    limits: DrillLimits = field(default_factory=DrillLimits)
+    error_rate: float = 0.0
+    window_requests: int | None = None
+    error_judged_after_s: float | None = None
+    started: float | None = None
+    hold_elapsed_s: float | None = None
+    answer_shares: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,23 +101,26 @@ class LimitUse:
 
 
 def limit_uses(p: DrillProgress) -> list[LimitUse]:
-    """The limits of ``p.limits`` with the drill's current values, in the view's order."""
+    """The limits of ``p.limits`` with the drill's current values, in the view's order:
+    error rate, p99 latency, duration, and (not for ``kill``) failed requests."""
     lim = p.limits
     uses: list[LimitUse] = []
-    judged = p.error_judged_after_s is None or p.elapsed_s >= p.error_judged_after_s
-    if p.window_error_rate is None or not judged:
-        why = (f"not judged before {p.error_judged_after_s:.0f} s" if not judged and p.error_judged_after_s is not None
-               else f"{p.window_requests} of {lim.min_requests} requests")
-        uses.append(LimitUse("error rate", why, f"{lim.max_error_rate:.1%} over {lim.error_window_s:g} s", 0.0, False))
+    rate_limit = f"{lim.max_error_rate:.1%} over {lim.error_window_s:g} s"
+    if p.error_judged_after_s is not None and p.elapsed_s < p.error_judged_after_s:
+        uses.append(LimitUse("error rate", f"not judged before {p.error_judged_after_s:.0f} s", rate_limit, 0.0,
+                             False))
+    elif p.window_requests is not None and p.window_requests < lim.min_requests:
+        uses.append(LimitUse("error rate", f"{p.window_requests} of {lim.min_requests} requests", rate_limit, 0.0,
+                             False))
     else:
-        uses.append(LimitUse("error rate", f"{p.window_error_rate:.1%}",
-                             f"{lim.max_error_rate:.1%} over {lim.error_window_s:g} s",
-                             _used(p.window_error_rate, lim.max_error_rate), p.window_error_rate > lim.max_error_rate))
-    if p.window_p99_ms is None:
-        uses.append(LimitUse("p99 latency", "—", f"{lim.max_p99_latency_ms:,.0f} ms", 0.0, False))
+        uses.append(LimitUse("error rate", f"{p.error_rate:.1%}", rate_limit, _used(p.error_rate, lim.max_error_rate),
+                             p.error_rate > lim.max_error_rate))
+    p99_limit = f"{lim.max_p99_latency_ms:,.0f} ms"
+    if p.p99_ms is None:
+        uses.append(LimitUse("p99 latency", "—", p99_limit, 0.0, False))
     else:
-        uses.append(LimitUse("p99 latency", f"{p.window_p99_ms:,.0f} ms", f"{lim.max_p99_latency_ms:,.0f} ms",
-                             _used(p.window_p99_ms, lim.max_p99_latency_ms), p.window_p99_ms > lim.max_p99_latency_ms))
+        uses.append(LimitUse("p99 latency", f"{p.p99_ms:,.0f} ms", p99_limit, _used(p.p99_ms, lim.max_p99_latency_ms),
+                             p.p99_ms > lim.max_p99_latency_ms))
     uses.append(LimitUse("duration", f"{p.elapsed_s:.0f} s", f"{lim.max_duration_s:g} s",
                          _used(p.elapsed_s, lim.max_duration_s), p.elapsed_s > lim.max_duration_s))
     if p.kind != "kill":
@@ -144,14 +151,15 @@ def render_live(p: DrillProgress) -> RenderableType:
     parts: list[RenderableType] = [_status(p), _shares(p, colours)]
     if p.health:
         parts.append(_health(p.health, colours))
-    parts.append(_limits(limit_uses(p)))
+    uses = limit_uses(p)
+    parts.append(_limits(uses))
     if p.events:
         parts.append(_events(p.events[-EVENTS_SHOWN:], p.started))
     hold = (f"held {p.hold_elapsed_s:.0f} of {p.hold_s:g} s" if p.hold_elapsed_s is not None
             else f"hold {p.hold_s:g} s planned")
     title = Text.assemble(("gtm drill ", "bold"), (f"{p.kind} ", "bold"), (p.region, f"bold {colours[p.region]}"))
     return Panel(Group(*parts), title=title, subtitle=hold,
-                 border_style="red" if any(u.crossed for u in limit_uses(p)) else "blue")
+                 border_style="red" if any(u.crossed for u in uses) else "blue")
 
 
 def _status(p: DrillProgress) -> Text:
@@ -159,13 +167,13 @@ def _status(p: DrillProgress) -> Text:
     t = Text()
     t.append("phase ", style="dim")
     t.append(p.phase, style="bold")
-    t.append(f"   elapsed {p.elapsed_s:.1f} s", style="")
+    t.append(f"   elapsed {p.elapsed_s:.1f} s")
     t.append("   requests ", style="dim")
     t.append(f"{p.ok:,} ok", style=OK_COLOUR)
     t.append(" / ")
     t.append(f"{p.failed:,} failed", style=f"bold {FAILED_COLOUR}" if p.failed else "")
     t.append(f" of {total:,}")
-    t.append(f"   {p.rps:,.0f} rps", style="")
+    t.append(f"   {p.last_rps:,.0f} rps")
     t.append(f"   p99 {'—' if p.p99_ms is None else f'{p.p99_ms:,.0f} ms'}")
     return t
 
@@ -210,13 +218,15 @@ def _limits(uses: list[LimitUse]) -> Table:
     return table
 
 
-def _events(events: Sequence[DrillEvent], started: float) -> Table:
+def _events(events: Sequence[DrillEvent], started: float | None) -> Table:
     table = Table(title="events", title_justify="left", box=None, show_header=False, pad_edge=False, padding=(0, 1))
     table.add_column("t", justify="right", style="dim", no_wrap=True)
     table.add_column("kind", style="bold", no_wrap=True)
     table.add_column("text")
     for ev in events:
-        table.add_row(f"+{ev.t - started:.1f} s", ev.kind, Text(ev.text))
+        when = (f"+{ev.t - started:.1f} s" if started is not None
+                else _dt.datetime.fromtimestamp(ev.t, _dt.UTC).strftime("%H:%M:%S"))
+        table.add_row(when, ev.kind, Text(ev.text))
     return table
 
 
