@@ -92,6 +92,7 @@ def render_timeline_png(report: DrillReport) -> bytes:
     ratios = [1.2] * (1 + len(populations)) + [1.0, 1.0, 0.35 + 0.25 * max(1, len(health_regions))]
     axes: list[Axes] = list(fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios))
     span = _span(report)
+    first = min([0.0, *(e.t - report.started for e in report.events)])  # a preflight may precede the start
 
     share_axes = axes[: 1 + len(populations)]
     _shares(share_axes[0], report.series, lambda s: s.answer_shares, regions, colours, span,
@@ -103,7 +104,7 @@ def render_timeline_png(report: DrillReport) -> bytes:
     _latency(lat_ax, report.series)
     _health(health_ax, report.series, health_regions)
     for ax in axes:
-        ax.set_xlim(0, span)
+        ax.set_xlim(first, span)
         ax.grid(axis="x", alpha=0.3)
     _events(axes, report, share_axes[0])
     health_ax.set_xlabel("seconds since the drill started")
