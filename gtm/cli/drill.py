@@ -132,21 +132,6 @@ def _config_in_force(url: str, ns: str, policies: str, regions: str, debug: bool
     return config_or_exit(policies, regions, debug)
 
 
-def _status_line(st: Any) -> Text:
-    shares = "  ".join(f"{p}: " + ", ".join(f"{r} {s:.0%}" for r, s in sh.items()) for p, sh in st.shares.items())
-    p99 = "-" if st.p99_ms is None else f"{st.p99_ms:.0f} ms"
-    return Text(f"{st.kind} {st.region} [{st.phase}] {st.elapsed_s:5.1f} s  ok {st.ok:,}  failed {st.failed:,}  "
-                f"{st.last_rps} rps  p99 {p99}  err {st.error_rate:.1%}  {shares}")
-
-
-def _write_report(report: DrillReport, out: Path) -> list[Path]:
-    # TEMPORARY until gtm.drills.report.write_report lands: the JSON only.
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{report.id}.json"
-    path.write_text(report.model_dump_json(indent=2))
-    return [path]
-
-
 def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requests: int, resolver: str | None,
               authoritative: str | None, endpoint_port: int, endpoint_scheme: str, connect: list[str],
               population: list[str], service: str | None, yes: bool, dry_run: bool, out: Path | None, actor: str,
@@ -156,6 +141,8 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
 
     from gtm.drills import load as L
     from gtm.drills import runner
+    from gtm.drills.live import DrillProgress, render_live
+    from gtm.drills.report import write_report
     from gtm.store import connect as store_connect
 
     setup_logging("ERROR")
@@ -190,8 +177,8 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
                                            probe_interval_s=probe_interval)
                 with Live(Text(f"{kind} {region}: preflight"), console=err_console, refresh_per_second=2,
                           transient=output is Output.json) as live:
-                    def show(st: runner.DrillStatus) -> None:
-                        live.update(_status_line(st))
+                    def show(progress: DrillProgress) -> None:
+                        live.update(render_live(progress))
 
                     report = await runner.run_drill(store, cfg, kind, region, settings=settings,
                                                     populations=populations, options=opts, session=http, stop=stop,
@@ -208,14 +195,19 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
     if report.verdict == "refused" and output is not Output.json:
         for line in report.plan:
             console.print(escape(line), highlight=False, soft_wrap=True)
-    files = _write_report(report, out) if out is not None else []
+    try:
+        files = write_report(report, out) if out is not None else None
+    except (GtmError, OSError) as exc:  # the drill is over and restored: say so, then the error
+        console.print(escape(report.verdict_line()), highlight=False, soft_wrap=True)
+        fail(exc, debug)
+    paths = [str(files.json), str(files.png), str(files.html)] if files is not None else []
     if output is Output.json:
-        print_json({**report.model_dump(mode="json"), "files": [str(f) for f in files]})
+        print_json({**report.model_dump(mode="json"), "files": paths})
     else:
         colour = "green" if report.verdict == "passed" else "red"
         console.print(f"[{colour}]{escape(report.verdict_line())}[/]", highlight=False, soft_wrap=True)
-        for f in files:
-            console.print(f"  report: {escape(str(f))}", highlight=False)
+        for f in paths:
+            console.print(f"  report: {escape(f)}", highlight=False, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 
 

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -35,6 +35,7 @@ import aiohttp
 from gtm.config.loader import Config
 from gtm.controller import actions
 from gtm.drills import judge as J
+from gtm.drills.live import DrillProgress
 from gtm.drills.load import ClientLoad, LoadSettings, Population
 from gtm.drills.preflight import Preflight, check, failover_override, gather, sim_check
 from gtm.errors import GtmError
@@ -49,42 +50,6 @@ log = get_logger("drills.runner")
 
 MAX_FAILURES_KEPT = 1000
 """Failed requests kept in the report."""
-
-
-@dataclass
-class DrillStatus:
-    """What a running drill shows each second (``on_progress``).
-
-    Attributes:
-        id / kind / region: the drill.
-        phase: ``preflight``, ``baseline``, ``act``, ``hold``, ``restore``, ``settle``, ``done``.
-        elapsed_s: since the load started, seconds.
-        hold_s: the hold asked for, seconds.
-        ok / failed: requests so far.
-        last_rps: requests sent in the last second.
-        p99_ms: p99 latency over the limits' window (None: no request).
-        shares: per population, region shares of the last seconds' answers.
-        health: region → state in the plan in force.
-        events: the last events.
-        limits: the ``drills:`` limits in force.
-        error_rate: failed fraction over the limits' window (0..1).
-    """
-
-    id: str
-    kind: DrillKind
-    region: str
-    phase: str = "preflight"
-    elapsed_s: float = 0.0
-    hold_s: float = 0.0
-    ok: int = 0
-    failed: int = 0
-    last_rps: int = 0
-    p99_ms: float | None = None
-    shares: dict[str, dict[str, float]] = field(default_factory=dict)
-    health: dict[str, str] = field(default_factory=dict)
-    events: list[DrillEvent] = field(default_factory=list)
-    limits: DrillLimits = field(default_factory=DrillLimits)
-    error_rate: float = 0.0
 
 
 @dataclass
@@ -134,7 +99,7 @@ class _Drill:
     """One drill's state while it runs (see ``run_drill``)."""
 
     def __init__(self, store: Store, cfg: Config, kind: DrillKind, region: str, opts: DrillOptions,
-                 load: ClientLoad, stop: asyncio.Event, on_progress: Callable[[DrillStatus], None] | None,
+                 load: ClientLoad, stop: asyncio.Event, on_progress: Callable[[DrillProgress], None] | None,
                  resolver: str) -> None:
         self.store, self.cfg, self.kind, self.region, self.opts = store, cfg, kind, region, opts
         self.limits = opts.limits or cfg.policy.drills
@@ -149,12 +114,14 @@ class _Drill:
         self.restored: float | None = None
         self.aborted: str | None = None
         self.health: dict[int, dict[str, str]] = {}
-        self.status = DrillStatus(id=self.id, kind=kind, region=region, hold_s=opts.hold_s, limits=self.limits)
         self.svc = service_for(cfg, region)
         self.expected: float | None = None
         if kind == "kill":
             self.expected = J.expected_kill_window(cfg.policy.health, self.svc.ttl, self.limits,
                                                    opts.probe_interval_s)
+        self.held_from: float | None = None
+        self.status = DrillProgress(id=self.id, kind=kind, region=region, hold_s=opts.hold_s, limits=self.limits,
+                                    started=self.started)
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -228,6 +195,15 @@ class _Drill:
         window = [r for r in recs if r.t >= now - self.limits.error_window_s]
         st.p99_ms = J.percentile([r.latency_ms for r in window], 0.99)
         st.error_rate = (sum(1 for r in window if not r.ok) / len(window)) if window else 0.0
+        st.window_requests = len(window)
+        if self.expected is not None and self.acted is not None:
+            st.error_judged_after_s = self.acted + self.expected - self.started
+        st.hold_elapsed_s = now - self.held_from if self.held_from is not None else None
+        answers = [a for a in self.load.answers if a.t >= now - 3.0]
+        counts: dict[str, float] = {}
+        for a in answers:
+            counts[a.region or "none"] = counts.get(a.region or "none", 0.0) + 1
+        st.answer_shares = {k: v / len(answers) for k, v in sorted(counts.items())}
         recent = [r for r in recs if r.t >= now - 3.0]
         shares: dict[str, dict[str, float]] = {}
         for r in recent:
@@ -236,7 +212,10 @@ class _Drill:
         st.shares = {p: {k: v / sum(c.values()) for k, v in sorted(c.items())} for p, c in shares.items()}
         st.events = self.events[-6:]
         if self.on_progress is not None:
-            self.on_progress(st)
+            try:
+                self.on_progress(st)
+            except Exception:  # a broken view must not stop the limit checks
+                log.exception("drill %s: progress view failed", self.id)
 
     async def wait(self, seconds: float) -> bool:
         """Wait ``seconds`` unless aborted or stopped first; returns whether it ran out."""
@@ -386,7 +365,7 @@ async def run_drill(
     options: DrillOptions | None = None,
     session: aiohttp.ClientSession,
     stop: asyncio.Event | None = None,
-    on_progress: Callable[[DrillStatus], None] | None = None,
+    on_progress: Callable[[DrillProgress], None] | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
     resolver: str = "",
 ) -> DrillReport:
@@ -401,7 +380,8 @@ async def run_drill(
         options: actor, reason, hold, limits (``DrillOptions``).
         session: the HTTP session for the clients and the fleets.
         stop: set it to abort and restore (SIGINT/SIGTERM).
-        on_progress: called about once a second with a ``DrillStatus``.
+        on_progress: called about once a second with the drill's ``DrillProgress`` (one
+            object, updated in place; ``gtm.drills.live.render_live`` shows it).
         on_record: called with each finished client request.
         resolver: how clients resolve, for the report (e.g. ``Unbound.describe()``).
 
@@ -440,6 +420,7 @@ async def run_drill(
                 d.aborted = f"aborted: the act failed: {exc}"
             if d.aborted is None:
                 await d.set_phase("hold")
+                d.held_from = time.time()
                 await d.wait(opts.hold_s)
     finally:
         restore = asyncio.ensure_future(_finish(d, session))
@@ -485,4 +466,4 @@ async def _finish(d: _Drill, session: aiohttp.ClientSession) -> None:
     d.status.phase = "done"
 
 
-__all__ = ["DrillOptions", "DrillStatus", "preflight", "refused_report", "run_drill", "service_for"]
+__all__ = ["DrillOptions", "preflight", "refused_report", "run_drill", "service_for"]

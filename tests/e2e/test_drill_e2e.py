@@ -10,12 +10,15 @@ first waits until every region answers again.
 from __future__ import annotations
 
 import asyncio
+import html
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -245,10 +248,11 @@ async def test_cli_dry_run_shows_the_plan_and_refuses_with_reasons(lab: Lab) -> 
         await lab.store.delete_override("eu-west-1")
 
 
-async def test_cli_sigint_aborts_and_restores(lab: Lab) -> None:
+async def test_cli_sigint_aborts_and_restores_and_writes_the_report(lab: Lab, tmp_path: Path) -> None:
     await lab.c.wait_shares(lambda s: set(s) == ALL, timeout=30)
     proc = await asyncio.create_subprocess_exec(
-        *_cli(lab, "drain", "eu-west-1", "--yes", "--hold", "60", "--baseline", "0", "--rps", "2", "-o", "json"),
+        *_cli(lab, "drain", "eu-west-1", "--yes", "--hold", "60", "--baseline", "0", "--rps", "2", "-o", "json",
+              "--out", str(tmp_path)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -265,12 +269,15 @@ async def test_cli_sigint_aborts_and_restores(lab: Lab) -> None:
     doc = DrillReport.model_validate_json(_report_json(out.decode()))
     assert doc.verdict == "aborted" and doc.reasons[0] == "aborted: interrupted by the operator (SIGINT/SIGTERM)"
     assert doc.restored_s is not None
+    files = json.loads(out.decode())["files"]
+    assert [Path(f).name for f in files] == [f"{doc.id}.json", f"{doc.id}.png", f"{doc.id}.html"]
+    assert DrillReport.model_validate_json(Path(files[0]).read_text()) == doc
+    assert Path(files[1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc.verdict_line().split(" — ")[0] in html.unescape(Path(files[2]).read_text())
     await lab.clean()
 
 
 def _report_json(text: str) -> str:
-    import json
-
     data = json.loads(text)
     data.pop("files", None)
     return json.dumps(data)
