@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import Settings
-from gtm.errors import ConfigError, GtmError, RefusedError, UsageError
+from gtm.errors import ConfigError, GtmError, RefusedError, StoreError, UsageError
 
 T = TypeVar("T")
 
@@ -81,6 +81,27 @@ def config_or_warn(policies: str, regions: str) -> Config | None:
             f"first: {escape(exc.reasons[0]) if exc.reasons else '?'}); showing what Redis holds. "
             "`gtm policy validate` lists them all."
         )
+        return None
+
+
+def policy_snapshot(url: str, ns: str) -> tuple[Config, float] | None:
+    """The leader's policy snapshot from Redis as ``(Config, written_at)``, or None when there is
+    none or it cannot be read or used (the reason is printed)."""
+    from gtm.config.snapshot import load_snapshot
+    from gtm.store import connect
+
+    async def go() -> str | None:
+        store = connect(url, ns=ns)
+        try:
+            return await store.get_policy_snapshot()
+        finally:
+            await store.aclose()
+
+    try:
+        text = asyncio.run(go())
+        return load_snapshot(text) if text is not None else None
+    except (ConfigError, StoreError) as exc:
+        err_console.print(f"[yellow]no usable policy snapshot in Redis[/]: {escape(str(exc))}", highlight=False)
         return None
 
 

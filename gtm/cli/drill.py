@@ -26,13 +26,14 @@ from gtm.cli.common import (
     console,
     err_console,
     fail,
+    policy_snapshot,
     print_json,
     run,
     store_url,
 )
 from gtm.cli.options import ActorOpt, DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
 from gtm.config.loader import Config
-from gtm.errors import ConfigError, GtmError, StoreError, UsageError
+from gtm.errors import GtmError, UsageError
 from gtm.log import setup_logging
 from gtm.models.drill import DrillKind, DrillReport
 
@@ -110,26 +111,9 @@ def _connect_map(items: list[str]) -> dict[str, str]:
 
 
 def _config_in_force(url: str, ns: str, policies: str, regions: str, debug: bool) -> Config:
-    """The policy the leader runs (its snapshot in Redis), else the local files."""
-    from gtm.config.snapshot import load_snapshot
-    from gtm.store import connect
-
-    async def go() -> str | None:
-        store = connect(url, ns=ns)
-        try:
-            return await store.get_policy_snapshot()
-        finally:
-            await store.aclose()
-
-    try:
-        text = asyncio.run(go())
-        if text is not None:
-            cfg, _ = load_snapshot(text)
-            return cfg
-    except (ConfigError, StoreError) as exc:
-        err_console.print(f"[yellow]no usable policy snapshot in Redis[/] ({escape(str(exc))}); using the local files",
-                          highlight=False)
-    return config_or_exit(policies, regions, debug)
+    """The policy the leader runs (its snapshot in Redis), else the local files (exit 2 if invalid)."""
+    snap = policy_snapshot(url, ns)
+    return snap[0] if snap is not None else config_or_exit(policies, regions, debug)
 
 
 def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requests: int, resolver: str | None,
@@ -234,7 +218,7 @@ class _resolver:
         if self.auth is None:
             raise UsageError("no resolver: give --resolver HOST[:PORT], or --authoritative HOST:PORT (or the zone's "
                              "nameserver_addresses in the policy) for a local Unbound")
-        from gtm.drills.unbound import Unbound  # type: ignore[import-not-found,unused-ignore]
+        from gtm.drills.unbound import Unbound
 
         self.unbound = Unbound(zone=self.zone, stub_addrs=[self.auth])
         await self.unbound.__aenter__()

@@ -31,6 +31,7 @@ from gtm.cli.common import (
     console,
     err_console,
     fail,
+    policy_snapshot,
     print_json,
     run,
     store_url,
@@ -39,7 +40,7 @@ from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, Red
 from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import redact
-from gtm.errors import ConfigError, StartupError, StoreError, TaskCrashedError
+from gtm.errors import ConfigError, StartupError, TaskCrashedError
 from gtm.log import get_logger, setup_logging
 
 T = TypeVar("T")
@@ -98,27 +99,6 @@ def _config_in_force(
     except ConfigError as exc:
         fail(exc, debug, 2)
     raise AssertionError("unreachable")
-
-
-def _policy_snapshot(url: str, ns: str) -> tuple[Config, float] | None:
-    """The leader's policy snapshot from Redis as ``(Config, written_at)``, or None when there is
-    none or it cannot be read or used (the reason is printed)."""
-    from gtm.config.snapshot import load_snapshot
-    from gtm.store import connect
-
-    async def go() -> str | None:
-        store = connect(url, ns=ns)
-        try:
-            return await store.get_policy_snapshot()
-        finally:
-            await store.aclose()
-
-    try:
-        text = asyncio.run(go())
-        return load_snapshot(text) if text is not None else None
-    except (ConfigError, StoreError) as exc:
-        err_console.print(f"[yellow]no usable policy snapshot in Redis[/]: {escape(str(exc))}", highlight=False)
-        return None
 
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:
@@ -657,7 +637,7 @@ def controller(
     try:
         cfg = loader()
     except ConfigError as exc:
-        snap = _policy_snapshot(url, ns)
+        snap = policy_snapshot(url, ns)
         if snap is None:
             fail(exc, False, 2)
         cfg, written_at = snap
