@@ -175,7 +175,8 @@ class _Drill:
             with contextlib.suppress(GtmError):
                 state = await self.store.get_desired()
                 if state is not None:
-                    self.status.health = {r: s.state for r, s in state.regions.items()}
+                    self.status.health = {r: f"{s.state} ({s.override})" if s.override else s.state
+                                          for r, s in state.regions.items()}
                     self.health[int(now - self.started)] = self.status.health
             self.progress(now)
             if self.acted is not None and self.restored is None and self.aborted is None:
