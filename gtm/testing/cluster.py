@@ -35,7 +35,7 @@ REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
                  planned_step: int = 255, health: dict[str, Any] | None = None,
-                 vantage: bool = True) -> tuple[Path, Path]:
+                 vantage: bool = True, extra_policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
 
     With ``vantage`` each region's ``vantage_url`` is its fleet's health URL (the fleet stands
@@ -46,6 +46,7 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     Health settings are the defaults (fall 2, rise 3, report timeout 6 s) unless ``health``
     gives policy ``health`` fields (e.g. a short ``report_timeout_s``, with agents started with
     a matching ``--heartbeat``/``--report-ttl`` in ``Cluster.extra_agent_args``).
+    ``extra_policy`` adds (or replaces) top-level policy sections, e.g. ``rollouts``.
     """
     regions_dir = root / "regions"
     regions_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +81,7 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     }
     if health:
         policy["health"] = dict(health)
+    policy.update(extra_policy or {})
     policy_path = root / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return regions_dir, policy_path
@@ -106,11 +108,22 @@ class Cluster(LogDirGroup):
     """Policy ``health`` fields (``write_config``); None keeps the defaults."""
     vantage: bool = True
     """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
+    api: bool = False
+    """Serve the controller's HTTP API (status page, /metrics) on ``api_port``."""
+    agent_metrics: bool = False
+    """Serve each agent's /metrics (``--metrics-listen``) on ``agent_metrics_ports[region]``."""
+    extra_policy: dict[str, Any] | None = None
+    """Top-level policy sections added to the cluster's policy (``write_config``)."""
+    extra_controller_args: tuple[str, ...] = ()
+    api_port: int = 0
+    agent_metrics_ports: dict[str, int] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopped: set[str] = field(default_factory=set)
+    policy_path: Path | None = None
+    regions_dir: Path | None = None
     _controller_argv: list[str] = field(default_factory=list)
     _agent_argv: list[str] = field(default_factory=list)
 
@@ -148,7 +161,12 @@ class Cluster(LogDirGroup):
         self.dns_port = free_port()
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
                                            planned_step=self.planned_step, health=self.health,
-                                           vantage=self.vantage)
+                                           vantage=self.vantage, extra_policy=self.extra_policy)
+        self.policy_path, self.regions_dir = policy, regions_dir
+        if self.api:
+            self.api_port = free_port()
+        if self.agent_metrics:
+            self.agent_metrics_ports = {r: free_port() for r in self.fleet_ports}
         for region in self.fleet_ports:
             self.start_fleet(region)
         for region in self.fleet_ports:
@@ -158,8 +176,9 @@ class Cluster(LogDirGroup):
         self._agent_argv = [*gtm, "agent", "--regions", str(regions_dir), *common, *self.extra_agent_args]
         for region in self.fleet_ports:
             self.start_agent(region)
+        api = f"127.0.0.1:{self.api_port}" if self.api else "off"
         self._controller_argv = [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
-                                 "--api-listen", "off", *common]
+                                 "--api-listen", api, *common, *self.extra_controller_args]
         for attempt in range(3):
             self._spawn("controller", [*self._controller_argv, "--dns-listen", f"127.0.0.1:{self.dns_port}"])
             try:
@@ -259,7 +278,9 @@ class Cluster(LogDirGroup):
     def start_agent(self, region: str) -> None:
         """Start (or restart) ``region``'s agent process."""
         self._stopped.discard(f"agent-{region}")
-        self._spawn(f"agent-{region}", [*self._agent_argv, "--region", region])
+        metrics = (["--metrics-listen", f"127.0.0.1:{self.agent_metrics_ports[region]}"]
+                   if region in self.agent_metrics_ports else [])
+        self._spawn(f"agent-{region}", [*self._agent_argv, "--region", region, *metrics])
 
     def kill_agents(self) -> None:
         """SIGKILL every agent, one right after the other (all agents crash together), and reap
