@@ -92,6 +92,22 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(ctx)}]" if ctx else line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced
+    after set-up: test capture, a daemon redirecting it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     """Configure the root ``gtm`` logger to write to stderr, replacing a handler set before.
 
@@ -107,7 +123,7 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     for old in list(root.handlers):
         if getattr(old, "_gtm_handler", False):
             root.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonLineFormatter() if json_lines else _TextFormatter())
     handler._gtm_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
