@@ -78,8 +78,12 @@ async def status_page(store: Store, config: Config | None, controller: Any = Non
     desired: DesiredState | None = getattr(controller, "state", None) if controller is not None else None
     if desired is None:
         desired = await store.get_desired()
+    for name, info in (getattr(controller, "published", None) or {}).items():  # local publishers' lag
+        if name in status["providers"] and "lag_s" not in status["providers"][name]:
+            status["providers"][name] = {**status["providers"][name], "lag_s": info.get("lag_s")}
     return render_status_page(status, overrides=overrides, rollouts=rollouts, drill=drill, audit=audit,
-                              desired=desired, controller=controller, now=now)
+                              desired=desired, controller=controller, now=now,
+                              not_started=[n for n in names if n not in rollouts])
 
 
 def render_status_page(
@@ -92,6 +96,7 @@ def render_status_page(
     desired: DesiredState | None,
     controller: Any = None,
     now: float,
+    not_started: Sequence[str] = (),
 ) -> str:
     """Render the page from gathered data (pure: no I/O).
 
@@ -105,6 +110,7 @@ def render_status_page(
         desired: the plan in force (for per-region load), or None.
         controller: this process's controller (role), or None.
         now: unix seconds.
+        not_started: the policy's rollouts never started (listed as such).
     """
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -119,7 +125,7 @@ def render_status_page(
         "<h2>Pools per segment</h2>", _pools(status),
         "<h2>Anycast announcements</h2>", _announcements(status),
         "<h2>Overrides</h2>", _overrides(overrides, now),
-        "<h2>Rollouts</h2>", _rollouts(rollouts),
+        "<h2>Rollouts</h2>", _rollouts(rollouts, not_started),
         "<h2>Providers</h2>", _providers(status, now),
         f"<h2>Audit (newest {AUDIT_ROWS})</h2>", _audit(audit[:AUDIT_ROWS]),
         "</body></html>",
@@ -230,15 +236,16 @@ def _overrides(overrides: dict[str, Override], now: float) -> str:
                   id="overrides", empty="none: every region is in normal service")
 
 
-def _rollouts(rollouts: dict[str, Any]) -> str:
-    rows = []
+def _rollouts(rollouts: dict[str, Any], not_started: Sequence[str]) -> str:
+    rows: list[list[object]] = [[name, "—", "—", _Cell("not started", cls="unk"), "—", "—", "—",
+                                 f"in the policy: gtm rollout start {name}"] for name in sorted(not_started)]
     for name, st in sorted(rollouts.items()):
         phases = ", ".join(f"{r} {p.phase}" for r, p in sorted(st.regions.items())) or "—"
         cls = {"running": "ok", "done": "ok", "paused": "warn", "halted": "bad", "aborted": "bad"}.get(st.status, "unk")
         rows.append([name, st.spec.service, st.spec.target_version, _Cell(st.status, cls=cls),
                      str(st.wave + 1) if st.wave >= 0 else "—", str(st.step), phases, st.reason or "—"])
     return _table(["rollout", "service", "target version", "status", "wave", "step", "regions", "reason"], rows,
-                  id="rollouts", empty="no rollout started")
+                  id="rollouts", empty="no rollout in the policy")
 
 
 def _drill_section(drill: DrillLock | None, audit: list[tuple[str, dict[str, str]]], now: float) -> str:

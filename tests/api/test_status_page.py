@@ -146,3 +146,14 @@ def test_verdicts_read_from_drill_audit_entries() -> None:
     found = last_verdict(rows)
     assert found is not None and found.verdict == "passed" and found.kind == "failover"
     assert last_verdict(rows[2:]) is None
+
+
+def test_rollouts_of_the_policy_not_started_are_listed() -> None:
+    from gtm.api.status_page import render_status_page
+
+    page = render_status_page({"namespace": "n", "providers": {}}, overrides={}, rollouts={}, drill=None, audit=[],
+                              desired=None, now=1.0, not_started=["llama-v2"])
+    assert "<td class='unk'>not started</td>" in page and "gtm rollout start llama-v2" in page
+    page = render_status_page({"namespace": "n"}, overrides={}, rollouts={}, drill=None, audit=[], desired=None,
+                              now=1.0)
+    assert "no rollout in the policy" in page
