@@ -113,7 +113,9 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
 
     Args:
         level: a logging level name (``DEBUG``, ``INFO``, ``WARNING``...).
-        json_lines: one JSON object per line (:class:`JsonLineFormatter`) instead of text.
+        json_lines: one JSON object per line (:class:`JsonLineFormatter`) instead of text;
+            then other libraries' warnings and errors (Python's root logger, when nothing
+            else handles it) are written as JSON lines too.
 
     Raises:
         ValueError: ``level`` is not a level name.
@@ -128,3 +130,15 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler._gtm_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.propagate = False
+    # Libraries' warnings (aiohttp.server, asyncio: "Task exception was never retrieved") go to
+    # Python's root logger; in JSON mode they must be JSON lines too, not the plain last resort.
+    top = logging.getLogger()
+    for old in list(top.handlers):
+        if getattr(old, "_gtm_handler", False):
+            top.removeHandler(old)
+    if json_lines and not top.handlers:
+        other = _StderrHandler()
+        other.setFormatter(JsonLineFormatter())
+        other.setLevel(logging.WARNING)
+        other._gtm_handler = True  # type: ignore[attr-defined]
+        top.addHandler(other)

@@ -176,9 +176,12 @@ class Cluster(LogDirGroup):
         self._agent_argv = [*gtm, "agent", "--regions", str(regions_dir), *common, *self.extra_agent_args]
         for region in self.fleet_ports:
             self.start_agent(region)
-        api = f"127.0.0.1:{self.api_port}" if self.api else "off"
-        self._controller_argv = [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
-                                 "--api-listen", api, *common, *self.extra_controller_args]
+        def controller_argv() -> list[str]:
+            api = f"127.0.0.1:{self.api_port}" if self.api else "off"
+            return [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
+                    "--api-listen", api, *common, *self.extra_controller_args]
+
+        self._controller_argv = controller_argv()
         for attempt in range(3):
             self._spawn("controller", [*self._controller_argv, "--dns-listen", f"127.0.0.1:{self.dns_port}"])
             try:
@@ -188,7 +191,11 @@ class Cluster(LogDirGroup):
                 # Another program took the DNS port between our check and the bind: pick another.
                 if exc.key != "controller" or "cannot listen" not in exc.log_tail or attempt == 2:
                     raise
-                self.dns_port = free_port()
+                if "HTTP API" in exc.log_tail:  # the same for the API's port
+                    self.api_port = free_port()
+                    self._controller_argv = controller_argv()
+                else:
+                    self.dns_port = free_port()
 
     def _check_alive(self) -> None:
         """Raise ``ProcessExitedError`` (with the end of its log) for a process that has died."""

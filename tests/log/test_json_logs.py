@@ -98,3 +98,18 @@ def test_audit_summary() -> None:
     assert AuditEntry(ts=1.0).summary() == "entry"
     assert AuditEntry(ts=1.0, action="undamp", region="us-west-2").summary() == "undamp us-west-2"
     assert AuditEntry(ts=1.0).log_fields() == {}
+
+
+def test_library_warnings_are_json_lines_too() -> None:
+    """In a fresh process (pytest owns the root logger here): a library's error on Python's root
+    logger comes out as a JSON line; its INFO is not written."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from gtm.log import setup_logging, get_logger; setup_logging(json_lines=True); "
+            "logging.getLogger('aiohttp.server').error('Error handling request'); "
+            "logging.getLogger('aiohttp.access').info('not at WARNING'); get_logger('agent').info('ours')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(d["logger"], d["level"], d["message"]) for d in lines] == [
+        ("aiohttp.server", "ERROR", "Error handling request"), ("gtm.agent", "INFO", "ours")]
