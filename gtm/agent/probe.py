@@ -3,21 +3,9 @@ to the first token.
 
 A health endpoint answering 200 says the HTTP server lives, not that the engine generates
 (vLLM issue #39863: EngineCore hung while ``/health`` and ``/metrics`` answer). A probe asks
-for a few tokens, streaming, and checks what comes back:
-
-===========  ===========================================  ================================
-API          request                                      a token is
-===========  ===========================================  ================================
-completions  ``POST /v1/completions`` (vLLM, SGLang)      ``choices[0].text``
-chat         ``POST /v1/chat/completions``                ``choices[0].delta.content``
-tgi          ``POST /generate_stream`` (TGI)              ``token.text`` (not ``special``)
-triton       ``POST /v2/models/<model>/generate_stream``  ``text_output``
-===========  ===========================================  ================================
-
-Streams are Server-Sent Events (``data: {json}``; OpenAI style ends with ``data: [DONE]``); a
-server that ignores ``stream`` and answers one JSON body is accepted too (its TTFT is then the
-whole answer's time). **TTFT** is the time from sending the request to the first event that
-carries a non-empty token, milliseconds.
+for a few tokens, streaming, through the completion client it shares with the drills' clients
+(``gtm.agent.completion.complete``: the APIs per engine kind, SSE parsing, TTFT timing), and
+checks what comes back.
 
 A probe **fails**, with a reason starting ``completion probe:``, on: no first token within
 the timeout; a first token but no end of the answer within it; a connection error; an HTTP
@@ -36,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from gtm.agent.completion import complete, completion_request
 from gtm.log import get_logger
 from gtm.models.region import FleetSource, ProbeSpec
 from gtm.tasks import cancel_all
@@ -54,10 +42,6 @@ log = get_logger("agent.probe")
 ModelOf = Callable[[FleetSource], str | None]
 """The model name to send in a source's probe when neither the probe spec nor the inventory
 names one (e.g. what the engine's metrics say it serves), or None."""
-
-
-class ProbeFailedError(Exception):
-    """A probe's answer is not what the API promises (the message is the failure reason)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +76,7 @@ not run in time: the result is the agent's stall, not the engine's (``ProbeResul
 
 
 def probe_request(src: FleetSource, spec: ProbeSpec, model: str | None) -> tuple[str, dict[str, Any]]:
-    """The URL and JSON body of ``src``'s probe.
+    """The URL and JSON body of ``src``'s probe (``gtm.agent.completion.completion_request``).
 
     Args:
         src: the fleet source (its ``url`` is the server's base URL).
@@ -103,59 +87,11 @@ def probe_request(src: FleetSource, spec: ProbeSpec, model: str | None) -> tuple
     Raises:
         ValueError: a Triton probe without any model name (Triton's URL needs one).
     """
-    base = src.url.rstrip("/")
+    assert spec.api is not None
     name = spec.model or src.model or model
-    if spec.api == "tgi":
-        return f"{base}/generate_stream", {"inputs": spec.prompt,
-                                           "parameters": {"max_new_tokens": spec.max_tokens}}
-    if spec.api == "triton":
-        if not name:
-            raise ValueError(f"source {src.name}: a Triton probe needs a model (probe.model or model)")
-        return (f"{base}/v2/models/{name}/generate_stream",
-                {"text_input": spec.prompt, "max_tokens": spec.max_tokens, "stream": True})
-    body: dict[str, Any] = {"max_tokens": spec.max_tokens, "stream": True, "temperature": 0}
-    if name:
-        body["model"] = name
-    if spec.api == "chat":
-        body["messages"] = [{"role": "user", "content": spec.prompt}]
-        return f"{base}/v1/chat/completions", body
-    body["prompt"] = spec.prompt
-    return f"{base}/v1/completions", body
-
-
-def token_of(api: str, event: object, *, streamed: bool = True) -> str:
-    """The generated text one event (or a whole non-streamed body) carries ("" for none).
-
-    Raises:
-        ProbeFailedError: the event is not the API's shape, or is an error event.
-    """
-    if not isinstance(event, dict):
-        raise ProbeFailedError(f"malformed answer: expected a JSON object, got {type(event).__name__}")
-    if "error" in event:
-        err = event["error"]
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        raise ProbeFailedError(f"engine error: {str(msg)[:200]}")
-    try:
-        if api in ("completions", "chat"):
-            choice = event["choices"][0] if event["choices"] else {}
-            if api == "completions":
-                value = choice.get("text", "")
-            else:
-                part = choice.get("delta" if streamed else "message") or {}
-                value = part.get("content") or ""
-        elif api == "tgi":
-            if streamed:
-                tok = event["token"]
-                value = "" if tok.get("special") else tok["text"]
-            else:
-                value = event["generated_text"]
-        else:  # triton
-            value = event["text_output"]
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise ProbeFailedError(f"malformed answer: missing {exc} in {json.dumps(event)[:120]}") from exc
-    if not isinstance(value, str):
-        raise ProbeFailedError(f"malformed answer: token is {type(value).__name__}, not text")
-    return value
+    if spec.api == "triton" and not name:
+        raise ValueError(f"source {src.name}: a Triton probe needs a model (probe.model or model)")
+    return completion_request(src.url, spec.api, model=name, prompt=spec.prompt, max_tokens=spec.max_tokens)
 
 
 async def run_probe(
@@ -165,7 +101,8 @@ async def run_probe(
     timeout_s: float,
     model: str | None = None,
 ) -> ProbeResult:
-    """Send one probe to ``src`` and judge the answer. Never raises on a bad server.
+    """Send one probe to ``src`` through the shared completion client and judge the answer.
+    Never raises on a bad server.
 
     Args:
         session: the agent's shared HTTP session (this request sets its own timeout).
@@ -177,79 +114,18 @@ async def run_probe(
     Returns:
         The result; ``reason`` says why it failed.
     """
-    t0 = time.monotonic()
-    first: float | None = None
-    pieces: list[str] = []
-
-    def result(reason: str = "", *, timed_out: bool = False) -> ProbeResult:
-        end = time.monotonic()
-        ttft = None if first is None else round((first - t0) * 1000.0, 3)
-        text = "".join(pieces)
-        return ProbeResult(ok=not reason, ttft_ms=ttft, latency_ms=round((end - t0) * 1000.0, 3), text=text,
-                           reason=f"completion probe: {reason}" if reason else "", timed_out=timed_out,
-                           stalled=timed_out and end - t0 > timeout_s + STALL_SLACK_S)
-
     try:
-        url, body = probe_request(src, spec, model)
+        probe_request(src, spec, model)
     except ValueError as exc:
-        return result(str(exc))
-    assert spec.api is not None
-    api = spec.api
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=None),
-                                    headers={"Accept": "text/event-stream"}) as resp:
-                if resp.status != 200:
-                    detail = (await resp.text(errors="replace"))[:200].strip()
-                    return result(f"HTTP {resp.status}" + (f": {detail}" if detail else ""))
-                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                    raw = await resp.read()
-                    try:
-                        doc = json.loads(raw)
-                    except ValueError:
-                        return result(f"malformed answer: not JSON: {raw[:80]!r}")
-                    pieces.append(token_of(api, doc, streamed=False))
-                    first = time.monotonic()
-                else:
-                    async for line in resp.content:
-                        data = _sse_data(line)
-                        if data is None:
-                            continue
-                        if data == "[DONE]":
-                            break
-                        try:
-                            event = json.loads(data)
-                        except ValueError:
-                            return result(f"malformed answer: event is not JSON: {data[:80]!r}")
-                        tok = token_of(api, event)
-                        if tok and first is None:
-                            first = time.monotonic()
-                        pieces.append(tok)
-    except TimeoutError:
-        if first is None:
-            return result(f"no first token within {timeout_s:g}s", timed_out=True)
-        return result(f"answer incomplete after {timeout_s:g}s (first token after {(first - t0) * 1000:.0f} ms)",
-                      timed_out=True)
-    except ProbeFailedError as exc:
-        return result(str(exc))
-    except aiohttp.ClientError as exc:
-        return result(f"{type(exc).__name__}: {exc}"[:300])
-    except OSError as exc:
-        return result(f"{type(exc).__name__}: {exc}"[:300])
-    text = "".join(pieces)
-    if not text.strip():
-        return result("empty answer")
-    if re.search(spec.expect, text) is None:
-        return result(f"answer {text[:80]!r} does not match {spec.expect!r}")
-    return result()
-
-
-def _sse_data(line: bytes) -> str | None:
-    """The payload of an SSE ``data:`` line (TGI writes ``data:`` without a blank), else None."""
-    text = line.decode("utf-8", errors="replace").strip()
-    if not text.startswith("data:"):
-        return None
-    return text[5:].strip()
+        return ProbeResult(ok=False, ttft_ms=None, latency_ms=0.0, reason=f"completion probe: {exc}")
+    res = await complete(session, src.url, src.kind, model=spec.model or src.model or model, prompt=spec.prompt,
+                         max_tokens=spec.max_tokens, timeout_s=timeout_s, api=spec.api)
+    reason = res.error
+    if res.ok and re.search(spec.expect, res.text) is None:
+        reason = f"answer {res.text[:80]!r} does not match {spec.expect!r}"
+    return ProbeResult(ok=not reason, ttft_ms=res.ttft_ms, latency_ms=res.latency_ms, text=res.text,
+                       reason=f"completion probe: {reason}" if reason else "", timed_out=res.timed_out,
+                       stalled=res.timed_out and res.latency_ms / 1000.0 > timeout_s + STALL_SLACK_S)
 
 
 @dataclass(slots=True)

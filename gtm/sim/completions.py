@@ -7,7 +7,8 @@ formats:
   ``"stream": true`` as Server-Sent Events (``data: {json}`` per chunk, then ``data: [DONE]``),
   else one JSON body;
 * TGI: ``POST /generate_stream`` (``data:{"token": {...}, "generated_text": ...}`` events) and
-  ``POST /generate`` (``{"generated_text": ...}``);
+  ``POST /generate`` (``{"generated_text": ...}``), and the OpenAI-compatible endpoints as above
+  (TGI 2.x's Messages API and ``/v1/completions``);
 * Triton: ``POST /v2/models/<model>/generate_stream`` (``data: {"text_output": ...}`` events) and
   ``/v2/models/<model>/generate``; an unknown model is a 400, as Triton answers it.
 
@@ -16,6 +17,10 @@ seconds, each next one ``itl_s`` later, at most ``max_tokens`` (``max_new_tokens
 While ``dead`` the endpoints answer 503; while ``wedged`` they accept the request and never send
 a byte (``/health`` and ``/metrics`` keep answering); with ``malformed`` set the stream carries
 garbage instead of JSON.
+
+Every completion request is counted (``FleetSim.count_completion``): served when answered in
+full with a well-formed 200, else failed; per ``X-GTM-Client`` header value too, so a drill can
+compare what the fleets served with what its clients recorded.
 
 Vantage gate: a request carrying ``X-GTM-Vantage: <region>`` (what the agents' vantage probes
 send) from a region in ``blocked_vantage``, or from any region while ``blocked_all_vantage``
@@ -35,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gtm.agent.completion import CLIENT_HEADER
 from gtm.sim.fleet import SIM_KEY, FleetSim
 
 VANTAGE_HEADER = "X-GTM-Vantage"
@@ -46,6 +52,9 @@ HANG_POLL_S = 0.05
 _TOKEN = re.compile(r"\s*\S+")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_FAILED: web.ResponseKey[bool] = web.ResponseKey("gtm_failed", bool)
+"""Response item set when a 200 answer was garbage or broke off (the request counts as failed)."""
 
 
 def tokens(text: str, limit: int) -> list[str]:
@@ -98,13 +107,40 @@ async def _stream(request: web.Request, events: list[str], sse_prefix: str = "da
         for i, event in enumerate(events):
             await asyncio.sleep(sim.ttft_s if i == 0 else sim.itl_s)
             payload = "{not json" if sim.malformed else event
+            if sim.malformed:
+                resp[_FAILED] = True
             await resp.write(f"{sse_prefix}{payload}\n\n".encode())
         if done is not None:
             await resp.write(f"{sse_prefix}{done}\n\n".encode())
         await resp.write_eof()
     except ConnectionResetError:  # the client gave up (its probe timed out, or it stopped)
-        pass
+        resp[_FAILED] = True
     return resp
+
+
+def _garbage() -> web.Response:
+    """A 200 answer that is not JSON (``malformed``); counted as failed."""
+    resp = web.Response(text="{not json", content_type="application/json")
+    resp[_FAILED] = True
+    return resp
+
+
+def _counted(handler: Handler) -> Handler:
+    """``handler``, counting each request it serves as served or failed (see module doc)."""
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        sim = request.app[SIM_KEY]
+        ok = False
+        sim.completions_in_flight += 1
+        try:
+            resp = await handler(request)
+            ok = resp.status == 200 and not resp.get(_FAILED, False)
+            return resp
+        finally:
+            sim.completions_in_flight -= 1
+            sim.count_completion(ok, request.headers.get(CLIENT_HEADER))
+
+    return counted
 
 
 async def _generated(sim: FleetSim, n: int) -> str:
@@ -131,7 +167,7 @@ async def _openai(request: web.Request) -> web.StreamResponse:
     if not body.get("stream"):
         text = await _generated(sim, n)
         if sim.malformed:
-            return web.Response(text="{not json", content_type="application/json")
+            return _garbage()
         choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
                                   else {"index": 0, "text": text})
         return web.json_response({**base, "object": "chat.completion" if chat else "text_completion",
@@ -158,7 +194,7 @@ async def _tgi(request: web.Request) -> web.StreamResponse:
     if request.path.endswith("/generate"):
         text = await _generated(sim, n)
         if sim.malformed:
-            return web.Response(text="{not json", content_type="application/json")
+            return _garbage()
         return web.json_response({"generated_text": text})
     words = tokens(sim.answer, n)
     events = []
@@ -187,7 +223,7 @@ async def _triton(request: web.Request) -> web.StreamResponse:
     if request.path.endswith("/generate"):
         text = await _generated(sim, n)
         if sim.malformed:
-            return web.Response(text="{not json", content_type="application/json")
+            return _garbage()
         return web.json_response({**base, "text_output": text})
     events = [json.dumps({**base, "text_output": w}) for w in tokens(sim.answer, n)]
     return await _stream(request, events)
@@ -208,11 +244,15 @@ async def vantage_gate(request: web.Request, handler: Handler) -> web.StreamResp
 def add_routes(app: web.Application, kind: str) -> None:
     """Register the completion endpoints of ``kind`` on ``app``."""
     if kind in ("vllm", "sglang"):
-        app.router.add_post("/v1/completions", _openai)
-        app.router.add_post("/v1/chat/completions", _openai)
+        app.router.add_post("/v1/completions", _counted(_openai))
+        app.router.add_post("/v1/chat/completions", _counted(_openai))
     elif kind == "tgi":
-        app.router.add_post("/generate_stream", _tgi)
-        app.router.add_post("/generate", _tgi)
+        # TGI 2.x serves the OpenAI-compatible API too (its Messages API and /v1/completions):
+        # a drill's clients send the same request to whatever region they are answered with.
+        app.router.add_post("/v1/completions", _counted(_openai))
+        app.router.add_post("/v1/chat/completions", _counted(_openai))
+        app.router.add_post("/generate_stream", _counted(_tgi))
+        app.router.add_post("/generate", _counted(_tgi))
     elif kind == "triton":
-        app.router.add_post("/v2/models/{model}/generate_stream", _triton)
-        app.router.add_post("/v2/models/{model}/generate", _triton)
+        app.router.add_post("/v2/models/{model}/generate_stream", _counted(_triton))
+        app.router.add_post("/v2/models/{model}/generate", _counted(_triton))

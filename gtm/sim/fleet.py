@@ -39,9 +39,15 @@ it send garbage; ``blocked_vantage: [regions]`` / ``blocked_all_vantage: true`` 
 carrying ``X-GTM-Vantage`` from those regions hang (the fleet's public endpoint is unreachable
 from there).
 
+Every completion request is counted as served or failed (``completions_served``,
+``completions_failed``, and per ``X-GTM-Client`` header in ``completions_by_client``).
+
+``POST /_sim/kill {"for_s": N}`` really kills the fleet for N seconds (``gtm.sim.outage``): it
+stops listening and resets every connection, then comes back on the same host and port.
+
 Routes: ``/metrics``, the kind's health path(s), ``/dcgm/metrics`` (DCGM exporter sample;
 GPU utilisation = ``100 × load`` %), ``/v1/models``, TGI ``/info``, the kind's completion
-endpoints, ``/_sim/state``.
+endpoints, ``/_sim/state``, ``/_sim/kill``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from typing import Any
 from aiohttp import web
 
 from gtm.log import get_logger
+from gtm.sim.outage import OUTAGE_KEY, Outage, kill_handler
 
 log = get_logger("sim")
 
@@ -301,6 +308,13 @@ class FleetSim:
         blocked_vantage: regions whose vantage probes (``X-GTM-Vantage``) hang.
         blocked_all_vantage: every vantage probe hangs.
         closing: the server is shutting down (hung requests give up).
+        completions_served: completion requests answered in full with a well-formed 200.
+        completions_failed: completion requests answered otherwise (an error status, a
+            malformed or interrupted answer, a wedge or shutdown the request gave up on).
+        completions_in_flight: completion requests being answered now.
+        completions_by_client: the same two counts (``served``, ``failed``) per value of the
+            requests' ``X-GTM-Client`` header (``gtm.agent.completion.CLIENT_HEADER``); requests
+            without it (the agents' probes) are not in it.
     """
 
     kind: str
@@ -322,6 +336,10 @@ class FleetSim:
     blocked_vantage: frozenset[str] = frozenset()
     blocked_all_vantage: bool = False
     closing: bool = False
+    completions_served: int = 0
+    completions_failed: int = 0
+    completions_in_flight: int = 0
+    completions_by_client: dict[str, dict[str, int]] = field(default_factory=dict)
     _templates: dict[str, _Template] = field(default_factory=dict, repr=False)
     _base: dict[str, float] = field(default_factory=dict, repr=False)
     _tokens: float = field(default=0.0, repr=False)
@@ -465,6 +483,16 @@ class FleetSim:
         if blocked_all_vantage is not None:
             self.blocked_all_vantage = blocked_all_vantage
 
+    def count_completion(self, ok: bool, client: str | None = None) -> None:
+        """Count one completion request served (``ok``) or failed, overall and for ``client``."""
+        if ok:
+            self.completions_served += 1
+        else:
+            self.completions_failed += 1
+        if client:
+            per = self.completions_by_client.setdefault(client, {"served": 0, "failed": 0})
+            per["served" if ok else "failed"] += 1
+
     def blocks_vantage(self, region: str) -> bool:
         """Whether probes from vantage point ``region`` are dropped now."""
         return self.blocked_all_vantage or region in self.blocked_vantage
@@ -489,6 +517,10 @@ class FleetSim:
             "blocked_vantage": sorted(self.blocked_vantage),
             "blocked_all_vantage": self.blocked_all_vantage,
             "generation_tokens_total": self._tokens,
+            "completions_served": self.completions_served,
+            "completions_failed": self.completions_failed,
+            "completions_in_flight": self.completions_in_flight,
+            "completions_by_client": {k: dict(v) for k, v in sorted(self.completions_by_client.items())},
             "values": self.values(),
         }
 
@@ -662,6 +694,7 @@ def make_app(sim: FleetSim) -> web.Application:
         app.router.add_get("/info", _info)
     app.router.add_get("/_sim/state", _get_state)
     app.router.add_post("/_sim/state", _post_state)
+    app.router.add_post("/_sim/kill", kill_handler)
     return app
 
 
@@ -705,15 +738,23 @@ async def start_fleet(
         mode=mode,
         seed=seed,
     )
-    runner = web.AppRunner(make_app(sim), access_log=None, handle_signals=False)
+    app = make_app(sim)
+    outage = Outage(web.AppRunner(app, access_log=None, handle_signals=False), host, port)
+    app[OUTAGE_KEY] = outage
+
+    async def _no_revival(_app: web.Application) -> None:
+        await outage.close()
+
+    app.on_shutdown.append(_no_revival)
+    runner = outage.runner
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    await outage.start_site()
     bound = port
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
             bound = int(addr[1])
             break
+    outage.port = bound
     shown = f"[{host}]" if ":" in host else host
     sim.url = f"http://{shown}:{bound}"
     log.info("start_fleet: %s fleet %s (%d replicas) at %s", kind, model, replicas, sim.url)

@@ -1,6 +1,17 @@
 """A whole gtm installation as separate processes: one simulated fleet, one agent per region,
 a controller with its embedded DNS, all on a real Redis. For end-to-end tests, drills and
-benchmarks; everything binds to 127.0.0.1 and is stopped by ``close()``.
+benchmarks; everything binds to loopback and is stopped by ``close()``.
+
+Two ways to give the regions endpoints (``Cluster.endpoints``):
+
+* ``"documentation"`` (the default): fleets listen on 127.0.0.1, each on its own port, and the
+  inventory's endpoint addresses are 192.0.2.x (``ADDRESS_TO_REGION``): DNS answers name the
+  region, but nobody connects to them.
+* ``"loopback"``: region i's fleet listens on ``127.0.1.(i+1)``, every fleet on the same port
+  ``Cluster.endpoint_port``, and that address is the region's endpoint in the inventory (agents
+  scrape and probe it there). A client that resolves the service and connects to
+  ``http://<answer>:<endpoint_port>`` reaches the answered region's fleet, as a real client
+  reaches a real endpoint (``Cluster.address_to_region`` names the region of an answer).
 """
 
 from __future__ import annotations
@@ -8,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +38,58 @@ from gtm.testing.procs import LogDirGroup
 from gtm.testing.scenario import ADDRESS_TO_REGION, EU_CLIENT, FQDN, US_CLIENT
 from gtm.testing.scenario import REGIONS as _SCENARIO_REGIONS
 
-__all__ = ["ADDRESS_TO_REGION", "EU_CLIENT", "FQDN", "REGIONS", "US_CLIENT", "Cluster", "write_config"]
+__all__ = ["ADDRESS_TO_REGION", "ENDPOINT_MODES", "EU_CLIENT", "FQDN", "REGIONS", "US_CLIENT", "Cluster",
+           "loopback_address", "write_config"]
 
 # region, jurisdiction, continent, client network, endpoint address, engine kind (the scenario's
 # regions; every fleet here has 2 replicas)
 REGIONS = [r[:6] for r in _SCENARIO_REGIONS]
 
+ENDPOINT_MODES = ("documentation", "loopback")
+"""``Cluster.endpoints``: 192.0.2.x endpoints nobody reaches, or fleets on 127.0.1.x (module doc)."""
+
+
+def loopback_address(index: int) -> str:
+    """The loopback address region number ``index`` (0-based, ``REGIONS`` order) listens on in
+    ``loopback`` mode: ``127.0.1.(index+1)``."""
+    return f"127.0.1.{index + 1}"
+
+
+def _fleet_host(region: str, endpoints: str) -> str:
+    """The address ``region``'s fleet listens on."""
+    if endpoints == "loopback":
+        return loopback_address(next(i for i, r in enumerate(REGIONS) if r[0] == region))
+    return "127.0.0.1"
+
+
+def _shared_port() -> int:
+    """A port free for TCP on every region's loopback address (``loopback`` mode).
+
+    Raises:
+        RuntimeError: no such port after 50 tries.
+    """
+    hosts = [loopback_address(i) for i in range(len(REGIONS))]
+    for _ in range(50):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
 
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
                  planned_step: int = 255, health: dict[str, Any] | None = None,
-                 vantage: bool = True, extra_policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                 vantage: bool = True, endpoints: str = "documentation", ttl: int = 30,
+                 extra_policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
+
+    ``endpoints`` is ``documentation`` (fleets on 127.0.0.1, endpoints 192.0.2.x) or
+    ``loopback`` (region i's fleet and endpoint on 127.0.1.(i+1)); see the module doc. ``ttl`` is
+    the service's DNS TTL, seconds.
 
     With ``vantage`` each region's ``vantage_url`` is its fleet's health URL (the fleet stands
     in for the region's public endpoint), so every agent probes the other regions.
@@ -50,19 +103,23 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     """
     regions_dir = root / "regions"
     regions_dir.mkdir(parents=True, exist_ok=True)
+    if endpoints not in ENDPOINT_MODES:
+        raise ValueError(f"endpoints must be one of {ENDPOINT_MODES}, not {endpoints!r}")
     for name, jur, cont, net, addr, kind in REGIONS:
+        host = _fleet_host(name, endpoints)
+        base = f"http://{host}:{fleet_ports[name]}"
         doc = {
             "name": name, "jurisdiction": jur,
             "geography": {"continent": cont, "client_networks": [net]},
-            "endpoints": [{"address": addr}],
-            "fleet": [{"name": f"{kind}-a", "kind": kind, "url": f"http://127.0.0.1:{fleet_ports[name]}",
+            "endpoints": [{"address": host if endpoints == "loopback" else addr}],
+            "fleet": [{"name": f"{kind}-a", "kind": kind, "url": base,
                        "model": "llama-3.1-8b", "version": "v1", "replicas": 2}],
         }
         if vantage:
-            doc["vantage_url"] = f"http://127.0.0.1:{fleet_ports[name]}{HEALTH_ROUTES[kind][0]}"
+            doc["vantage_url"] = f"{base}{HEALTH_ROUTES[kind][0]}"
         (regions_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     svc: dict[str, Any] = {
-        "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": 30, "model": "llama-3.1-8b",
+        "name": "chat", "fqdn": FQDN, "zone": "gtm.example.com", "ttl": ttl, "model": "llama-3.1-8b",
         "routing": routing, "regions": [r[0] for r in REGIONS],
         "segments": [
             {"name": "eu", "match": {"continents": ["EU"]}, "residency": {"jurisdictions": ["EU"]}},
@@ -108,6 +165,10 @@ class Cluster(LogDirGroup):
     """Policy ``health`` fields (``write_config``); None keeps the defaults."""
     vantage: bool = True
     """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
+    endpoints: str = "documentation"
+    """``documentation`` or ``loopback`` (``ENDPOINT_MODES``; see the module doc)."""
+    ttl: int = 30
+    """The service's DNS TTL, seconds."""
     api: bool = False
     """Serve the controller's HTTP API (status page, /metrics) on ``api_port``."""
     agent_metrics: bool = False
@@ -135,11 +196,40 @@ class Cluster(LogDirGroup):
         self.procs[key] = proc
         return proc
 
+    @property
+    def address_to_region(self) -> dict[str, str]:
+        """Endpoint address (as DNS answers it) → region."""
+        if self.endpoints == "loopback":
+            return {loopback_address(i): r[0] for i, r in enumerate(REGIONS)}
+        return dict(ADDRESS_TO_REGION)
+
+    @property
+    def endpoint_port(self) -> int:
+        """The port every fleet listens on in ``loopback`` mode (clients connect to
+        ``http://<answer>:<endpoint_port>``).
+
+        Raises:
+            RuntimeError: not in ``loopback`` mode (fleets have their own ports and the
+                endpoints are unreachable), or not started.
+        """
+        if self.endpoints != "loopback" or not self.fleet_ports:
+            raise RuntimeError("endpoint_port: only a started Cluster(endpoints='loopback') has reachable endpoints")
+        return next(iter(self.fleet_ports.values()))
+
+    @property
+    def dns_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the controller's embedded DNS (UDP and TCP)."""
+        return "127.0.0.1", self.dns_port
+
+    def fleet_url(self, region: str) -> str:
+        """``http://host:port`` of ``region``'s simulated fleet."""
+        return f"http://{_fleet_host(region, self.endpoints)}:{self.fleet_ports[region]}"
+
     def start_fleet(self, region: str) -> None:
         self._stopped.discard(f"fleet-{region}")
         kind = next(r[5] for r in REGIONS if r[0] == region)
         self._spawn(f"fleet-{region}", [
-            sys.executable, "-m", "gtm.sim", "--kind", kind, "--host", "127.0.0.1",
+            sys.executable, "-m", "gtm.sim", "--kind", kind, "--host", _fleet_host(region, self.endpoints),
             "--port", str(self.fleet_ports[region]), "--model", "llama-3.1-8b", "--version", "v1",
             "--replicas", "2",
         ])
@@ -148,7 +238,8 @@ class Cluster(LogDirGroup):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                _r, w = await asyncio.open_connection("127.0.0.1", self.fleet_ports[region])
+                _r, w = await asyncio.open_connection(_fleet_host(region, self.endpoints),
+                                                      self.fleet_ports[region])
                 w.close()
                 await w.wait_closed()
                 return
@@ -157,11 +248,16 @@ class Cluster(LogDirGroup):
         raise TimeoutError(f"fleet {region} did not start; see {self.root}/fleet-{region}.log")
 
     async def start(self) -> None:
-        self.fleet_ports = {r[0]: free_port() for r in REGIONS}
+        if self.endpoints == "loopback":
+            shared = _shared_port()
+            self.fleet_ports = {r[0]: shared for r in REGIONS}
+        else:
+            self.fleet_ports = {r[0]: free_port() for r in REGIONS}
         self.dns_port = free_port()
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
                                            planned_step=self.planned_step, health=self.health,
-                                           vantage=self.vantage, extra_policy=self.extra_policy)
+                                           vantage=self.vantage, endpoints=self.endpoints, ttl=self.ttl,
+                                           extra_policy=self.extra_policy)
         self.policy_path, self.regions_dir = policy, regions_dir
         if self.api:
             self.api_port = free_port()
@@ -176,6 +272,7 @@ class Cluster(LogDirGroup):
         self._agent_argv = [*gtm, "agent", "--regions", str(regions_dir), *common, *self.extra_agent_args]
         for region in self.fleet_ports:
             self.start_agent(region)
+
         def controller_argv() -> list[str]:
             api = f"127.0.0.1:{self.api_port}" if self.api else "off"
             return [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
@@ -220,7 +317,7 @@ class Cluster(LogDirGroup):
             return "error"
         for rrset in resp.answer:
             for rd in rrset:
-                return ADDRESS_TO_REGION.get(rd.to_text(), "other")
+                return self.address_to_region.get(rd.to_text(), "other")
         return "none"
 
     async def wait_shares(self, pred: Any, timeout: float, subnet: str = US_CLIENT) -> float:
@@ -271,7 +368,7 @@ class Cluster(LogDirGroup):
         Raises:
             RuntimeError: the simulator refused the state (its error message).
         """
-        url = f"http://127.0.0.1:{self.fleet_ports[region]}/_sim/state"
+        url = f"{self.fleet_url(region)}/_sim/state"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
                 http.post(url, json=state) as resp:
             body: dict[str, Any] = await resp.json()
