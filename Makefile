@@ -24,13 +24,14 @@ drill-providers: $(STAMP) services
 drill-anycast: $(STAMP) services
 	$(BIN)/gtm drill anycast
 
-## services: install/start the real components the tests need (redis-server, BIND 9, BIRD 2, Unbound, Chromium, ...)
+## services: install/start the real components the tests need (redis-server, BIND 9, BIRD 2, Unbound, Chromium, Prometheus, ...)
 services:
 	bash scripts/ensure-services.sh
 	bash scripts/ensure-bind.sh
 	bash scripts/ensure-bird.sh
 	bash scripts/ensure-unbound.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-prometheus.sh
 
 ## test: lint + the whole suite against real Redis, real DNS sockets and real processes
 test: $(STAMP) services lint

@@ -2,9 +2,10 @@
 
 | method | path | auth | what |
 | --- | --- | --- | --- |
+| GET | ``/``, ``/status`` | none | the read-only HTML status page (reloads itself; ``gtm.api.status_page``) |
 | GET | ``/healthz`` | none | 200 while the process runs |
 | GET | ``/v1/status`` | none | the ``gtm status -o json`` document |
-| GET | ``/metrics`` | none | Prometheus text: controller counters, region health, weights, embedded DNS |
+| GET | ``/metrics`` | none | Prometheus text: controller, region health, weights, DNS, plan time, drills |
 | POST | ``/v1/regions/{region}/drain`` | bearer token | body ``{"reason", "actor", "kind", "expires_in"}`` |
 | DELETE | ``/v1/regions/{region}/drain`` | bearer token | lift the override; body ``{"reason", "actor"}`` optional |
 | POST | ``/v1/regions/{region}/undamp`` | bearer token | body ``{"reason", "actor"}``: clear flap damping |
@@ -29,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from gtm.api.drills import AUDIT_SCAN, drill_families, last_verdict
 from gtm.config.loader import Config
 from gtm.controller import actions
 from gtm.controller.loop import Controller
@@ -87,6 +89,8 @@ def build_app(
     app[CONFIG_KEY] = config
     app[CONTROLLER_KEY] = controller
     app[TOKEN_KEY] = token
+    app.router.add_get("/", _status_page)
+    app.router.add_get("/status", _status_page)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/metrics", _metrics)
@@ -134,6 +138,22 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def _status_page(request: web.Request) -> web.Response:
+    """The read-only HTML status page (``gtm.api.status_page``); 503 with an error page that
+    keeps reloading while Redis cannot be read."""
+    import time
+
+    from gtm.api.status_page import error_page, status_page
+
+    headers = {"Cache-Control": "no-store"}
+    try:
+        text = await status_page(request.app[STORE_KEY], _cfg(request), request.app[CONTROLLER_KEY])
+    except StoreError as exc:
+        return web.Response(text=error_page(str(exc), time.time()), status=503, content_type="text/html",
+                            headers=headers)
+    return web.Response(text=text, content_type="text/html", headers=headers)
+
+
 async def _status(request: web.Request) -> web.Response:
     data = await gather_status(request.app[STORE_KEY], _cfg(request))
     return web.json_response(data)
@@ -174,6 +194,15 @@ async def _metrics(request: web.Request) -> web.Response:
                 if st.override:
                     override.labels(r, st.override).set(1)
             _announcement_metrics(state, reg)
+            Gauge("gtm_plan_generated_timestamp_seconds", "When the plan in force was made, unix seconds "
+                  "(time() minus it: the plan's age)", registry=reg).set(state.generated_at)
+            age = Gauge("gtm_region_report_age_seconds", "Seconds since the region's newest report was observed "
+                        "(grows while its agent is silent or its report expired)", ["region"], registry=reg)
+            for r, st in state.regions.items():
+                if st.observed_at is not None:
+                    age.labels(r).set(max(0.0, now - st.observed_at))
+        reg.register(_Families(_plan_time_families(ctl)))
+    await _drill_metrics(request, reg)
     await _rollout_metrics(request, reg)
     await _rejected_metrics(request, reg)
     await _bgp_agent_metrics(request, reg)
@@ -253,10 +282,35 @@ async def _rejected_metrics(request: web.Request, reg: CollectorRegistry) -> Non
     reg.register(_Families([fam]))
 
 
+def _plan_time_families(ctl: Controller) -> list[Any]:
+    """``gtm_plan_duration_seconds`` (histogram of ``engine.plan`` calls) and
+    ``gtm_plan_last_duration_seconds`` (the newest one), seconds."""
+    from gtm.controller.loop import PLAN_TIME_BUCKETS
+
+    times = ctl.stats.plan_seconds
+    buckets = [(f"{b:g}", float(n)) for b, n in zip(PLAN_TIME_BUCKETS, times.counts, strict=True)]
+    hist = HistogramMetricFamily("gtm_plan_duration_seconds", "How long computing a plan took, seconds",
+                                 buckets=[*buckets, ("+Inf", float(times.count))], sum_value=times.total_s)
+    last = GaugeMetricFamily("gtm_plan_last_duration_seconds", "How long the newest plan took, seconds",
+                             value=times.last_s)
+    return [hist, last]
+
+
+async def _drill_metrics(request: web.Request, reg: CollectorRegistry) -> None:
+    """The drill series (``gtm.api.drills``): the running drill's lock and the newest verdict in
+    the audit stream. Omitted when Redis cannot be read."""
+    try:
+        lock = await request.app[STORE_KEY].get_drill()
+        rows = await request.app[STORE_KEY].read_audit(AUDIT_SCAN)
+    except StoreError:
+        return
+    reg.register(_Families(drill_families(lock, last_verdict(rows))))
+
+
 class _Families:
     """A collector of ready-made metric families (read before the scrape is rendered)."""
 
-    def __init__(self, families: list[CounterMetricFamily]) -> None:
+    def __init__(self, families: list[Any]) -> None:
         self.families = families
 
     def collect(self) -> Any:
@@ -270,7 +324,8 @@ async def _rollout_metrics(request: web.Request, reg: CollectorRegistry) -> None
     """Rollout series from the stored rollout states of the policy's rollouts.
 
     ``gtm_rollout_status{rollout,service,status}`` (1 for the current status, 0 for the others:
-    alert on ``{status="halted"} == 1``), ``gtm_rollout_steps`` (steps taken so far),
+    alert on ``{status="halted"} == 1``; a rollout of the policy never started has every
+    status 0), ``gtm_rollout_steps`` (steps taken so far),
     ``gtm_rollout_region_phase{rollout,region,phase}`` (1 for each region's current phase) and
     ``gtm_rollout_weight_cap{rollout,region}`` (fraction 0..1 of the region's normal weight).
     Omitted when Redis cannot be read; the rest of ``/metrics`` is still served.
@@ -279,7 +334,8 @@ async def _rollout_metrics(request: web.Request, reg: CollectorRegistry) -> None
     from gtm.engine import rollout as machine
 
     try:
-        names = [r.name for r in _cfg(request).policy.rollouts]
+        specs = {r.name: r for r in _cfg(request).policy.rollouts}
+        names = list(specs)
         states = await load(request.app[STORE_KEY], names) if names else {}
     except (GtmError, OSError) as exc:
         log.warning("metrics: rollout states unavailable: %s", exc)
@@ -291,6 +347,9 @@ async def _rollout_metrics(request: web.Request, reg: CollectorRegistry) -> None
                   registry=reg)
     cap = Gauge("gtm_rollout_weight_cap", "Weight cap, fraction 0..1 of normal weight", ["rollout", "region"],
                 registry=reg)
+    for name in sorted(set(specs) - set(states)):  # in the policy, never started: every status 0
+        for s in ROLLOUT_STATUSES:
+            status.labels(name, specs[name].service, s).set(0)
     for name, (st, _raw) in sorted(states.items()):
         for s in ROLLOUT_STATUSES:
             status.labels(name, st.spec.service, s).set(int(st.status == s))
@@ -322,13 +381,17 @@ class _ControllerCounters:
         errs = CounterMetricFamily("gtm_provider_errors", "Provider writes that failed", labels=["provider"])
         for provider, n in sorted(st.publishes.items()):
             pubs.add_metric([provider], n)
-        for provider, n in sorted(st.publish_errors.items()):
-            errs.add_metric([provider], n)
         gen = GaugeMetricFamily("gtm_provider_generation", "Routing generation the provider holds", labels=["provider"])
         behind = GaugeMetricFamily("gtm_provider_behind", "1 when the provider does not hold the routing in force",
                                    labels=["provider"])
         lag = GaugeMetricFamily("gtm_provider_lag_seconds", "Plan to applied, last publish", labels=["provider"])
         current = self.ctl.state.routing_digest() if self.ctl.state is not None and self.ctl.state.services else None
+        for pub in self.ctl.publishers:  # local publishers (embedded DNS): applied in the loop itself
+            info = self.ctl.published.get(pub.name, {})
+            errs.add_metric([pub.name], st.publish_errors.get(pub.name, 0))
+            gen.add_metric([pub.name], float(info.get("generation") or 0))
+            behind.add_metric([pub.name], float(current is not None and self.ctl.applied_digest(pub.name) != current))
+            lag.add_metric([pub.name], float(info.get("lag_s") or 0.0))
         for w in self.ctl.workers:
             pubs.add_metric([w.name], w.publishes)
             errs.add_metric([w.name], w.errors)

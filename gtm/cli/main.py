@@ -36,7 +36,17 @@ from gtm.cli.common import (
     run,
     store_url,
 )
-from gtm.cli.options import DebugOpt, NsOpt, Output, OutputOpt, PoliciesOpt, RedisOpt, RegionsOpt
+from gtm.cli.options import (
+    DebugOpt,
+    LogFormat,
+    LogFormatOpt,
+    NsOpt,
+    Output,
+    OutputOpt,
+    PoliciesOpt,
+    RedisOpt,
+    RegionsOpt,
+)
 from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import redact
@@ -508,7 +518,11 @@ def agent(
                                                                  "once [default: 2, the policy's fall]."),
     bgp_rise: int | None = typer.Option(None, "--bgp-rise", help="Good checks before re-announcing "
                                                                  "[default: 3, the policy's rise]."),
+    metrics_listen: str = typer.Option(
+        "off", "--metrics-listen",
+        help="Serve the agent's Prometheus metrics on host:port (GET /metrics); 'off' to disable."),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
+    log_format: LogFormat = LogFormatOpt,
 ) -> None:
     """Run the region agent: scrape the fleet, report health and spare capacity to Redis.
 
@@ -520,7 +534,7 @@ def agent(
     from gtm.config.loader import load_inventory
     from gtm.store import connect
 
-    setup_logging(log_level)
+    setup_logging(log_level, json_lines=log_format == LogFormat.json)
     try:
         inv = load_inventory(regions)
     except ConfigError as exc:
@@ -541,6 +555,7 @@ def agent(
                           "inventory (local_asn, local_address, next_hop, peers)")
         raise typer.Exit(2)
     bgp_given = {"graceful_s": bgp_graceful_s, "fall": bgp_fall, "rise": bgp_rise}
+    metrics_addr = _hostport(metrics_listen, "--metrics-listen") if metrics_listen != "off" else None
     url = store_url(redis)
     log.info("agent: region %s, redis %s, namespace %s", region, redact(url), ns)
 
@@ -556,14 +571,35 @@ def agent(
             speaker = BgpSpeaker(inv.regions[region], store,
                                  BgpSettings(**{k: v for k, v in bgp_given.items() if v is not None}),
                                  Path(bgp_dir or f"/run/gtm/bgp-{region}"), the_id, exabgp_bin=exabgp_bin)
+        the_agent = RegionAgent(inv.regions[region], store, settings, agent_id=the_id,
+                                peers=tuple(inv.regions.values()), bgp=speaker)
+        runner = None
+        if metrics_addr is not None:
+            from aiohttp import web
+
+            from gtm.agent.metrics import metrics_app
+
+            runner = web.AppRunner(metrics_app(the_agent), access_log=None)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, *metrics_addr).start()
+            except OSError as exc:
+                await runner.cleanup()
+                await store.aclose()
+                raise StartupError(f"cannot listen for metrics on {metrics_listen}: {exc.strerror or exc}") from exc
+            log.info("agent: metrics on http://%s/metrics", metrics_listen)
         try:
-            await RegionAgent(inv.regions[region], store, settings, agent_id=the_id,
-                              peers=tuple(inv.regions.values()), bgp=speaker).run(stop)
+            await the_agent.run(stop)
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await store.aclose()
 
     try:
         asyncio.run(go())
+    except StartupError as exc:
+        err_console.print(f"[red]StartupError[/]: {escape(str(exc))} (use another HOST:PORT, or 'off')")
+        raise typer.Exit(1) from None
     except TaskCrashedError as exc:  # logged with its traceback when it happened
         err_console.print(f"[red]TaskCrashedError[/]: {escape(str(exc))}; agent stopped")
         raise typer.Exit(1) from None
@@ -602,6 +638,7 @@ def controller(
         "or GTM_API_TOKEN_FILE); 'off' to disable.",
     ),
     log_level: str = typer.Option("INFO", envvar="GTM_LOG_LEVEL"),
+    log_format: LogFormat = LogFormatOpt,
 ) -> None:
     """Run the controller: plan from Redis inputs and publish to the embedded DNS.
 
@@ -617,7 +654,7 @@ def controller(
     from gtm.providers.geoip import GeoIpTable
     from gtm.store import connect
 
-    setup_logging(log_level)
+    setup_logging(log_level, json_lines=log_format == LogFormat.json)
     loader: Callable[[], Config] = file_config_loader(policies, regions)
     if policies_git:
         from gtm.config.git import GitPolicySource, parse_git_spec

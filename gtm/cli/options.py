@@ -42,3 +42,18 @@ DebugOpt = typer.Option(False, "--debug", help="Show tracebacks on error.")
 ActorOpt = typer.Option(
     os.environ.get("USER", "operator"), "--actor", help="Who asks (shown in status and the audit stream)."
 )
+
+
+class LogFormat(StrEnum):
+    """``--log-format``: ``text`` lines, or ``json`` (one object a line: ``ts``, ``level``,
+    ``logger``, ``message`` and the audit's field names; see ``gtm.log``)."""
+
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = typer.Option(
+    LogFormat.text, "--log-format", envvar="GTM_LOG_FORMAT",
+    help="text, or json: one JSON object a line (ts, level, logger, message, and the audit's fields "
+    "region, action, actor, reason, via, generation, fencing_token, policy_digest where they apply).",
+)

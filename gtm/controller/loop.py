@@ -78,6 +78,37 @@ class ControllerStats:
     config_errors: int = 0
     engine_errors: int = 0
     last_error: str = ""
+    plan_seconds: PlanTimes = field(default_factory=lambda: PlanTimes())
+    """How long ``engine.plan`` took, per call (the ``gtm_plan_duration_seconds`` histogram)."""
+
+
+PLAN_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Upper bounds, seconds, of the plan-time histogram buckets (``+Inf`` is implied)."""
+
+
+@dataclass
+class PlanTimes:
+    """A cumulative histogram of plan durations, seconds (Prometheus ``le`` buckets).
+
+    Attributes:
+        counts: per bound of ``PLAN_TIME_BUCKETS``, plans that took at most that long.
+        count / total_s: plans timed and their summed duration, seconds.
+        last_s: the newest plan's duration, seconds.
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(PLAN_TIME_BUCKETS))
+    count: int = 0
+    total_s: float = 0.0
+    last_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one plan that took ``seconds``."""
+        self.count += 1
+        self.total_s += seconds
+        self.last_s = seconds
+        for i, bound in enumerate(PLAN_TIME_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
 
 
 class Controller:
@@ -123,6 +154,9 @@ class Controller:
         self._wake = asyncio.Event()
         self._plan_cache = PlanCache()
         self._applied: dict[str, str] = {}
+        self.published: dict[str, dict[str, Any]] = {}
+        """Per local publisher (embedded DNS): ``generation``, ``applied_at`` and ``lag_s``
+        (plan to applied, seconds) of the newest routing it took."""
         self._reread = False
         self._leader_since = 0.0
         self._info_dirty = True
@@ -142,6 +176,10 @@ class Controller:
     @property
     def fencing_token(self) -> int | None:
         return self.lease[1] if self.lease else None
+
+    def applied_digest(self, publisher: str) -> str | None:
+        """The routing digest local publisher ``publisher`` last took (None: none yet)."""
+        return self._applied.get(publisher)
 
     def wake(self) -> None:
         """Run a cycle as soon as possible."""
@@ -380,11 +418,13 @@ class Controller:
         await self._expire_overrides(overrides, now)
         try:
             caps = await self.caps_provider(self, reports, now) if self.caps_provider is not None else None
+            t0 = time.perf_counter()
             new = plan(
                 self.config.policy, self.config.inventory, reports, overrides, previous, now,
                 digest=self.config.digest, caps=caps, damping_cleared=inputs.damping_cleared,
                 cache=self._plan_cache, vantage=inputs.vantage,
             )
+            self.stats.plan_seconds.observe(time.perf_counter() - t0)
         except Exception:  # never make things worse: keep serving the last good routing
             self.stats.engine_errors += 1
             if self.stats.engine_errors == 1 or self.stats.engine_errors % 100 == 0:
@@ -491,6 +531,9 @@ class Controller:
                 log.error("_publish: %s failed: %s", pub.name, exc)
                 continue
             self._applied[pub.name] = digest
+            applied_at = self.clock()
+            self.published[pub.name] = {"generation": state.generation, "applied_at": applied_at,
+                                        "lag_s": max(0.0, applied_at - state.generated_at)}
             if wrote:
                 self.stats.publishes[pub.name] = self.stats.publishes.get(pub.name, 0) + 1
                 info = {

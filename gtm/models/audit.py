@@ -87,6 +87,24 @@ class AuditEntry(BaseModel):
             out[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         return out
 
+    def summary(self) -> str:
+        """One line for a log: ``drain eu-west-1 by alice via cli: GPU driver upgrade``, or for
+        a plan ``plan generation 42 (3 decisions) by controller via controller``."""
+        what = self.action or (f"plan generation {self.generation} ({len(self.decisions)} decisions)"
+                               if self.generation is not None else "entry")
+        where = f" {self.region}" if self.region else ""
+        who = f" by {self.actor}" if self.actor else ""
+        via = f" via {self.via}" if self.via else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"{what}{where}{who}{via}{why}"
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields a log line carries (``gtm.log.CONTEXT_FIELDS`` names; empty ones left
+        out), for ``logger.info(entry.summary(), extra=entry.log_fields())``."""
+        names = ("region", "action", "actor", "reason", "via", "generation", "fencing_token", "policy_digest",
+                 "policy_commit", "expires_at", "rollout", "step", "held", "note")
+        return {n: v for n in names if (v := getattr(self, n)) is not None and v != ""}
+
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> AuditEntry:
         """Read stream fields back. Unknown fields (from a newer or older gtm) are dropped;

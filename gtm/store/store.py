@@ -35,6 +35,8 @@ from gtm.models.report import BgpState, FleetReport, VantageReport
 from gtm.store.keys import AUDIT_STREAM_MAXLEN, REPORT_STREAM_MAXLEN, Keys
 
 log = get_logger("store")
+audit_log = get_logger("audit")
+"""Every audit entry written is also logged here (INFO), with the entry's fields as context."""
 
 ReportCheck = Callable[[FleetReport, int, float], Rejection | None]
 """A plausibility rule: ``(report, ttl_ms, server_time) -> rejection or None`` (see ``read_reports``)."""
@@ -624,10 +626,11 @@ class Store:
     # -- audit ---------------------------------------------------------------------------
 
     async def append_audit(self, entry: AuditEntry) -> str:
-        """Append one audit entry (``AuditEntry.to_fields``); returns its stream id.
-        Raises ``StoreError``."""
+        """Append one audit entry (``AuditEntry.to_fields``) and log it on ``gtm.audit`` with
+        its fields as context (``--log-format json`` writes them as JSON fields); returns its
+        stream id. Raises ``StoreError`` (then nothing is logged)."""
         try:
-            return str(
+            entry_id = str(
                 await self.client.xadd(
                     self.keys.audit, entry.to_fields(),  # type: ignore[arg-type]
                     maxlen=AUDIT_STREAM_MAXLEN, approximate=True,
@@ -635,6 +638,8 @@ class Store:
             )
         except RedisError as exc:
             raise StoreError(f"appending audit entry: {exc}") from exc
+        audit_log.info("append_audit: %s", entry.summary(), extra=entry.log_fields())
+        return entry_id
 
     async def read_audit(self, count: int = 50) -> list[tuple[str, dict[str, str]]]:
         """The newest ``count`` audit entries, newest first."""

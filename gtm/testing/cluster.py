@@ -84,7 +84,7 @@ def _shared_port() -> int:
 def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "static",
                  planned_step: int = 255, health: dict[str, Any] | None = None,
                  vantage: bool = True, endpoints: str = "documentation", ttl: int = 30,
-                 drills: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                 extra_policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``regions/`` and ``policy.yaml`` for the cluster; returns their paths.
 
     ``endpoints`` is ``documentation`` (fleets on 127.0.0.1, endpoints 192.0.2.x) or
@@ -99,6 +99,7 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     Health settings are the defaults (fall 2, rise 3, report timeout 6 s) unless ``health``
     gives policy ``health`` fields (e.g. a short ``report_timeout_s``, with agents started with
     a matching ``--heartbeat``/``--report-ttl`` in ``Cluster.extra_agent_args``).
+    ``extra_policy`` adds (or replaces) top-level policy sections, e.g. ``rollouts``.
     """
     regions_dir = root / "regions"
     regions_dir.mkdir(parents=True, exist_ok=True)
@@ -137,8 +138,7 @@ def write_config(root: Path, fleet_ports: dict[str, int], *, routing: str = "sta
     }
     if health:
         policy["health"] = dict(health)
-    if drills:
-        policy["drills"] = dict(drills)
+    policy.update(extra_policy or {})
     policy_path = root / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return regions_dir, policy_path
@@ -167,15 +167,24 @@ class Cluster(LogDirGroup):
     """Give every region a ``vantage_url`` (its fleet's health URL), so agents probe each other."""
     endpoints: str = "documentation"
     """``documentation`` or ``loopback`` (``ENDPOINT_MODES``; see the module doc)."""
-    drills: dict[str, Any] | None = None
-    """The policy's ``drills:`` section (limits, lease); None keeps the defaults."""
     ttl: int = 30
     """The service's DNS TTL, seconds."""
+    api: bool = False
+    """Serve the controller's HTTP API (status page, /metrics) on ``api_port``."""
+    agent_metrics: bool = False
+    """Serve each agent's /metrics (``--metrics-listen``) on ``agent_metrics_ports[region]``."""
+    extra_policy: dict[str, Any] | None = None
+    """Top-level policy sections added to the cluster's policy (``write_config``)."""
+    extra_controller_args: tuple[str, ...] = ()
+    api_port: int = 0
+    agent_metrics_ports: dict[str, int] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gtm-cluster-")))
     fleet_ports: dict[str, int] = field(default_factory=dict)
     dns_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopped: set[str] = field(default_factory=set)
+    policy_path: Path | None = None
+    regions_dir: Path | None = None
     _controller_argv: list[str] = field(default_factory=list)
     _agent_argv: list[str] = field(default_factory=list)
 
@@ -248,7 +257,12 @@ class Cluster(LogDirGroup):
         regions_dir, policy = write_config(self.root, self.fleet_ports, routing=self.routing,
                                            planned_step=self.planned_step, health=self.health,
                                            vantage=self.vantage, endpoints=self.endpoints, ttl=self.ttl,
-                                           drills=self.drills)
+                                           extra_policy=self.extra_policy)
+        self.policy_path, self.regions_dir = policy, regions_dir
+        if self.api:
+            self.api_port = free_port()
+        if self.agent_metrics:
+            self.agent_metrics_ports = {r: free_port() for r in self.fleet_ports}
         for region in self.fleet_ports:
             self.start_fleet(region)
         for region in self.fleet_ports:
@@ -258,8 +272,13 @@ class Cluster(LogDirGroup):
         self._agent_argv = [*gtm, "agent", "--regions", str(regions_dir), *common, *self.extra_agent_args]
         for region in self.fleet_ports:
             self.start_agent(region)
-        self._controller_argv = [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
-                                 "--api-listen", "off", *common]
+
+        def controller_argv() -> list[str]:
+            api = f"127.0.0.1:{self.api_port}" if self.api else "off"
+            return [*gtm, "controller", "--policies", str(policy), "--regions", str(regions_dir),
+                    "--api-listen", api, *common, *self.extra_controller_args]
+
+        self._controller_argv = controller_argv()
         for attempt in range(3):
             self._spawn("controller", [*self._controller_argv, "--dns-listen", f"127.0.0.1:{self.dns_port}"])
             try:
@@ -269,7 +288,11 @@ class Cluster(LogDirGroup):
                 # Another program took the DNS port between our check and the bind: pick another.
                 if exc.key != "controller" or "cannot listen" not in exc.log_tail or attempt == 2:
                     raise
-                self.dns_port = free_port()
+                if "HTTP API" in exc.log_tail:  # the same for the API's port
+                    self.api_port = free_port()
+                    self._controller_argv = controller_argv()
+                else:
+                    self.dns_port = free_port()
 
     def _check_alive(self) -> None:
         """Raise ``ProcessExitedError`` (with the end of its log) for a process that has died."""
@@ -359,7 +382,9 @@ class Cluster(LogDirGroup):
     def start_agent(self, region: str) -> None:
         """Start (or restart) ``region``'s agent process."""
         self._stopped.discard(f"agent-{region}")
-        self._spawn(f"agent-{region}", [*self._agent_argv, "--region", region])
+        metrics = (["--metrics-listen", f"127.0.0.1:{self.agent_metrics_ports[region]}"]
+                   if region in self.agent_metrics_ports else [])
+        self._spawn(f"agent-{region}", [*self._agent_argv, "--region", region, *metrics])
 
     def kill_agents(self) -> None:
         """SIGKILL every agent, one right after the other (all agents crash together), and reap

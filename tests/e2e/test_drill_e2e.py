@@ -98,7 +98,7 @@ async def lab() -> AsyncIterator[Lab]:
     except StartupError as exc:
         skip_or_fail(f"needs unbound (Debian unbound: scripts/ensure-unbound.sh): {exc}")
     with RedisProcess() as redis_proc:
-        async with Cluster(redis_proc.url, endpoints="loopback", ttl=TTL_S, drills=DRILLS) as c:
+        async with Cluster(redis_proc.url, endpoints="loopback", ttl=TTL_S, extra_policy={"drills": DRILLS}) as c:
             cfg = load_config(str(c.root / "policy.yaml"), str(c.root / "regions"))
             store = connect(redis_proc.url, ns=c.namespace)
             async with aiohttp.ClientSession() as http, \
