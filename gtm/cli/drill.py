@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,11 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
                                      connector=aiohttp.TCPConnector(limit=0, force_close=True))
         try:
-            if not act or svc is None:
+            if not act:
                 return await runner.preflight(store, cfg, kind, region, http, hold_s=hold), None
+            if svc is None:  # an unknown region: the preflight says so
+                pf = await runner.preflight(store, cfg, kind, region, http, hold_s=hold)
+                return None, runner.refused_report(kind, region, actor, pf, time.time())
             populations = pops or L.default_populations(svc, cfg.inventory)
             auth = _authoritative(cfg, svc.zone, authoritative)
             stop = asyncio.Event()

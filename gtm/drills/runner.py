@@ -157,6 +157,8 @@ class _Drill:
                     new = self.lock.model_copy(update={"expires_at": now + self.limits.lease_s})
                     if await self.store.renew_drill(new, self.limits.lease_s, expect=self.lock):
                         self.lock = new
+                    elif self.aborted is None and getattr(await self.store.get_drill(), "id", None) != self.id:
+                        self.aborted = "aborted: the drill lock was lost (it lapsed or another drill took it)"
                 ov = self.override
                 if ov is not None and self.restored is None:
                     nxt = ov.model_copy(update={"expires_at": now + self.limits.lease_s})
@@ -276,8 +278,13 @@ class _Drill:
             return
         try:
             if self.kind == "drain":
-                await actions.undrain(self.store, self.cfg, self.region, actor=self.opts.actor,
-                                      reason=f"{self.id}: restore", via="drill")
+                stored = await self.store.get_override(self.region)
+                if stored is not None and not stored.reason.startswith(f"{self.id}:"):
+                    self.event("note", f"{self.region}'s override is no longer the drill's ({stored.kind} by "
+                                       f"{stored.actor}): left in place")
+                else:
+                    await actions.undrain(self.store, self.cfg, self.region, actor=self.opts.actor,
+                                          reason=f"{self.id}: restore", via="drill")
             elif self.kind == "failover":
                 await self._lift_override()
             else:
