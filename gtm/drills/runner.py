@@ -112,6 +112,8 @@ class _Drill:
         self.override: Override | None = None
         self.acted: float | None = None
         self.restored: float | None = None
+        self.restoring = False
+        self.restore_error = ""
         self.aborted: str | None = None
         self.health: dict[int, dict[str, str]] = {}
         self.svc = service_for(cfg, region)
@@ -160,12 +162,12 @@ class _Drill:
                     elif self.aborted is None and getattr(await self.store.get_drill(), "id", None) != self.id:
                         self.aborted = "aborted: the drill lock was lost (it lapsed or another drill took it)"
                 ov = self.override
-                if ov is not None and self.restored is None:
+                if ov is not None and not self.restoring:
                     nxt = ov.model_copy(update={"expires_at": now + self.limits.lease_s})
                     if await self.store.put_override_if(nxt, expect=ov):
                         self.override = nxt
-                    elif self.aborted is None:
-                        self.aborted = f"the failover override of {self.region} changed under the drill"
+                    elif self.aborted is None and not self.restoring:
+                        self.aborted = f"aborted: the failover override of {self.region} changed under the drill"
             except GtmError as exc:
                 log.warning("drill %s: renewal failed: %s", self.id, exc)
 
@@ -274,6 +276,7 @@ class _Drill:
 
     async def restore(self, session: aiohttp.ClientSession) -> None:
         """Undo the act (idempotent; never raises)."""
+        self.restoring = True  # from here on the override is not renewed
         if self.acted is None and self.override is None:
             return
         try:
@@ -294,7 +297,8 @@ class _Drill:
                         await asyncio.sleep(0.2)
         except Exception as exc:
             log.error("drill %s: restore failed: %s", self.id, exc)
-            self.event("note", f"restore failed: {exc}")
+            self.restore_error = f"the restore failed: {type(exc).__name__}: {exc}"
+            self.event("note", self.restore_error)
         self.restored = time.time()
         self.event("restore", "undone")
         await self.audit(f"drill {self.kind} restore", "undone")
@@ -338,6 +342,10 @@ class _Drill:
         verdict = J.judge(self.kind, self.region, self.limits, fig, acted=self.acted is not None,
                           restored=self.restored is not None, aborted=self.aborted,
                           expected_window_s=self.expected)
+        if self.restore_error:
+            verdict.reasons.append(self.restore_error)
+            if verdict.verdict == "passed":
+                verdict.verdict = "failed"
         for kind, t0, dt, text in (("answers_moved", self.acted, fig.answers_moved_s, "answers left the region"),
                                    ("clients_moved", self.acted, fig.clients_moved_s, "clients left the region")):
             if t0 is not None and dt is not None:
