@@ -158,7 +158,8 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             async with _resolver(resolver, svc.zone, auth) as (res_addr, desc):
-                settings = L.LoadSettings(fqdn=svc.fqdn, resolver=res_addr, authoritative=auth, rps=rps,
+                settings = L.LoadSettings(fqdn=svc.fqdn, resolver=res_addr, authoritative=auth[0] if auth else None,
+                                          rps=rps,
                                           max_requests=max_requests, endpoint_port=endpoint_port,
                                           endpoint_scheme=endpoint_scheme, connect=conn, model=svc.model)
                 opts = runner.DrillOptions(actor=actor, reason=reason, hold_s=hold, baseline_s=baseline,
@@ -199,19 +200,19 @@ def _run_kind(kind: DrillKind, *, region: str, hold: float, rps: float, max_requ
     raise typer.Exit(report.exit_code)
 
 
-def _authoritative(cfg: Config, zone: str, given: str | None) -> tuple[str, int] | None:
+def _authoritative(cfg: Config, zone: str, given: str | None) -> list[tuple[str, int]]:
+    """``--authoritative HOST[:PORT]``, else every nameserver address of ``zone`` in the policy
+    (port 53); empty when neither is known."""
     if given:
-        return _hostport(given, "--authoritative", 53)
+        return [_hostport(given, "--authoritative", 53)]
     z = next((z for z in cfg.policy.zones if z.name == zone), None)
-    if z is None or not z.nameserver_addresses:
-        return None
-    return next(iter(sorted(z.nameserver_addresses.values()))), 53
+    return [(addr, 53) for addr in sorted((z.nameserver_addresses if z is not None else {}).values())]
 
 
 class _resolver:
     """``--resolver HOST[:PORT]`` as given, else an Unbound with a stub zone to ``auth``."""
 
-    def __init__(self, given: str | None, zone: str, auth: tuple[str, int] | None) -> None:
+    def __init__(self, given: str | None, zone: str, auth: list[tuple[str, int]]) -> None:
         self.given, self.zone, self.auth = given, zone, auth
         self.unbound: Any = None
 
@@ -219,12 +220,12 @@ class _resolver:
         if self.given:
             addr = _hostport(self.given, "--resolver", 53)
             return addr, f"--resolver {addr[0]}:{addr[1]}"
-        if self.auth is None:
+        if not self.auth:
             raise UsageError("no resolver: give --resolver HOST[:PORT], or --authoritative HOST:PORT (or the zone's "
                              "nameserver_addresses in the policy) for a local Unbound")
         from gtm.drills.unbound import Unbound
 
-        self.unbound = Unbound(zone=self.zone, stub_addrs=[self.auth])
+        self.unbound = Unbound(zone=self.zone, stub_addrs=self.auth)
         await self.unbound.__aenter__()
         return self.unbound.address, self.unbound.describe()
 
