@@ -105,6 +105,18 @@ def policy_snapshot(url: str, ns: str) -> tuple[Config, float] | None:
         return None
 
 
+def parse_hostport(value: str, flag: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; an empty host is 127.0.0.1) as ``(host, port)``; with
+    ``default_port`` the port may be left out. Raises ``UsageError`` naming ``flag``."""
+    host, sep, port = value.rpartition(":")
+    if not sep and default_port is not None and value:
+        return value.strip("[]"), default_port
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        want = "HOST:PORT" if default_port is None else "HOST[:PORT]"
+        raise UsageError(f"{flag} wants {want} (e.g. 127.0.0.1:9180), got {value!r}")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
 def store_url(redis: str | None) -> str:
     """``--redis`` / ``GTM_REDIS_URL`` with the password file applied; exit 2 if it cannot be read."""
     try:

@@ -27,6 +27,7 @@ from gtm.cli.common import (
     console,
     err_console,
     fail,
+    parse_hostport,
     policy_snapshot,
     print_json,
     run,
@@ -90,15 +91,6 @@ Examples:
     gtm drill failover us-west-2 --yes --resolver 10.0.0.53 --rps 20
     gtm drill kill eu-central-1 --yes --endpoint-port 8000 --endpoint-scheme http   # staging / CI only
 """
-
-
-def _hostport(value: str, flag: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return value, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{flag} wants HOST[:PORT], got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def _connect_map(items: list[str]) -> dict[str, str]:
@@ -204,7 +196,7 @@ def _authoritative(cfg: Config, zone: str, given: str | None) -> list[tuple[str,
     """``--authoritative HOST[:PORT]``, else every nameserver address of ``zone`` in the policy
     (port 53); empty when neither is known."""
     if given:
-        return [_hostport(given, "--authoritative", 53)]
+        return [parse_hostport(given, "--authoritative", 53)]
     z = next((z for z in cfg.policy.zones if z.name == zone), None)
     return [(addr, 53) for addr in sorted((z.nameserver_addresses if z is not None else {}).values())]
 
@@ -218,7 +210,7 @@ class _resolver:
 
     async def __aenter__(self) -> tuple[tuple[str, int], str]:
         if self.given:
-            addr = _hostport(self.given, "--resolver", 53)
+            addr = parse_hostport(self.given, "--resolver", 53)
             return addr, f"--resolver {addr[0]}:{addr[1]}"
         if not self.auth:
             raise UsageError("no resolver: give --resolver HOST[:PORT], or --authoritative HOST:PORT (or the zone's "

@@ -31,6 +31,7 @@ from gtm.cli.common import (
     console,
     err_console,
     fail,
+    parse_hostport,
     policy_snapshot,
     print_json,
     run,
@@ -50,7 +51,7 @@ from gtm.cli.options import (
 from gtm.cli.overrides import drain, undamp, undrain
 from gtm.config.loader import Config, load_config
 from gtm.config.settings import redact
-from gtm.errors import ConfigError, StartupError, TaskCrashedError
+from gtm.errors import ConfigError, StartupError, TaskCrashedError, UsageError
 from gtm.log import get_logger, setup_logging
 
 T = TypeVar("T")
@@ -112,13 +113,10 @@ def _config_in_force(
 
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        err_console.print(
-            f"[red]UsageError[/]: {flag} wants HOST:PORT (e.g. 127.0.0.1:9180), got {escape(repr(value))}"
-        )
-        raise typer.Exit(2)
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    try:
+        return parse_hostport(value, flag)
+    except UsageError as exc:
+        fail(exc, False, 2)
 
 
 # -- status / plan ------------------------------------------------------------------------
