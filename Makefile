@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-## demo: the zero-setup demo (embedded store, simulated fleets, real DNS queries)
+## demo: the zero-setup demo (embedded store, simulated fleets, real DNS queries), ending with a drain drill
 demo: $(STAMP)
 	$(BIN)/gtm demo
 

@@ -8,6 +8,9 @@ Every share printed comes from real DNS queries over UDP to the embedded server,
 Client Subnet option placing the client in the EU or the US. Beside them, each step prints the
 anycast decision per prefix and region from the controller's plan (announce with its AS-path
 prepends, or withdraw); no BGP daemon runs in the demo (``gtm drill anycast`` runs the real path).
+
+It ends with a drain drill under client load (``demo_drill``: the runner of ``gtm drill drain``)
+and prints its verdict line and where its report files went.
 """
 
 from __future__ import annotations
@@ -15,22 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from gtm.config.loader import Config
 from gtm.controller.loop import Controller, ControllerSettings
+from gtm.drills.live import DrillProgress, render_live
+from gtm.drills.load import LoadSettings, Population
+from gtm.drills.report import ReportFiles, write_report
+from gtm.drills.runner import DrillOptions, run_drill
+from gtm.errors import StartupError
+from gtm.models.drill import DrillReport
 from gtm.models.override import Override
 from gtm.models.plan import DesiredState
 from gtm.providers.dnsclient import query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
 from gtm.providers.geo import PrefixTable
 from gtm.providers.geoip import GeoIpTable
-from gtm.store import connect
+from gtm.store import Store, connect
 from gtm.testing.ports import free_port
 from gtm.testing.scenario import (
     ADDRESS_TO_REGION,
@@ -38,6 +54,7 @@ from gtm.testing.scenario import (
     EU_CLIENT,
     EU_PREFIX,
     FQDN,
+    MODEL,
     REGIONS,
     US_CLIENT,
     scenario_config,
@@ -147,8 +164,69 @@ def _announced_where_weighted(state: DesiredState) -> bool:
     return True
 
 
-async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False) -> bool:
-    """Run the scenario; returns True when every expectation held."""
+@dataclass
+class DemoDrill:
+    """The demo's drain drill: its report and, when matplotlib is installed, its files."""
+
+    report: DrillReport
+    files: ReportFiles | None = None
+    files_note: str = ""
+
+
+async def demo_drill(console: Console, store: Store, cfg: Config, dns_port: int, fleet_ports: dict[str, int], *,
+                     region: str = "eu-central-1", hold_s: float = 5.0, baseline_s: float = 2.0, rps: float = 10.0,
+                     live: bool = True, report_dir: Path | None = None) -> DemoDrill:
+    """A drain drill of ``region`` under client load, through ``gtm.drills.runner.run_drill``
+    (the same runner as ``gtm drill drain``), on the demo's embedded store and DNS.
+
+    The demo has no caching resolver (Unbound is not installed for ``make demo``): both client
+    populations (EU ``EU_CLIENT``, US ``US_CLIENT``, ``rps`` requests per second each) query the
+    embedded DNS server directly, so clients move with the answers instead of up to a TTL later.
+    An answered endpoint address (192.0.2.x) is reached at its simulated fleet on 127.0.0.1
+    (``fleet_ports``). The report files are written to ``report_dir`` (a new temporary directory
+    by default) when matplotlib (the ``drill`` extra) is installed.
+
+    Args:
+        console: where the live view is drawn (``live``) while the drill runs.
+        store / cfg: the demo's store and config (the drill's drain, lock and audit go there).
+        dns_port: the embedded DNS server's UDP port on 127.0.0.1.
+        fleet_ports: region → its simulated fleet's port on 127.0.0.1.
+        region / hold_s / baseline_s / rps: the drill (seconds; requests per second per population).
+
+    Returns:
+        The report (its verdict says whether it passed) and the files, or why there are none.
+    """
+    connect_map = {addr: f"http://127.0.0.1:{fleet_ports[name]}" for addr, name in ADDRESS_TO_REGION.items()}
+    settings = LoadSettings(fqdn=FQDN, resolver=("127.0.0.1", dns_port), authoritative=("127.0.0.1", dns_port),
+                            rps=rps, endpoint_scheme="http", connect=connect_map, model=MODEL, timeout_s=2.0)
+    populations = [Population("eu", EU_CLIENT, ("EU",)), Population("us", US_CLIENT)]
+    options = DrillOptions(actor="demo-operator", reason="demo drill", hold_s=hold_s, baseline_s=baseline_s)
+    resolver = f"the embedded DNS on 127.0.0.1:{dns_port}, queried directly (no caching resolver in the demo)"
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                 connector=aiohttp.TCPConnector(limit=0, force_close=True))
+    view = Live(Text(f"drain {region}: preflight"), console=console, transient=True) if live else None
+
+    def show(progress: DrillProgress) -> None:
+        if view is not None:
+            view.update(render_live(progress))
+
+    try:
+        with view if view is not None else contextlib.nullcontext():
+            report = await run_drill(store, cfg, "drain", region, settings=settings, populations=populations,
+                                     options=options, session=http, on_progress=show, resolver=resolver)
+    finally:
+        await http.close()
+    out = report_dir if report_dir is not None else Path(tempfile.mkdtemp(prefix="gtm-demo-drill-"))
+    try:  # matplotlib draws for about a second: off the loop that serves the demo's DNS
+        return DemoDrill(report, await asyncio.to_thread(write_report, report, out))
+    except (StartupError, OSError) as exc:
+        return DemoDrill(report, None, f"no report files: {exc}")
+
+
+async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, json_out: bool = False,
+                   drill_dir: Path | None = None) -> bool:
+    """Run the scenario; returns True when every expectation held. The drill's report files go
+    to ``drill_dir`` (default: a new temporary directory)."""
     ports = {r[0]: free_port() for r in REGIONS}
     cfg = scenario_config(ports)
     store = connect("embedded://", ns="demo")
@@ -177,6 +255,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
 
     ok = True
     problems: list[str] = []
+    drill: DemoDrill | None = None
     if not json_out:
         console.print(f"[bold]gtm demo[/]: 4 regions, embedded store, DNS on 127.0.0.1:{dns.port} (UDP+TCP)")
         console.print(f"clients: EU subnet {EU_CLIENT}, US subnet {US_CLIENT}; {queries} real queries each per step\n")
@@ -272,6 +351,27 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
         await asyncio.sleep(1.0 if fast else 4.5)
         say(await demo.record(f"undrain {drained} → ramped back", queries, took, health=health(), anycast=bgp()))
 
+        # 6. a drain drill under client load: the runner of `gtm drill drain`
+        drilled = "eu-west-1"
+        if not json_out:
+            console.print(f"[bold]+{time.monotonic() - demo.t0:5.1f}s[/] drain drill of {drilled} under client load "
+                          "(EU and US clients, 10 requests/s each, through the embedded DNS)", soft_wrap=True)
+        drill = await demo_drill(console, store, cfg, dns.port, ports, region=drilled, hold_s=6.0 if fast else 10.0,
+                                 baseline_s=1.0 if fast else 2.0, live=not json_out, report_dir=drill_dir)
+        rep = drill.report
+        expect(rep.verdict == "passed", f"the drain drill passed: {rep.verdict_line()}")
+        expect(rep.total_requests > 0 and rep.failed_requests == 0,
+               f"the drain drill lost no request ({rep.failed_requests} of {rep.total_requests} failed)")
+        expect(rep.residency_violations == 0, "no EU client was answered outside the EU during the drill")
+        if not json_out:
+            colour = "green" if rep.verdict == "passed" else "red"
+            console.print(f"         [{colour}]{escape(rep.verdict_line())}[/]", soft_wrap=True, highlight=False)
+            if drill.files is not None:
+                console.print(f"         report: {drill.files.html} (and .json, .png)", soft_wrap=True,
+                              highlight=False)
+            else:
+                console.print(f"         {escape(drill.files_note)}", soft_wrap=True, highlight=False)
+
         expect(demo.eu_regions_seen <= {"eu-west-1", "eu-central-1"},
                f"EU answers only ever named EU regions (saw {sorted(demo.eu_regions_seen)})")
         eu_announcers = {r for step in demo.steps for r, d in step.anycast.get(EU_PREFIX, {}).items()
@@ -294,6 +394,14 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
             "eu_regions_seen": sorted(demo.eu_regions_seen),
             "steps": [s.__dict__ for s in demo.steps],
             "dns_updates": dns.updates_applied,
+            "drill": None if drill is None else {
+                "verdict": drill.report.verdict, "verdict_line": drill.report.verdict_line(),
+                "answers_moved_s": drill.report.answers_moved_s, "clients_moved_s": drill.report.clients_moved_s,
+                "restored_s": drill.report.restored_s, "failed_requests": drill.report.failed_requests,
+                "total_requests": drill.report.total_requests,
+                "files": [] if drill.files is None else [str(drill.files.json), str(drill.files.png),
+                                                         str(drill.files.html)],
+            },
         }, indent=2))
         return ok
     t = Table(title="summary")
@@ -302,6 +410,7 @@ async def run_demo(console: Console, *, queries: int = 200, fast: bool = False, 
     t.add_row("EU-subnet answers only EU regions", ", ".join(sorted(demo.eu_regions_seen)))
     t.add_row(f"EU prefix {EU_PREFIX} announced from", ", ".join(sorted(
         {r for step in demo.steps for r, d in step.anycast.get(EU_PREFIX, {}).items() if d.startswith("announce")})))
+    t.add_row("drain drill", "did not run" if drill is None else drill.report.verdict_line())
     t.add_row("DNS updates applied", str(dns.updates_applied))
     t.add_row("controller cycles / plans", f"{ctl.stats.cycles} / {ctl.stats.plans}")
     console.print(t)

@@ -854,7 +854,8 @@ def demo(
 
     Uses an embedded store (no Redis needed) and real DNS queries to the embedded server.
     Scenario: steady state → a fleet fails → failover → recovery → drain an EU region →
-    undrain. Prints a timeline of answer shares per region. Exits 0 within about 90 s.
+    undrain → a drain drill under client load (its verdict and report files). Prints a
+    timeline of answer shares per region. Exits 0 within about 90 s.
     """
     from gtm.demo import run_demo
 
