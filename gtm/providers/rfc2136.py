@@ -76,6 +76,7 @@ import dns.zone
 
 from gtm.errors import ConfigError, PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan
+from gtm.models.published import rfc2136_segment_name
 from gtm.providers.base import Provider
 from gtm.providers.records import (
     OWNER_PREFIX,
@@ -121,8 +122,7 @@ def dark_marker(segment: str) -> str:
 def segment_name(service_fqdn: str, segment: str, is_default: bool) -> str:
     """Where a segment's pool is published: the service name for the catch-all segment,
     ``<segment>.<service fqdn>`` for the others."""
-    base = normalize_name(service_fqdn)
-    return base if is_default else f"{segment}.{base}"
+    return rfc2136_segment_name(normalize_name(service_fqdn), segment, is_default)
 
 
 class Rfc2136Provider(Provider):

@@ -83,6 +83,7 @@ from botocore.exceptions import (
 
 from gtm.errors import PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
+from gtm.models.published import ROUTE53_POOL_LABEL, route53_pool_name
 from gtm.providers.base import Provider
 from gtm.providers.records import (
     OWNER_PREFIX,
@@ -97,7 +98,7 @@ from gtm.providers.records import (
     split_ownership,
 )
 
-POOL_LABEL = "pool"
+POOL_LABEL = ROUTE53_POOL_LABEL
 """Pool record sets live at ``<segment>.pool.<service fqdn>``."""
 
 DARK_SET_ID = "gtm-dark"
@@ -614,7 +615,7 @@ def _base(name: str) -> str:
 
 
 def _pool_name(segment: str, fqdn: str) -> str:
-    return f"{segment}.{POOL_LABEL}.{fqdn}"
+    return route53_pool_name(fqdn, segment)
 
 
 def _locations(route: SegmentRoute) -> list[str]:
