@@ -259,7 +259,7 @@ def plan_cmd(
 def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
     for o in outcomes:
         if o.error:
-            err_console.print(f"[red]provider {o.name} ({o.kind})[/]: {escape(str(o.error))}", highlight=False)
+            err_console.print(f"[red]provider error[/]: {escape(str(o.error))}", highlight=False)
             continue
         for p in o.plans:
             summ = p.summary()

@@ -156,6 +156,12 @@ class CloudDnsProvider(Provider):
     """
 
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"A", "AAAA", "CNAME", "WEIGHTED", "GEO"})
+    KIND: ClassVar[str] = "clouddns"
+
+    @property
+    def server_text(self) -> str:
+        """``api_endpoint``, else the Cloud DNS API."""
+        return self.api_endpoint or "https://dns.googleapis.com"
 
     def __init__(
         self,
