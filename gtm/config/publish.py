@@ -11,8 +11,9 @@ apex always holds SOA and NS. So the check refuses, before any provider is asked
   one name); for Route 53, the whole service (its name holds aliases of every type of every
   segment);
 - a name published twice: a service name equal to the zone's NS glue (``nameserver_addresses``),
-  to another service's name, or to a pool name a provider derives (``<segment>.<fqdn>`` for
-  RFC2136, ``<segment>.pool.<fqdn>`` for Route 53, ``<segment>.gtm-pool.<fqdn>`` for Cloud DNS).
+  to another service's name, to a pool name a provider derives (``<segment>.<fqdn>`` for
+  RFC2136, ``<segment>.pool.<fqdn>`` for Route 53, ``<segment>.gtm-pool.<fqdn>`` for Cloud DNS),
+  or to an ownership marker (``_gtm-owner.<name>``) of a name a provider writes.
 
 Each reason is ``field.path: message (value: ...)``; ``load_config`` prefixes the file.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 from gtm.engine.residency import eligible_regions
 from gtm.models.policy import Policy, Segment, Service
-from gtm.models.published import clouddns_hops, pool_names
+from gtm.models.published import OWNER_LABEL, clouddns_hops, pool_names
 from gtm.models.region import Inventory
 
 _RECORD_KINDS = ("rfc2136", "route53", "clouddns")
+
+_MARKER = "the ownership marker of "
 
 
 def publish_reasons(policy: Policy, inventory: Inventory) -> list[str]:
@@ -140,10 +143,14 @@ def _collisions(policy: Policy, kinds: dict[str, dict[str, str]]) -> list[str]:
                 (n, f"a pool name of service {svc.name!r} ({kind} provider {provider!r})", f"services[{i}].segments")
                 for n in pool_names(kind, svc.fqdn, segs)
             ]
+        if kinds.get(svc.zone):
+            marked = [n for n, _, _ in mine]
+            mine += [(f"{OWNER_LABEL}.{n}", f"{_MARKER}{n!r}", f"services[{i}].fqdn") for n in marked]
         seen_here: set[str] = set()
         for name, what, where in mine:
             other = claims.get(name)
-            if other is not None and name not in seen_here:
+            echo = other is not None and other.startswith(_MARKER) and what.startswith(_MARKER)  # names collided
+            if other is not None and name not in seen_here and not echo:
                 reasons.append(
                     f"{where}: {what} is {name!r}, which the zone also publishes as {other}; one name cannot hold "
                     f"both (value: {name!r})"

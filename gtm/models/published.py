@@ -12,12 +12,18 @@ policy whose names collide, so both must use these functions:
   catch-all) and a geo-routed **CNAME** at the service name;
 - ``embedded``: the service name only.
 
+Every name a record-holding provider writes also gets an ownership marker at
+``_gtm-owner.<name>`` (``OWNER_LABEL``).
+
 Names are in ``gtm.models.dnsname.a_label_name`` spelling when ``fqdn`` is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+OWNER_LABEL = "_gtm-owner"
+"""Record-holding providers mark each name they write with a TXT record at ``_gtm-owner.<name>``."""
 
 ROUTE53_POOL_LABEL = "pool"
 """Route 53 pools live at ``<segment>.pool.<service fqdn>``."""

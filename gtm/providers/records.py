@@ -17,8 +17,9 @@ from typing import Literal
 from gtm.errors import UnsafePlanError
 from gtm.models.dnsname import a_label_name
 from gtm.models.plan import DesiredState, ServicePlan
+from gtm.models.published import OWNER_LABEL
 
-OWNER_PREFIX = "_gtm-owner"
+OWNER_PREFIX = OWNER_LABEL
 """Ownership markers are TXT records at ``_gtm-owner.<name>`` (ExternalDNS' TXT registry idea)."""
 
 

@@ -173,6 +173,27 @@ def test_service_name_equal_to_another_services_pool_name_is_refused(tmp_path: P
     ]
 
 
+def test_service_name_equal_to_an_ownership_marker_is_refused(tmp_path: Path) -> None:
+    f = policy(tmp_path, """\
+    services:
+      - name: chat
+        fqdn: chat.gtm.example.com
+        zone: gtm.example.com
+        regions: [us-east-1]
+      - name: odd
+        fqdn: _gtm-owner.chat.gtm.example.com
+        zone: gtm.example.com
+        regions: [us-east-1]
+    providers:
+      - {name: r53, kind: route53}
+    """)
+    assert reasons(f) == [
+        f"{f}: services[1].fqdn: service 'odd' is '_gtm-owner.chat.gtm.example.com', which the zone also "
+        "publishes as the ownership marker of 'chat.gtm.example.com'; one name cannot hold both "
+        "(value: '_gtm-owner.chat.gtm.example.com')"
+    ]
+
+
 # -- residency: an explicit region outside the pin ---------------------------------------------
 
 
