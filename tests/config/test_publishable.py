@@ -135,62 +135,33 @@ def test_route53_refuses_mixing_across_segments(tmp_path: Path, lb_regions: Path
     ]
 
 
-def test_service_name_equal_to_ns_glue_is_refused(tmp_path: Path) -> None:
-    f = policy(tmp_path, """\
-    services:
-      - name: chat
-        fqdn: ns1.gtm.example.com
-        zone: gtm.example.com
-        regions: [us-east-1]
-    """)
+CHAT_EU = """\
+  - name: chat
+    fqdn: chat.gtm.example.com
+    zone: gtm.example.com
+    regions: [us-east-1, eu-west-1]
+    segments:
+      - {name: eu, match: {continents: [EU]}, residency: {jurisdictions: [EU]}}
+"""
+
+
+@pytest.mark.parametrize(("fqdn", "also"), [
+    ("ns1.gtm.example.com", "NS glue of zone 'gtm.example.com' (nameserver_addresses)"),
+    ("eu.pool.chat.gtm.example.com", "a pool name of service 'chat' (route53 provider 'r53')"),
+    ("_gtm-owner.chat.gtm.example.com", "the ownership marker of 'chat.gtm.example.com'"),
+])
+def test_a_service_name_the_zone_already_publishes_is_refused(tmp_path: Path, fqdn: str, also: str) -> None:
+    f = policy(tmp_path, "services:\n" + CHAT_EU + f"""\
+  - name: other
+    fqdn: {fqdn}
+    zone: gtm.example.com
+    regions: [eu-west-1]
+providers:
+  - {{name: r53, kind: route53}}
+""")
     assert reasons(f) == [
-        f"{f}: services[0].fqdn: service 'chat' is 'ns1.gtm.example.com', which the zone also publishes as NS "
-        "glue of zone 'gtm.example.com' (nameserver_addresses); one name cannot hold both "
-        "(value: 'ns1.gtm.example.com')"
-    ]
-
-
-def test_service_name_equal_to_another_services_pool_name_is_refused(tmp_path: Path) -> None:
-    f = policy(tmp_path, """\
-    services:
-      - name: chat
-        fqdn: chat.gtm.example.com
-        zone: gtm.example.com
-        regions: [us-east-1, eu-west-1]
-        segments:
-          - {name: eu, match: {continents: [EU]}, residency: {jurisdictions: [EU]}}
-      - name: euchat
-        fqdn: eu.pool.chat.gtm.example.com
-        zone: gtm.example.com
-        regions: [eu-west-1]
-    providers:
-      - {name: r53, kind: route53}
-    """)
-    assert reasons(f) == [
-        f"{f}: services[1].fqdn: service 'euchat' is 'eu.pool.chat.gtm.example.com', which the zone also "
-        "publishes as a pool name of service 'chat' (route53 provider 'r53'); one name cannot hold both "
-        "(value: 'eu.pool.chat.gtm.example.com')"
-    ]
-
-
-def test_service_name_equal_to_an_ownership_marker_is_refused(tmp_path: Path) -> None:
-    f = policy(tmp_path, """\
-    services:
-      - name: chat
-        fqdn: chat.gtm.example.com
-        zone: gtm.example.com
-        regions: [us-east-1]
-      - name: odd
-        fqdn: _gtm-owner.chat.gtm.example.com
-        zone: gtm.example.com
-        regions: [us-east-1]
-    providers:
-      - {name: r53, kind: route53}
-    """)
-    assert reasons(f) == [
-        f"{f}: services[1].fqdn: service 'odd' is '_gtm-owner.chat.gtm.example.com', which the zone also "
-        "publishes as the ownership marker of 'chat.gtm.example.com'; one name cannot hold both "
-        "(value: '_gtm-owner.chat.gtm.example.com')"
+        f"{f}: services[1].fqdn: service 'other' is {fqdn!r}, which the zone also publishes as {also}; one name "
+        f"cannot hold both (value: {fqdn!r})"
     ]
 
 
@@ -220,21 +191,14 @@ def test_pinned_segment_listing_a_region_outside_its_jurisdictions_is_refused(tm
 def test_pinned_segment_inheriting_the_services_regions_serves_those_inside_the_pin(tmp_path: Path) -> None:
     """The EU segment of a global service (no ``regions:`` of its own) is how policies/ is written:
     the US regions are not the segment's, and that is not an error."""
-    f = policy(tmp_path, """\
-    services:
-      - name: chat
-        fqdn: chat.gtm.example.com
-        zone: gtm.example.com
-        regions: [us-east-1, eu-west-1]
-        segments:
-          - {name: eu, match: {continents: [EU]}, residency: {jurisdictions: [EU]}}
-          - name: spilling
-            match: {continents: [AF]}
-            residency: {jurisdictions: [EU]}
-            regions: [eu-west-1, us-east-1]
-            on_unavailable: spill
-            spill_to: [US]
-    """)
+    f = policy(tmp_path, "services:\n" + CHAT_EU + """\
+      - name: spilling
+        match: {continents: [AF]}
+        residency: {jurisdictions: [EU]}
+        regions: [eu-west-1, us-east-1]
+        on_unavailable: spill
+        spill_to: [US]
+""")
     cfg = load_config(f, REGIONS)  # a spill_to region may be listed: the segment spills to it
     assert [s.name for s in cfg.policy.services[0].segments] == ["eu", "spilling"]
 
