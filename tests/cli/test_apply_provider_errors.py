@@ -49,7 +49,10 @@ def apply(ns: str, policy: Path, provider: str) -> tuple[int, str]:
     r.close()
     code, _, err = gtm("apply", "--yes", "--provider", provider, "--redis", REDIS_URL, "--ns", ns,
                        "--policies", str(policy), "--regions", str(regions_with_4_replicas()))
-    return code, " ".join(err.split())
+    # Only the error line: a log handler an earlier in-process command left behind may write too.
+    lines = [line for line in err.splitlines() if line.startswith("provider error: ")]
+    assert len(lines) == 1, err
+    return code, lines[0]
 
 
 def test_rfc2136_server_closing_the_connection(
@@ -71,7 +74,6 @@ def test_rfc2136_server_closing_the_connection(
     ), err
     assert err.endswith("); an update may or may not have been applied; re-observe and retry"), err
     assert silent.accepted >= 1
-    assert "Aborted" not in err
 
 
 def test_route53_endpoint_closing_the_connection(

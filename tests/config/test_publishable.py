@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 
 from gtm.cli.main import app
 from gtm.config import load_config
+from gtm.engine import plan
 from gtm.errors import ConfigError
+from gtm.providers.route53 import Route53Provider
+from tests.factories import T0, healthy_reports
 
 ROOT = Path(__file__).resolve().parents[2]
 REGIONS = ROOT / "regions"
@@ -296,3 +299,9 @@ def test_ttl_zero_is_accepted_with_a_warning(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert "valid" in res.stdout
     assert " ".join(res.stderr.split()) == f"warning: {warning}"
+    # And 0 is what a provider writes (a value, not "unset").
+    state = plan(cfg.policy, cfg.inventory, healthy_reports(T0, ["us-east-1"]), {}, None, T0)
+    rendered = Route53Provider("r53", owner_id="gtm", zones=["gtm.example.com"]).render(state, "gtm.example.com")
+    assert {(rs.name, rs.set_identifier, rs.ttl) for rs in rendered if rs.weight is not None} == {
+        ("default.pool.chat.gtm.example.com", "us-east-1", 0)
+    }
