@@ -67,7 +67,47 @@ class ScrapeError(GtmError):
 
 
 class ProviderError(GtmError):
-    """A provider failed to observe or apply a change."""
+    """A provider failed to observe or apply a change.
+
+    ``str()`` names where it happened: ``<provider> (<kind>) at <server>: <operation>: <detail>``
+    (``bind-primary (rfc2136) at 192.0.2.53:53: AXFR gtm.example.com: connection closed ...``),
+    leaving out the parts that are not known.
+
+    Attributes:
+        detail: what went wrong.
+        provider: the provider's id (the policy's ``providers[].name``), or "".
+        kind: its kind (``rfc2136``, ``route53``, ``clouddns``, ...), or "".
+        server: the server it talked to: ``host:port`` or the endpoint URL, or "".
+        operation: what it was doing (``AXFR gtm.example.com``, ``UPDATE zone gtm.example.com``,
+            ``ListResourceRecordSets``), or "".
+    """
+
+    def __init__(
+        self, detail: str, *, provider: str = "", kind: str = "", server: str = "", operation: str = ""
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.provider = provider
+        self.kind = kind
+        self.server = server
+        self.operation = operation
+
+    def with_context(self, *, provider: str, kind: str, server: str, operation: str = "") -> ProviderError:
+        """Fill the fields not set yet (a detail starting ``<provider>: `` loses that prefix);
+        returns ``self``, so ``raise exc.with_context(...)`` re-raises the same exception."""
+        if not self.provider:
+            self.provider = provider
+            self.detail = self.detail.removeprefix(f"{provider}: ")
+        self.kind = self.kind or kind
+        self.server = self.server or server
+        self.operation = self.operation or operation
+        return self
+
+    def __str__(self) -> str:
+        head = self.provider + (f" ({self.kind})" if self.kind else "")
+        if self.server:
+            head = f"{head} at {self.server}" if head else self.server
+        return ": ".join(p for p in (head, self.operation, self.detail) if p)
 
 
 class TemporaryProviderError(ProviderError):
@@ -77,8 +117,11 @@ class TemporaryProviderError(ProviderError):
         delay: suggested wait before the next attempt, in seconds.
     """
 
-    def __init__(self, message: str, delay: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, delay: float = 1.0, *, provider: str = "", kind: str = "", server: str = "",
+        operation: str = "",
+    ) -> None:
+        super().__init__(message, provider=provider, kind=kind, server=server, operation=operation)
         self.delay = delay
 
 

@@ -249,7 +249,7 @@ def plan_cmd(
 def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
     for o in outcomes:
         if o.error:
-            err_console.print(f"[red]provider {o.name} ({o.kind})[/]: {escape(str(o.error))}", highlight=False)
+            err_console.print(f"[red]provider error[/]: {escape(str(o.error))}", highlight=False)
             continue
         for p in o.plans:
             summ = p.summary()
@@ -409,8 +409,10 @@ def policy_validate(
             err_console.print(f"[red]invalid[/]: {len(exc.reasons)} problem(s)")
         raise typer.Exit(2) from None
     if output is Output.json:
-        print_json({"valid": True, "digest": cfg.digest, "files": list(cfg.files)})
+        print_json({"valid": True, "digest": cfg.digest, "files": list(cfg.files), "warnings": list(cfg.warnings)})
     else:
+        for w in cfg.warnings:
+            err_console.print(f"[yellow]warning[/]: {escape(w)}", highlight=False)
         console.print(
             f"[green]valid[/]: {len(cfg.policy.services)} service(s), "
             f"{len(cfg.inventory.regions)} region(s), digest {cfg.digest[:19]}"

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gtm.config.anycast import anycast_reasons
+from gtm.config.publish import publish_reasons
 from gtm.errors import ConfigError
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory, Region
@@ -37,6 +38,7 @@ class Config:
         digest: ``sha256:<hex>`` of the policy and inventory as parsed (canonical JSON).
         files: the files read.
         source: where it came from: ``git:<commit sha>`` (``gtm.config.git``), else ``""`` (files).
+        warnings: legal but costly settings (``policy_warnings``), each ``file: field: message``.
     """
 
     policy: Policy
@@ -44,6 +46,7 @@ class Config:
     digest: str
     files: tuple[str, ...]
     source: str = ""
+    warnings: tuple[str, ...] = ()
 
     @property
     def commit(self) -> str:
@@ -333,7 +336,17 @@ def _map_merged_errors(
 
 
 def cross_check(policy: Policy, inventory: Inventory) -> list[str]:
-    """Checks that need both policy and inventory; returns one reason per problem."""
+    """Checks that need both policy and inventory; returns one reason per problem.
+
+    Residency: a pinned segment that lists its own ``regions:`` must list only regions in its
+    jurisdictions (or in its ``spill_to`` jurisdictions, which it may spill to): the engine
+    would silently drop any other, so writing one is a mistake and is refused, naming the
+    segment, the region and both jurisdictions. A pinned segment WITHOUT its own ``regions:``
+    inherits the service's regions and serves those in its jurisdictions: that is how the EU
+    segment of a global service is written (``policies/default.yaml``), so dropping the others
+    there is the meaning, not an error. Either way a pin with no eligible region is refused.
+    What DNS would hold is checked by ``gtm.config.publish.publish_reasons``.
+    """
     reasons: list[str] = []
     known = inventory.regions
     for i, svc in enumerate(policy.services):
@@ -346,18 +359,43 @@ def cross_check(policy: Policy, inventory: Inventory) -> list[str]:
         for j, seg in enumerate(svc.all_segments):
             if seg.residency is None:
                 continue
+            pins = seg.residency.jurisdictions
+            for k, r in enumerate(seg.regions or ()):
+                if r in known and known[r].jurisdiction not in (*pins, *seg.spill_to):
+                    reasons.append(
+                        f"services[{i}].segments[{j}].regions[{k}]: segment {seg.name!r} of {svc.name!r} is pinned "
+                        f"to jurisdictions {list(pins)} but lists region {r!r}, whose jurisdiction is "
+                        f"{known[r].jurisdiction!r} (regions/{r}.yaml); it would never be routed to: remove it "
+                        f"or widen the pin (value: {r!r})"
+                    )
             # As the engine does (gtm.engine.residency): an empty list means no region at all.
             listed = seg.regions if seg.regions is not None else svc.regions
             pool = [r for r in listed if r in known]
-            eligible = [r for r in pool if known[r].jurisdiction in seg.residency.jurisdictions]
+            eligible = [r for r in pool if known[r].jurisdiction in pins]
             if not eligible:
                 reasons.append(
                     f"services[{i}].segments[{j}].residency: segment {seg.name!r} of "
-                    f"{svc.name!r} is pinned to {list(seg.residency.jurisdictions)} but none of "
+                    f"{svc.name!r} is pinned to {list(pins)} but none of "
                     f"its regions {list(pool)} is in those jurisdictions"
                 )
     reasons.extend(anycast_reasons(policy, inventory))
+    reasons.extend(publish_reasons(policy, inventory))
     return reasons
+
+
+def policy_warnings(policy: Policy) -> list[str]:
+    """Legal but costly settings, one line each (``gtm policy validate`` prints them).
+
+    - ``ttl: 0``: no resolver may cache the answer, so every client lookup reaches the
+      authoritative servers (query load and latency scale with clients, not resolvers), and
+      some resolvers raise a 0 TTL to their own minimum anyway.
+    """
+    return [
+        f"services[{i}].ttl: service {svc.name!r} has ttl 0: resolvers cannot cache its answers, every client "
+        "lookup reaches the authoritative servers (and some resolvers clamp 0 to their own minimum) (value: 0)"
+        for i, svc in enumerate(policy.services)
+        if svc.ttl == 0 and "dns" in svc.planes
+    ]
 
 
 def policy_digest(policy: Policy, inventory: Inventory) -> str:
@@ -399,4 +437,5 @@ def load_config(policy_paths: str | Path | Iterable[str | Path], regions_path: s
         inventory=inventory,
         digest=policy_digest(policy, inventory),
         files=files + tuple(str(p) for p in _yaml_files(Path(regions_path))),
+        warnings=tuple(f"{files[0] if len(files) == 1 else 'policy'}: {w}" for w in policy_warnings(policy)),
     )

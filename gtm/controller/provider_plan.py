@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtm.errors import GtmError
+from gtm.errors import ConfigError, GtmError, ProviderError
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.providers.base import Provider
@@ -17,7 +17,11 @@ from gtm.providers.registry import build_provider
 
 @dataclass
 class ProviderOutcome:
-    """One provider's plans (and results, when applied), or the error that stopped it."""
+    """One provider's plans (and results, when applied), or the error that stopped it.
+
+    ``error`` is ``ErrorType: message``, the message naming the provider, its kind, the server
+    and the operation (``ProviderError``'s ``str``), or ``""``.
+    """
 
     name: str
     kind: str
@@ -81,7 +85,9 @@ async def _each_provider(
             for plan in res.plans if apply else ():
                 r = await prov.apply(plan, dry_run=False, force=force)
                 res.applied.append({"zone": plan.zone, "api_calls": r.api_calls, "changes": r.changes})
-        except GtmError as exc:
+        except (ProviderError, ConfigError) as exc:  # each names the provider itself
             res.error = f"{type(exc).__name__}: {exc}"
+        except GtmError as exc:
+            res.error = f"{type(exc).__name__}: {cfg.name} ({cfg.kind}): {exc}"
         out.append(res)
     return out

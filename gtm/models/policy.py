@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gtm.models.accelerator import check_against_services, provider_kind_settings
+from gtm.models.dnsname import a_label_name
 from gtm.models.drill import DrillLimits
 from gtm.models.region import CONTINENTS
 from gtm.models.rollout import RolloutSpec
@@ -25,10 +26,9 @@ class _Strict(BaseModel):
 
 
 def _norm_name(v: str) -> str:
-    v = v.strip().lower().rstrip(".")
-    if not v or any(len(label) == 0 or len(label) > 63 for label in v.split(".")):
-        raise ValueError(f"{v!r} is not a valid DNS name")
-    return v
+    """One spelling per name (``gtm.models.dnsname.a_label_name``): a Unicode name and its
+    punycode are the same name. Raises ValueError for an invalid name."""
+    return a_label_name(v)
 
 
 class HealthThresholds(_Strict):
@@ -205,11 +205,15 @@ class Service(_Strict):
         name: short name, unique in the policy.
         fqdn: the public name, e.g. ``chat.gtm.example.com`` (normalised: lower case, no dot).
         zone: the DNS zone it lives in (must be declared under ``zones``).
-        ttl: record TTL, seconds.
+        ttl: record TTL, seconds (0..86400). 0 is legal DNS but means no resolver may cache
+            the answer: every client lookup reaches the authoritative servers (and some
+            resolvers raise it to their own minimum); ``gtm policy validate`` warns about it.
         model: the served model; capacity and health are read for this model.
         routing: ``capacity`` (weights follow spare capacity) or ``static`` (weights given).
         regions: the regions that serve it.
-        static_weights: weight 0-255 per region, for ``routing: static``.
+        static_weights: weight 0-255 per region, for ``routing: static``: every region of
+            ``regions`` needs one (an explicit 0 parks a region; a missing one is an error,
+            never a silent 0).
         segments: client segments; a default (empty-match) segment is added if none is given.
         fallback: another service (e.g. a smaller distilled model) whose pool answers a
             segment when no region of this service can serve it, within the same residency.
@@ -228,7 +232,7 @@ class Service(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     fqdn: str
     zone: str
-    ttl: int = Field(default=30, ge=1, le=86400, strict=True)
+    ttl: int = Field(default=30, ge=0, le=86400, strict=True)
     model: str | None = None
     routing: RoutingMode = "capacity"
     regions: tuple[str, ...] = Field(min_length=1)
@@ -282,6 +286,12 @@ class Service(_Strict):
                 raise ValueError(f"static_weights names {region!r}, which is not in regions")
         if self.routing == "static" and not self.static_weights:
             raise ValueError("routing 'static' needs static_weights")
+        missing = [r for r in self.regions if r not in self.static_weights]
+        if self.routing == "static" and self.static_weights and missing:
+            raise ValueError(
+                f"service {self.name!r} (routing: static): static_weights gives no weight to regions {missing}; "
+                "give every listed region a weight (0 parks a region)"
+            )
         if self.routing == "static" and not any(self.static_weights.values()):
             raise ValueError("every static weight is 0: the service would always be dark")
         names = [s.name for s in self.segments]
@@ -422,6 +432,11 @@ class ProviderConfig(BaseModel):
     zones: tuple[str, ...] = ()
     max_change_fraction: float = Field(default=0.5, gt=0, le=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("zones")
+    @classmethod
+    def _zone_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_norm_name(z) for z in v)
 
     @model_validator(mode="after")
     def _kind_options(self) -> ProviderConfig:

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gtm.models.dnsname import a_label_name
+
 FleetKind = Literal["vllm", "tgi", "sglang", "triton", "dcgm"]
 """Kinds of fleet source an agent knows how to scrape (see ``gtm.agent.scrape``)."""
 
@@ -36,6 +38,12 @@ class Endpoint(_Strict):
         if self.address is not None:
             ipaddress.ip_address(self.address)
         return self
+
+    @field_validator("hostname")
+    @classmethod
+    def _one_spelling(cls, v: str | None) -> str | None:
+        """The CNAME target in the spelling providers publish (``a_label_name``)."""
+        return None if v is None else a_label_name(v)
 
     @property
     def rdtype(self) -> str:

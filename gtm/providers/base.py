@@ -10,9 +10,13 @@ Two levels:
   ``apply``s only the change, never touching record sets it does not own. Dry run is the
   default of ``apply``; ``publish`` (the controller's path) applies for real.
 
-Subclasses implement ``observe``, ``render`` and ``_apply`` and set ``SUPPORTS``; they map
-their SDK's errors to ``TemporaryProviderError`` (retry later: throttling, 5xx, timeouts) or
-``PermanentProviderError`` (bad credentials, invalid change), raised ``from`` the original.
+Subclasses implement ``observe``, ``render`` and ``_apply`` and set ``SUPPORTS`` and ``KIND``;
+they map their SDK's errors to ``TemporaryProviderError`` (retry later: throttling, 5xx,
+timeouts) or ``PermanentProviderError`` (bad credentials, invalid change), raised ``from`` the
+original, naming the operation (``self.context(error, "ListResourceRecordSets")``). Every
+``ProviderError`` leaving ``plan_state`` or ``apply`` names the provider, its kind and its server
+(``server_text``); a connection closed or reset that a subclass did not translate becomes a
+``TemporaryProviderError`` there, so an operator never sees a bare ``EOFError``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from gtm.errors import PermanentProviderError
+from gtm.errors import PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.log import get_logger
 from gtm.models.plan import DesiredState
 from gtm.providers.records import (
@@ -82,6 +86,9 @@ class Provider(ABC):
     SUPPORTS: ClassVar[frozenset[str]] = frozenset()
     """Capabilities: record types (``A``, ``AAAA``, ``CNAME``) and ``WEIGHTED``, ``GEO``, ``ALIAS``."""
 
+    KIND: ClassVar[str] = ""
+    """The policy's ``providers[].kind`` of this class (``rfc2136``, ``route53``...)."""
+
     def __init__(
         self,
         name: str,
@@ -120,7 +127,23 @@ class Provider(ABC):
     async def _apply(self, plan: Plan) -> int:
         """Send ``plan``'s changes; returns the number of API calls made."""
 
+    @property
+    def server_text(self) -> str:
+        """The server this provider talks to, for errors: ``host:port`` or an endpoint URL."""
+        return ""
+
     # -- provided ----------------------------------------------------------------------
+
+    def context(self, error: ProviderError, operation: str = "") -> ProviderError:
+        """``error`` naming this provider, its kind, its server and ``operation`` (fields already
+        set are kept); returns the same exception."""
+        return error.with_context(provider=self.name, kind=self.KIND, server=self.server_text, operation=operation)
+
+    def _unexpected(self, exc: OSError | EOFError, operation: str) -> ProviderError:
+        """A transport failure the subclass did not translate: temporary, with full context."""
+        closed = isinstance(exc, EOFError)
+        what = "the server closed the connection without answering" if closed else "connection failed"
+        return self.context(TemporaryProviderError(f"{what} ({type(exc).__name__}: {exc})"), operation)
 
     def supports(self, capability: str) -> bool:
         return capability in self.SUPPORTS
@@ -155,12 +178,24 @@ class Provider(ABC):
 
     async def plan_state(self, state: DesiredState) -> list[Plan]:
         """Render first, then observe each managed zone with the rendered names (so foreign
-        record sets at those names are reported and left alone), and plan (no write)."""
+        record sets at those names are reported and left alone), and plan (no write).
+
+        Raises:
+            ProviderError: naming this provider, its kind, server and operation.
+        """
         plans = []
         for zone in self.zones_of(state):
-            desired = self.with_markers(self.render(state, zone))
-            names = sorted({r.name for r in desired if not r.name.startswith(OWNER_PREFIX + ".")})
-            observed = await self.observe(zone, managed_names=names)
+            operation = f"render {zone}"
+            try:
+                desired = self.with_markers(self.render(state, zone))
+                names = sorted({r.name for r in desired if not r.name.startswith(OWNER_PREFIX + ".")})
+                operation = f"observe {zone}"
+                observed = await self.observe(zone, managed_names=names)
+            except ProviderError as exc:
+                self.context(exc, operation)  # the same exception, its cause kept
+                raise
+            except (OSError, EOFError) as exc:
+                raise self._unexpected(exc, operation) from exc
             plans.append(self.plan(desired, observed))
         return plans
 
@@ -169,14 +204,21 @@ class Provider(ABC):
 
         Raises:
             UnsafePlanError: the plan touches too much of the zone and ``force`` is not set.
-            ProviderError: the provider refused or failed.
+            ProviderError: the provider refused or failed (naming provider, kind, server, operation).
         """
         if plan.empty or dry_run:
             return ApplyResult(api_calls=0, changes=0 if dry_run else len(plan.changes), dry_run=dry_run)
-        plan.raise_if_unsafe(self.max_change_fraction, force=force)
-        for c in plan.conflicts:
-            self.log.warning("apply: %s", c)
-        calls = await self._apply(plan)
+        operation = f"apply {plan.zone}"
+        try:
+            plan.raise_if_unsafe(self.max_change_fraction, force=force)
+            for c in plan.conflicts:
+                self.log.warning("apply: %s", c)
+            calls = await self._apply(plan)
+        except ProviderError as exc:
+            self.context(exc, operation)  # the same exception, its cause kept
+            raise
+        except (OSError, EOFError) as exc:
+            raise self._unexpected(exc, operation) from exc
         self.log.info("apply: %s %s in %d call(s)", plan.zone, plan.summary(), calls)
         return ApplyResult(api_calls=calls, changes=len(plan.changes), dry_run=False)
 

@@ -81,6 +81,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
+from gtm.models.published import CLOUDDNS_NO_MATCH, CLOUDDNS_POOL_LABEL, clouddns_hops, clouddns_pool_name
 from gtm.providers.base import Provider
 from gtm.providers.records import (
     OWNER_PREFIX,
@@ -95,10 +96,10 @@ from gtm.providers.records import (
 
 __all__ = ["DARK_VALUE", "POOL_LABEL", "CloudDnsProvider"]
 
-POOL_LABEL = "gtm-pool"
+POOL_LABEL = CLOUDDNS_POOL_LABEL
 """Segment pools live at ``<segment>.gtm-pool.<service fqdn>``."""
 
-NO_MATCH = "nomatch"
+NO_MATCH = CLOUDDNS_NO_MATCH
 """Segment name of the dark target for clients no segment matches (no catch-all segment)."""
 
 DARK_VALUE = '"gtm: no region serves this pool"'
@@ -155,6 +156,12 @@ class CloudDnsProvider(Provider):
     """
 
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"A", "AAAA", "CNAME", "WEIGHTED", "GEO"})
+    KIND: ClassVar[str] = "clouddns"
+
+    @property
+    def server_text(self) -> str:
+        """``api_endpoint``, else the Cloud DNS API."""
+        return self.api_endpoint or "https://dns.googleapis.com"
 
     def __init__(
         self,
@@ -235,14 +242,14 @@ class CloudDnsProvider(Provider):
     def _render_service(self, state: DesiredState, svc: ServicePlan, zone: str) -> list[RecordSet]:
         name = normalize_name(svc.fqdn)
         routes = svc.segments
-        if len(routes) == 1 and routes[0].is_default:
+        if not clouddns_hops([(r.segment, r.is_default) for r in routes]):
             return self._render_pool(name, state.pools.get(routes[0].pool_id), state, svc.ttl)
         if name == zone:
             raise PermanentProviderError(f"{self.name}: {name} is the zone apex; segments need a CNAME there")
         out: list[RecordSet] = []
         items: dict[str, str] = {}
         for route in routes:
-            target = f"{route.segment}.{POOL_LABEL}.{name}"
+            target = clouddns_pool_name(name, route.segment)
             out.extend(self._render_pool(target, state.pools.get(route.pool_id), state, svc.ttl))
             locations, missing = self._locations_of(route)
             if missing:
@@ -252,7 +259,7 @@ class CloudDnsProvider(Provider):
                 if holder != target:
                     self._gap(route, f"{name} segment {route.segment!r}: location {loc} already answers {holder}")
         if not any(r.is_default for r in routes):
-            nomatch = f"{NO_MATCH}.{POOL_LABEL}.{name}"
+            nomatch = clouddns_pool_name(name, NO_MATCH)
             catch_all = self.geo_locations.get("*", ())
             if not catch_all:
                 self.supports_warn_or_except(

@@ -164,6 +164,7 @@ class GlobalAcceleratorProvider(Provider):
     """
 
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"WEIGHTED"})
+    KIND: ClassVar[str] = "globalaccelerator"
 
     def __init__(
         self,
@@ -194,6 +195,11 @@ class GlobalAcceleratorProvider(Provider):
         return self._calls
 
     # -- client and error mapping ----------------------------------------------------------------
+
+    @property
+    def server_text(self) -> str:
+        """``endpoint_url``, else Global Accelerator's API endpoint (in us-west-2)."""
+        return self.settings.endpoint_url or "https://globalaccelerator.us-west-2.amazonaws.com"
 
     async def client(self) -> Any:
         """The boto3 Global Accelerator client, created on first use (in a worker thread)."""

@@ -15,34 +15,23 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gtm.errors import UnsafePlanError
+from gtm.models.dnsname import a_label_name
 from gtm.models.plan import DesiredState, ServicePlan
+from gtm.models.published import OWNER_LABEL
 
-OWNER_PREFIX = "_gtm-owner"
+OWNER_PREFIX = OWNER_LABEL
 """Ownership markers are TXT records at ``_gtm-owner.<name>`` (ExternalDNS' TXT registry idea)."""
 
 
 def normalize_name(name: str) -> str:
-    """Lower case, no trailing dot, IDN labels encoded as punycode (``xn--``).
+    """Lower case, no trailing dot, IDN labels encoded as punycode (``xn--``), as the policy
+    spells names (``gtm.models.dnsname.a_label_name``).
 
     Raises:
-        ValueError: a label is empty or longer than 63 octets after encoding.
+        ValueError: an empty name or label, an invalid IDN label, a label longer than 63 octets
+            after encoding.
     """
-    name = name.strip().rstrip(".")
-    if not name:
-        raise ValueError("empty DNS name")
-    labels = []
-    for label in name.split("."):
-        if not label:
-            raise ValueError(f"empty label in {name!r}")
-        try:
-            label.encode("ascii")
-            enc = label.lower()
-        except UnicodeEncodeError:
-            enc = label.encode("idna").decode("ascii").lower()
-        if len(enc) > 63:
-            raise ValueError(f"label {enc!r} longer than 63 octets")
-        labels.append(enc)
-    return ".".join(labels)
+    return a_label_name(name)
 
 
 def dns_services(state: DesiredState) -> dict[str, ServicePlan]:

@@ -76,6 +76,7 @@ import dns.zone
 
 from gtm.errors import ConfigError, PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan
+from gtm.models.published import rfc2136_segment_name
 from gtm.providers.base import Provider
 from gtm.providers.records import (
     OWNER_PREFIX,
@@ -121,8 +122,7 @@ def dark_marker(segment: str) -> str:
 def segment_name(service_fqdn: str, segment: str, is_default: bool) -> str:
     """Where a segment's pool is published: the service name for the catch-all segment,
     ``<segment>.<service fqdn>`` for the others."""
-    base = normalize_name(service_fqdn)
-    return base if is_default else f"{segment}.{base}"
+    return rfc2136_segment_name(normalize_name(service_fqdn), segment, is_default)
 
 
 class Rfc2136Provider(Provider):
@@ -152,6 +152,7 @@ class Rfc2136Provider(Provider):
     """
 
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"A", "AAAA", "CNAME"})
+    KIND: ClassVar[str] = "rfc2136"
 
     def __init__(
         self,
@@ -330,6 +331,12 @@ class Rfc2136Provider(Provider):
             return [RecordSet(name=name, rdtype="TXT", ttl=ttl, values=(dark_marker(segment),))]
         return [RecordSet(name=name, rdtype=t, ttl=ttl, values=tuple(sorted(v))) for t, v in sorted(values.items())]
 
+    @property
+    def server_text(self) -> str:
+        """``host:port`` of the primary (``[v6]:port`` for an IPv6 address)."""
+        host = f"[{self.server}]" if ":" in self.server else self.server
+        return f"{host}:{self.port}"
+
     # -- observe -----------------------------------------------------------------------------
 
     async def observe(self, zone: str, managed_names: Iterable[str] = ()) -> Observed:
@@ -359,15 +366,15 @@ class Rfc2136Provider(Provider):
         query, _ = dns.xfr.make_query(holder, serial=None)
         query.use_tsig(self._key)
         where = await self._address()
-        what = f"AXFR {zone} from {self.server}:{self.port}"
+        what = f"AXFR {zone}"
         try:
             await dns.asyncquery.inbound_xfr(
                 where, holder, query=query, port=self.port, timeout=self.timeout_s, lifetime=self.timeout_s * 5
             )
         except dns.xfr.TransferError as exc:
             error = self._rcode_error(exc.rcode, what, zone)
-            raise (error or TemporaryProviderError(f"{self.name}: {what}: {exc}")) from exc
-        except (dns.exception.DNSException, OSError) as exc:
+            raise (error or self.context(TemporaryProviderError(str(exc)), what)) from exc
+        except (dns.exception.DNSException, OSError, EOFError) as exc:
             raise self._translate(exc, what) from exc
         out: list[RecordSet] = []
         for name, rdataset in holder.iterate_rdatasets():
@@ -404,7 +411,7 @@ class Rfc2136Provider(Provider):
             ) from exc
         transport = "tcp" if size > self.tcp_threshold else "udp"
         where = await self._address()
-        what = f"UPDATE {zone} at {self.server}:{self.port} ({len(plan.changes)} change(s), {size} bytes, {transport})"
+        what = f"UPDATE zone {zone} ({len(plan.changes)} change(s), {size} bytes, {transport})"
         started = time.perf_counter()
         try:
             if transport == "tcp":
@@ -414,10 +421,10 @@ class Rfc2136Provider(Provider):
                 if response.flags & dns.flags.TC:
                     # Never resend: the update may already be applied. The prerequisites make a
                     # fresh observe + plan safe instead.
-                    raise TemporaryProviderError(f"{self.name}: {what}: truncated response; re-observe and retry")
+                    raise self.context(TemporaryProviderError("truncated response; re-observe and retry"), what)
         except ProviderError:
             raise
-        except (dns.exception.DNSException, OSError) as exc:
+        except (dns.exception.DNSException, OSError, EOFError) as exc:
             raise self._translate(exc, what) from exc
         finally:
             self.last_transport = transport
@@ -519,18 +526,22 @@ class Rfc2136Provider(Provider):
         return f"key {self.tsig_key_name} ({self.tsig_algorithm})"
 
     def _rcode_error(self, code: int, what: str, zone: str) -> ProviderError | None:
-        """The error for a response code (None for NOERROR)."""
+        """The error for a response code (None for NOERROR), naming the operation ``what``."""
+        error = self._rcode_detail(code, zone)
+        return None if error is None else self.context(error, what)
+
+    def _rcode_detail(self, code: int, zone: str) -> ProviderError | None:
         rcode = dns.rcode.Rcode.make(code)
         if rcode == dns.rcode.NOERROR:
             return None
         text = dns.rcode.to_text(rcode)
         if rcode in _PREREQ_RCODES:
             return TemporaryProviderError(
-                f"{self.name}: {what}: prerequisite failed: {_PREREQ_RCODES[rcode]}: someone else changed the zone "
+                f"prerequisite failed: {_PREREQ_RCODES[rcode]}: someone else changed the zone "
                 "since it was observed; nothing was applied; re-observe and retry"
             )
         if rcode == dns.rcode.SERVFAIL:
-            return TemporaryProviderError(f"{self.name}: {what}: SERVFAIL from the server; retry later", delay=5.0)
+            return TemporaryProviderError("SERVFAIL from the server; retry later", delay=5.0)
         hints = {
             dns.rcode.NOTAUTH: f"the server is not authoritative for {zone} or does not accept {self._key_text()}",
             dns.rcode.REFUSED: f"refused: the zone's update-policy/allow-transfer does not grant {self._key_text()}",
@@ -538,46 +549,55 @@ class Rfc2136Provider(Provider):
             dns.rcode.FORMERR: "the server could not parse the message",
             dns.rcode.NOTIMP: "the server does not implement this operation",
         }
-        return PermanentProviderError(f"{self.name}: {what}: {text}: {hints.get(rcode, 'rejected by the server')}")
+        return PermanentProviderError(f"{text}: {hints.get(rcode, 'rejected by the server')}")
 
     def _translate(self, exc: BaseException, what: str) -> ProviderError:
-        """Map a dnspython or socket exception to a ProviderError (caller raises ``from exc``)."""
+        """Map a dnspython or socket exception to a ProviderError naming the operation ``what``
+        and this server (caller raises ``from exc``)."""
+        return self.context(self._translate_detail(exc), what)
+
+    def _translate_detail(self, exc: BaseException) -> ProviderError:
         key = self._key_text()
         if isinstance(exc, dns.tsig.PeerBadKey):
             return PermanentProviderError(
-                f"{self.name}: {what}: BADKEY: the server does not know {key}; check tsig_key_name and tsig_algorithm"
+                f"BADKEY: the server does not know {key}; check tsig_key_name and tsig_algorithm"
             )
         if isinstance(exc, dns.tsig.PeerBadSignature):
             return PermanentProviderError(
-                f"{self.name}: {what}: BADSIG: the server could not verify the signature of {key}; "
+                f"BADSIG: the server could not verify the signature of {key}; "
                 "the secret differs from the server's"
             )
         if isinstance(exc, dns.tsig.PeerBadTime):
             return PermanentProviderError(
-                f"{self.name}: {what}: BADTIME: the server rejected the signing time of {key} (clock skew beyond "
+                f"BADTIME: the server rejected the signing time of {key} (clock skew beyond "
                 "the 300 s fudge); fix the clock (NTP) on this host or the server"
             )
         if isinstance(exc, dns.tsig.PeerBadTruncation):
-            return PermanentProviderError(f"{self.name}: {what}: BADTRUNC: truncated MAC refused for {key}")
+            return PermanentProviderError(f"BADTRUNC: truncated MAC refused for {key}")
         if isinstance(exc, dns.tsig.PeerError):
-            return PermanentProviderError(f"{self.name}: {what}: TSIG error from the server for {key}: {exc}")
+            return PermanentProviderError(f"TSIG error from the server for {key}: {exc}")
         if isinstance(exc, dns.tsig.BadTime):
             return PermanentProviderError(
-                f"{self.name}: {what}: BADTIME: the server's response is signed at a time beyond the fudge; "
+                "BADTIME: the server's response is signed at a time beyond the fudge; "
                 "fix the clock (NTP) on this host or the server"
             )
         if isinstance(exc, (dns.tsig.BadSignature, dns.tsig.BadKey, dns.tsig.BadAlgorithm, dns.message.UnknownTSIGKey)):
             return PermanentProviderError(
-                f"{self.name}: {what}: the response's TSIG did not verify with {key} ({type(exc).__name__})"
+                f"the response's TSIG did not verify with {key} ({type(exc).__name__})"
             )
         if isinstance(exc, dns.exception.Timeout):
             return TemporaryProviderError(
-                f"{self.name}: {what}: no response in {self.timeout_s}s; an update may or may not have been applied; "
+                f"no response in {self.timeout_s}s; an update may or may not have been applied; "
                 "re-observe and retry"
             )
+        if isinstance(exc, (EOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            return TemporaryProviderError(
+                f"the server closed the connection without answering ({type(exc).__name__}); an update may or may "
+                "not have been applied; re-observe and retry"
+            )
         if isinstance(exc, OSError):
-            return TemporaryProviderError(f"{self.name}: {what}: {type(exc).__name__}: {exc}")
-        return TemporaryProviderError(f"{self.name}: {what}: {type(exc).__name__}: {exc}")
+            return TemporaryProviderError(f"{type(exc).__name__}: {exc}")
+        return TemporaryProviderError(f"{type(exc).__name__}: {exc}")
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ from botocore.exceptions import (
 
 from gtm.errors import PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
+from gtm.models.published import ROUTE53_POOL_LABEL, route53_pool_name
 from gtm.providers.base import Provider
 from gtm.providers.records import (
     OWNER_PREFIX,
@@ -97,7 +98,7 @@ from gtm.providers.records import (
     split_ownership,
 )
 
-POOL_LABEL = "pool"
+POOL_LABEL = ROUTE53_POOL_LABEL
 """Pool record sets live at ``<segment>.pool.<service fqdn>``."""
 
 DARK_SET_ID = "gtm-dark"
@@ -147,6 +148,7 @@ class Route53Provider(Provider):
     """
 
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"A", "AAAA", "CNAME", "WEIGHTED", "GEO", "ALIAS"})
+    KIND: ClassVar[str] = "route53"
 
     def __init__(
         self,
@@ -195,6 +197,11 @@ class Route53Provider(Provider):
         self._raw: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
 
     # -- client, pacing, error mapping ---------------------------------------------------
+
+    @property
+    def server_text(self) -> str:
+        """``endpoint_url``, else Route 53's global endpoint."""
+        return self.endpoint_url or "https://route53.amazonaws.com"
 
     @property
     def api_calls(self) -> int:
@@ -250,7 +257,8 @@ class Route53Provider(Provider):
         try:
             result: dict[str, Any] = await asyncio.to_thread(getattr(client, operation), **params)
         except (ClientError, BotoCoreError) as exc:
-            raise _map_error(self.name, operation, exc) from exc
+            api = client.meta.method_to_api_mapping.get(operation, operation)
+            raise self.context(_map_error(exc), api) from exc
         return result
 
     # -- zones ------------------------------------------------------------------------------
@@ -492,13 +500,11 @@ class Route53Provider(Provider):
                     },
                 )
             except ProviderError as exc:
-                msg = (
-                    f"{exc}; batch {i + 1}/{len(batches)} for zone {z} rejected, {i} applied before it, "
+                exc.detail += (
+                    f"; batch {i + 1}/{len(batches)} for zone {z} rejected, {i} applied before it, "
                     f"{len(batches) - i - 1} not sent; re-plan to converge"
                 )
-                if isinstance(exc, TemporaryProviderError):
-                    raise TemporaryProviderError(msg, delay=exc.delay) from exc
-                raise PermanentProviderError(msg) from exc
+                raise
             last_change = resp["ChangeInfo"]["Id"]
             self.log.debug("apply: %s batch %d/%d: %d change(s), %s",
                            z, i + 1, len(batches), len(batch), resp["ChangeInfo"]["Status"])
@@ -568,16 +574,17 @@ class Route53Provider(Provider):
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _map_error(provider: str, operation: str, exc: ClientError | BotoCoreError) -> ProviderError:
+def _map_error(exc: ClientError | BotoCoreError) -> ProviderError:
+    """The provider error for a botocore exception (the caller adds provider, server, operation)."""
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "Unknown"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        msg = f"{provider}: {operation}: {code}: {err.get('Message', '')}"
+        msg = f"{code}: {err.get('Message', '')}"
         if code in _TEMPORARY_CODES or status >= 500:
             return TemporaryProviderError(msg, delay=5.0 if "Throttl" in code else 1.0)
         return PermanentProviderError(msg)
-    msg = f"{provider}: {operation}: {type(exc).__name__}: {exc}"
+    msg = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _PERMANENT_BOTOCORE):
         return PermanentProviderError(msg)
     return TemporaryProviderError(msg)
@@ -614,7 +621,7 @@ def _base(name: str) -> str:
 
 
 def _pool_name(segment: str, fqdn: str) -> str:
-    return f"{segment}.{POOL_LABEL}.{fqdn}"
+    return route53_pool_name(fqdn, segment)
 
 
 def _locations(route: SegmentRoute) -> list[str]:

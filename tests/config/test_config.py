@@ -105,7 +105,7 @@ def test_broken_policy_reports_file_line_field_and_value(tmp_path: Path) -> None
         f"{f}:6: health.fall: Input should be greater than or equal to 1 (value: 0)"
     )
     assert by_field["services[0].ttl"] == (
-        f"{f}:11: services[0].ttl: Input should be greater than or equal to 1 (value: -5)"
+        f"{f}:11: services[0].ttl: Input should be greater than or equal to 0 (value: -5)"
     )
     continents = by_field["services[1].segments[0].match.continents"]
     assert continents.startswith(f"{f}:19: services[1].segments[0].match.continents: ")
@@ -389,14 +389,14 @@ def test_policy_split_over_files_merges_and_rejects_double_settings(tmp_path: Pa
           - name: chat
             fqdn: chat.gtm.example.com
             zone: gtm.example.com
-            ttl: 0
+            ttl: -1
             regions: [us-east-1]
         """,
     )
     with pytest.raises(ConfigError) as exc:
         load_policy(d)
     assert reasons_of(exc) == [
-        f"{d / 'b.yaml'}:5: services[0].ttl: Input should be greater than or equal to 1 (value: 0)"
+        f"{d / 'b.yaml'}:5: services[0].ttl: Input should be greater than or equal to 0 (value: -1)"
     ]
 
 

@@ -8,11 +8,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from gtm.config.loader import Config, policy_digest
+from gtm.config.loader import Config, load_config, policy_digest
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.errors import ConfigError
 from gtm.models.plan import DesiredState
@@ -146,6 +147,29 @@ async def test_bad_policy_keeps_last_good() -> None:
     assert ctl.stats.config_errors == 1
     assert first is not None and second is not None
     assert second.policy_digest == good.digest and not second.held
+    await store.aclose()
+
+
+async def test_a_policy_that_cannot_be_published_never_replaces_the_last_good(tmp_path: Path) -> None:
+    """The controller checks a policy with the same loader as ``gtm policy validate``: a policy
+    that would publish something other than written (here a static weight left out) is refused
+    whole and the one in force stays."""
+    root = Path(__file__).resolve().parents[2]
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (root / "policies" / "default.yaml").read_text()
+    (policies / "default.yaml").write_text(text)
+    store = connect("embedded://", ns="cfg-publish")
+    ctl = Controller(store, lambda: load_config(policies, root / "regions"), [RecordingPublisher()],
+                     ControllerSettings(owner="a"), clock=Clock())
+    await ctl.cycle()
+    good = ctl.config
+    assert good is not None and ctl.stats.config_errors == 0
+    (policies / "default.yaml").write_text(text.replace("{us-east-1: 200, eu-west-1: 55}", "{us-east-1: 200}"))
+    await ctl.cycle()
+    assert ctl.config is good
+    assert ctl.stats.config_errors == 1
+    assert "static_weights gives no weight to regions ['eu-west-1']" in ctl.stats.last_error
     await store.aclose()
 
 

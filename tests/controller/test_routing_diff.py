@@ -157,13 +157,14 @@ def test_ttl_and_mode_changes() -> None:
 
 def test_plan_pair_with_nominal_reports_and_report_document() -> None:
     in_force = cfg(static_embed({"us-east-1": 200, "eu-west-1": 55}))
-    candidate = cfg(static_embed({"us-east-1": 200, "eu-west-1": 55}, regions=("eu-west-1", "us-east-1", "us-west-2")))
+    candidate = cfg(static_embed({"us-east-1": 200, "eu-west-1": 55, "us-west-2": 0},
+                                 regions=("eu-west-1", "us-east-1", "us-west-2")))
     reports = nominal_reports([in_force, candidate], T0)
     assert set(reports) == set(FOUR_REGIONS) and all(r.healthy for r in reports.values())
     before, after = plan_pair(in_force, candidate, reports, {}, None, T0)
     assert not before.held and not after.held
     changes = routing_diff(before, after)
-    # us-west-2 joins embed with no static weight: weight 0, so no routing difference for it.
+    # us-west-2 joins embed parked (static weight 0), so no routing difference for it.
     assert [c for c in changes if c.kind == "weight"] == []
     doc = diff_report(in_force, candidate, before, after, changes)
     assert doc["differs"] is True  # the pool id changed (new eligible set)

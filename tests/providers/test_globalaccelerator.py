@@ -359,7 +359,8 @@ async def test_a_permanent_failure_of_one_group_does_not_block_the_others() -> N
         with pytest.raises(PermanentProviderError, match=r"eu-central-1: .*AccessDeniedException") as err:
             await p.publish(failed)
         stub.assert_no_pending_responses()
-    assert "1 applied" in str(err.value) and "us-west-2" not in str(err.value)
+    # The detail names only the failed group (str() also names the API endpoint, in us-west-2).
+    assert "1 applied" in err.value.detail and "us-west-2" not in err.value.detail
     assert ga.dials()["us-west-2"] == 0.0 and p.api_calls == 3
 
 
