@@ -11,6 +11,7 @@
     ├── ScrapeError                     a fleet source could not be scraped or parsed
     ├── ProviderError                   a DNS / anycast provider refused or failed a change
     │   ├── TemporaryProviderError      retry later (throttling, 5xx, timeouts)
+    │   ├── PartialApplyError           some units (zones, batches, record sets) applied, some refused
     │   └── PermanentProviderError      do not retry (bad credentials, invalid change)
     │       └── UnsafePlanError         a plan would rewrite more of a zone than allowed
     ├── UsageError (ValueError)         an operator's request is malformed (CLI exit 2, HTTP 400)
@@ -127,6 +128,35 @@ class TemporaryProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     """A provider failure that retrying will not fix."""
+
+
+class PartialApplyError(ProviderError):
+    """A publish that applied some units and not others: one refused zone (RFC2136), batch
+    (Route 53) or record set (Cloud DNS) never holds back the rest.
+
+    Raised after every unit that could be applied was applied. ``str()`` names the provider and
+    every failed unit with its reason. The provider worker records ``applied`` and ``failed``
+    (status, ``/metrics``, audit) and retries later; a retry plans again from what the provider
+    now holds, so it only re-sends what failed.
+
+    Attributes:
+        applied: the units applied, in the provider's terms (``zone gtm.example.com``,
+            ``chat.gtm.example.com A``), in order.
+        failed: unit → reason it was refused, in order.
+        temporary: whether every failure may succeed on a retry (throttling, 5xx); False when
+            at least one was refused for good (NOTAUTH, InvalidChangeBatch).
+    """
+
+    def __init__(
+        self, applied: Sequence[str], failed: dict[str, str], *, temporary: bool, provider: str = "",
+        kind: str = "", server: str = "", operation: str = "",
+    ) -> None:
+        self.applied = list(applied)
+        self.failed = dict(failed)
+        self.temporary = temporary
+        what = "; ".join(f"{unit}: {why}" for unit, why in self.failed.items())
+        detail = f"{len(self.failed)} unit(s) refused, {len(self.applied)} applied: {what}"
+        super().__init__(detail, provider=provider, kind=kind, server=server, operation=operation)
 
 
 class UnsafePlanError(PermanentProviderError):
