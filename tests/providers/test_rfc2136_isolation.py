@@ -1,0 +1,111 @@
+"""RFC2136 zone isolation against a real BIND 9: a zone that refuses this key's updates, or a
+zone the server does not serve at all, never holds back the other zones' updates.
+
+Each test reads both zones' names back from BIND and counts the UPDATE messages BIND received
+(its own statistics channel), so "applied" and "re-sent only what failed" are the server's word.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gtm.engine.planner import plan as engine_plan
+from gtm.errors import PartialApplyError, PermanentProviderError
+from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy, Zone
+from gtm.providers.rfc2136 import Rfc2136Provider
+from gtm.testing.bind import BindServer
+from tests.factories import FOUR_REGIONS, T0, healthy_reports, make_inventory, make_policy, make_service
+from tests.providers.test_rfc2136 import ALL, answer, named_installed  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("named_installed")  # installs BIND when missing (never skips)
+
+ALPHA = "alpha.example.com"  # sorts first: before the fix its refusal stopped the zones behind it
+BETA = "beta.example.com"
+
+
+def two_zone_state() -> DesiredState:
+    """One catch-all service in each zone, every region healthy."""
+    base = make_policy([make_service("chat")])
+    services = tuple(
+        make_service("chat").model_copy(update={"name": f"chat-{z.split('.')[0]}", "fqdn": f"chat.{z}", "zone": z})
+        for z in (ALPHA, BETA)
+    )
+    policy = Policy.model_validate(
+        {**base.model_dump(), "zones": [Zone(name=z, nameservers=(f"ns1.{z}",)).model_dump() for z in (ALPHA, BETA)],
+         "services": [s.model_dump() for s in services]}
+    )
+    inventory = make_inventory()
+    return engine_plan(policy, inventory, healthy_reports(T0, list(FOUR_REGIONS)), {}, None, T0)
+
+
+@pytest.fixture
+def refusing_bind(tmp_path: Path) -> Iterator[BindServer]:
+    """BIND serving both zones; ALPHA grants updates only to another key (REFUSED for ours)."""
+    server = BindServer.start([ALPHA, BETA], directory=tmp_path / "bind", refuse_updates=[ALPHA], statistics=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def updates(bind: BindServer) -> int:
+    return bind.opcode_counts()["UPDATE"]
+
+
+async def test_refused_zone_leaves_the_other_zone_applied(refusing_bind: BindServer) -> None:
+    bind = refusing_bind
+    provider = Rfc2136Provider("bind", owner_id="gtm", zones=[ALPHA, BETA], **bind.provider_options())
+    state = two_zone_state()
+    with pytest.raises(PartialApplyError) as info:
+        await provider.publish(state)
+    err = info.value
+    assert err.applied == [f"zone {BETA}"]
+    assert list(err.failed) == [f"zone {ALPHA}"]
+    assert "REFUSED" in err.failed[f"zone {ALPHA}"]
+    assert err.temporary is False
+    assert str(err).startswith(f"bind (rfc2136) at {bind.host}:{bind.port}: publish: 1 unit(s) refused, 1 applied: ")
+    assert f"zone {ALPHA}: UPDATE zone {ALPHA} (" in str(err)
+    assert "REFUSED: the zone's update-policy/allow-transfer does not grant key gtm-key (hmac-sha256)" in str(err)
+    assert updates(bind) == 2  # one UPDATE per zone
+    assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL)
+    assert await answer(bind, f"chat.{ALPHA}") == ("NXDOMAIN", set())
+
+    # The retry plans again from what BIND holds: BETA is in sync, only ALPHA is re-sent.
+    with pytest.raises(PartialApplyError) as again:
+        await provider.publish(state)
+    assert again.value.applied == [f"zone {BETA}"] and list(again.value.failed) == [f"zone {ALPHA}"]
+    assert updates(bind) == 3
+    assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL)
+
+
+async def test_zone_not_served_is_isolated_at_observe(refusing_bind: BindServer) -> None:
+    bind = refusing_bind
+    missing = "gamma.example.org"  # configured in the provider, not served by BIND: NOTAUTH
+    state = two_zone_state()
+    zones = [BETA, missing]
+    provider = Rfc2136Provider("bind", owner_id="gtm", zones=zones, **bind.provider_options())
+    moved = dataclasses.replace(state, services={
+        name: (dataclasses.replace(svc, zone=missing, fqdn=f"chat.{missing}") if svc.zone == ALPHA else svc)
+        for name, svc in state.services.items()
+    })
+    with pytest.raises(PartialApplyError) as info:
+        await provider.publish(moved)
+    assert info.value.applied == [f"zone {BETA}"]
+    assert info.value.failed[f"zone {missing}"].startswith(f"AXFR {missing}: NOTAUTH")
+    assert info.value.temporary is False
+    assert updates(bind) == 1
+    assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL)
+
+
+async def test_one_zone_failing_alone_raises_its_own_error(refusing_bind: BindServer) -> None:
+    bind = refusing_bind
+    provider = Rfc2136Provider("bind", owner_id="gtm", zones=[ALPHA], **bind.provider_options())
+    with pytest.raises(PermanentProviderError, match="REFUSED") as info:
+        await provider.publish(two_zone_state())
+    assert not isinstance(info.value, PartialApplyError)
+    assert updates(bind) == 1
