@@ -97,12 +97,24 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
                 line += f", {info['lag_s']}s after it was planned"
             if current is not None and gen != current:
                 line += f" [yellow](generation in force: {current})[/]"
-        if info.get("last_error"):
+        partial = info.get("partial")
+        if partial:
+            line += "\n  " + escape(partial_line(partial))
+        elif info.get("last_error"):
             err = escape(str(info["last_error"]))
             line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {err}"
         console.print(line, highlight=False)
     if status.get("rejected_reports"):
         console.print(f"[yellow]rejected reports: {status['rejected_reports']}[/]")
+
+
+def partial_line(partial: dict[str, Any]) -> str:
+    """One line for a provider's partial apply (the worker's ``partial`` info): ``partial: 1
+    applied, 1 failed: zone a.example.com (UPDATE ...: REFUSED: ...); retrying what failed``."""
+    failed = partial.get("failed") or {}
+    why = "; ".join(f"{unit} ({reason})" for unit, reason in failed.items())
+    retry = "retrying what failed" if partial.get("temporary") else "refused for good until fixed; still retrying"
+    return f"partial: {len(partial.get('applied') or [])} applied, {len(failed)} failed: {why}; {retry}"
 
 
 def _wants(row: dict[str, Any]) -> str:
