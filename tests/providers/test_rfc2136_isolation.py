@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from gtm.engine.planner import plan as engine_plan
-from gtm.errors import PartialApplyError, PermanentProviderError
+from gtm.errors import PartialApplyError, PermanentProviderError, UnsafePlanError
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy, Zone
+from gtm.providers.dnsclient import query
 from gtm.providers.rfc2136 import Rfc2136Provider
 from gtm.testing.bind import BindServer
 from tests.factories import FOUR_REGIONS, T0, healthy_reports, make_inventory, make_policy, make_service
@@ -28,12 +29,15 @@ ALPHA = "alpha.example.com"  # sorts first: before the fix its refusal stopped t
 BETA = "beta.example.com"
 
 
-def two_zone_state() -> DesiredState:
-    """One catch-all service in each zone, every region healthy."""
+def two_zone_state(*, alpha_label: str = "chat", beta_ttl: int = 30) -> DesiredState:
+    """One catch-all service in each zone (``<alpha_label>.ALPHA``, ``chat.BETA``), every region
+    healthy."""
     base = make_policy([make_service("chat")])
     services = tuple(
-        make_service("chat").model_copy(update={"name": f"chat-{z.split('.')[0]}", "fqdn": f"chat.{z}", "zone": z})
-        for z in (ALPHA, BETA)
+        make_service("chat", ttl=ttl).model_copy(
+            update={"name": f"chat-{z.split('.')[0]}", "fqdn": f"{label}.{z}", "zone": z}
+        )
+        for z, label, ttl in ((ALPHA, alpha_label, 30), (BETA, "chat", beta_ttl))
     )
     policy = Policy.model_validate(
         {**base.model_dump(), "zones": [Zone(name=z, nameservers=(f"ns1.{z}",)).model_dump() for z in (ALPHA, BETA)],
@@ -109,3 +113,22 @@ async def test_one_zone_failing_alone_raises_its_own_error(refusing_bind: BindSe
         await provider.publish(two_zone_state())
     assert not isinstance(info.value, PartialApplyError)
     assert updates(bind) == 1
+
+
+async def test_an_unsafe_zone_stops_the_publish_before_any_write(tmp_path: Path) -> None:
+    bind = BindServer.start([ALPHA, BETA], directory=tmp_path / "bind", statistics=True)
+    try:
+        provider = Rfc2136Provider(
+            "bind", owner_id="gtm", zones=[ALPHA, BETA], max_change_fraction=0.4, **bind.provider_options()
+        )
+        assert await provider.publish(two_zone_state()) is True
+        # A new policy renames ALPHA's service (deletes 1 of its 2 owned record sets: > 40%) and
+        # changes BETA's TTL (routine): the gate holds both, nothing is sent.
+        unsafe = f"at {bind.host}:{bind.port}: apply {ALPHA}: plan for {ALPHA} deletes/rewrites 1 of 2"
+        with pytest.raises(UnsafePlanError, match=unsafe):
+            await provider.publish(two_zone_state(alpha_label="chat2", beta_ttl=60))
+        assert updates(bind) == 2
+        response = await query(bind.host, bind.port, f"chat.{BETA}", "A")
+        assert [rrset.ttl for rrset in response.answer] == [30]
+    finally:
+        bind.stop()
