@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gtm.controller.status import announcement_rows, pools_with_services
+from gtm.controller.status import announcement_rows, partial_line, pools_with_services
 from gtm.models.plan import DesiredState
 
 _STATE_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "magenta"}
@@ -106,15 +106,6 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
         console.print(line, highlight=False)
     if status.get("rejected_reports"):
         console.print(f"[yellow]rejected reports: {status['rejected_reports']}[/]")
-
-
-def partial_line(partial: dict[str, Any]) -> str:
-    """One line for a provider's partial apply (the worker's ``partial`` info): ``partial: 1
-    applied, 1 failed: zone a.example.com (UPDATE ...: REFUSED: ...); retrying what failed``."""
-    failed = partial.get("failed") or {}
-    why = "; ".join(f"{unit} ({reason})" for unit, reason in failed.items())
-    retry = "retrying what failed" if partial.get("temporary") else "refused for good until fixed; still retrying"
-    return f"partial: {len(partial.get('applied') or [])} applied, {len(failed)} failed: {why}; {retry}"
 
 
 def _wants(row: dict[str, Any]) -> str:

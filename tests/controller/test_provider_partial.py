@@ -5,6 +5,7 @@ Cloud DNS server by counting what they received."""
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 from gtm.api.app import build_app
+from gtm.api.status_page import render_status_page
 from gtm.cli.render import render_status
 from gtm.controller.loop import Controller, ControllerSettings
 from gtm.controller.provider_worker import ProviderWorker
@@ -85,8 +87,10 @@ async def test_partial_apply_is_shown_then_only_the_failed_record_set_is_resent(
         status["providers"]["gcp"] = info
         buf = io.StringIO()
         render_status(Console(file=buf, width=400, color_system=None), status)
-        assert (f"partial: 2 applied, 1 failed: {EU_POOL} A (412 injected 412 (nothing committed)); "
-                "retrying what failed") in buf.getvalue()
+        line = f"partial: 2 applied, 1 failed: {EU_POOL} A (412 injected 412 (nothing committed)); retrying what failed"
+        assert line in buf.getvalue()
+        page = render_status_page(status, overrides={}, rollouts={}, drill=None, audit=[], desired=None, now=T0)
+        assert html.escape(line, quote=False) in page
 
         async def converged() -> bool:
             got = await store.get_applied("gcp")
