@@ -1,5 +1,6 @@
-"""RFC2136 zone isolation against a real BIND 9: a zone that refuses this key's updates, or a
-zone the server does not serve at all, never holds back the other zones' updates.
+"""RFC2136 zone isolation against a real BIND 9: a zone that refuses this key's updates, a zone
+where another writer wins the race (a failed prerequisite), or a zone the server does not serve
+at all never holds back the other zones' updates.
 
 Each test reads both zones' names back from BIND and counts the UPDATE messages BIND received
 (its own statistics channel), so "applied" and "re-sent only what failed" are the server's word.
@@ -8,9 +9,13 @@ Each test reads both zones' names back from BIND and counts the UPDATE messages 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import dns.asyncquery
+import dns.rcode
+import dns.tsig
+import dns.update
 import pytest
 
 from gtm.engine.planner import plan as engine_plan
@@ -18,6 +23,7 @@ from gtm.errors import PartialApplyError, PermanentProviderError, UnsafePlanErro
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy, Zone
 from gtm.providers.dnsclient import query
+from gtm.providers.records import Observed
 from gtm.providers.rfc2136 import Rfc2136Provider
 from gtm.testing.bind import BindServer
 from tests.factories import FOUR_REGIONS, T0, healthy_reports, make_inventory, make_policy, make_service
@@ -130,5 +136,40 @@ async def test_an_unsafe_zone_stops_the_publish_before_any_write(tmp_path: Path)
         assert updates(bind) == 2
         response = await query(bind.host, bind.port, f"chat.{BETA}", "A")
         assert [rrset.ttl for rrset in response.answer] == [30]
+    finally:
+        bind.stop()
+
+
+class _RacedProvider(Rfc2136Provider):
+    """The real provider; right after it reads ALPHA, another writer creates ALPHA's name (the
+    race the prerequisites exist for), at a deterministic moment."""
+
+    bind: BindServer
+
+    async def observe(self, zone: str, managed_names: Iterable[str] = ()) -> Observed:
+        observed = await super().observe(zone, managed_names)
+        if zone == ALPHA:
+            key = dns.tsig.Key(self.bind.key_name, self.bind.secret, self.bind.algorithm)
+            upd = dns.update.UpdateMessage(ALPHA, keyring=key)
+            upd.add(f"chat.{ALPHA}.", 30, "A", "198.51.100.9")
+            response = await dns.asyncquery.tcp(upd, self.bind.host, port=self.bind.port, timeout=2)
+            assert response.rcode() == dns.rcode.NOERROR
+        return observed
+
+
+async def test_prerequisite_failure_in_one_zone_is_temporary_and_isolated(tmp_path: Path) -> None:
+    bind = BindServer.start([ALPHA, BETA], directory=tmp_path / "bind", statistics=True)
+    try:
+        provider = _RacedProvider("bind", owner_id="gtm", zones=[ALPHA, BETA], **bind.provider_options())
+        provider.bind = bind
+        with pytest.raises(PartialApplyError) as info:
+            await provider.publish(two_zone_state())
+        err = info.value
+        assert err.applied == [f"zone {BETA}"] and list(err.failed) == [f"zone {ALPHA}"]
+        assert "prerequisite failed: an RRset expected absent now exists (YXRRSET)" in err.failed[f"zone {ALPHA}"]
+        assert err.temporary is True
+        assert updates(bind) == 3  # the other writer's, ALPHA's (refused), BETA's
+        assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL)
+        assert await answer(bind, f"chat.{ALPHA}") == ("NOERROR", {"198.51.100.9"})  # the other writer's, alone
     finally:
         bind.stop()
