@@ -9,9 +9,9 @@ the retry plans again from what the provider holds, so only what failed is sent 
 applied and what failed (and why) is kept in the applied info (``partial``, shown by ``gtm
 status``), counted for ``/metrics`` (``partials``, ``failed_units``) and audited (action
 ``provider partial``) each time the set of failed units changes, and once more (``provider
-partial cleared``) when a publish succeeds again. Nothing is sent while the routing digest equals the last one
-applied, so a steady state makes no API call; ``resync_s`` re-publishes the current state now
-and then to repair drift (0 disables it). Only the leader feeds workers.
+partial cleared``) when a publish succeeds again. Nothing is sent while the routing digest
+equals the last one applied, so a steady state makes no API call; ``resync_s`` re-publishes
+the current state now and then to repair drift (0 disables it). Only the leader feeds workers.
 """
 
 from __future__ import annotations

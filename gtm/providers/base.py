@@ -237,7 +237,7 @@ class Provider(ABC):
         raised at the end.
 
         The unsafe-plan gate (``max_change_fraction``) guards policy changes, not failovers:
-        once this provider has published every zone of a state of a policy, later states of the
+        once this provider has planned and gated a state of a policy, later states of the
         same policy (whose changes come from health and operators' drains, already judged by the
         engine's safety rules) are applied whatever their size. A new or unknown policy is gated,
         and an unsafe zone stops the whole publish before anything is written.
@@ -267,6 +267,11 @@ class Provider(ABC):
             except ProviderError as exc:
                 self.context(exc, f"apply {plan.zone}")  # the same exception
                 raise
+        # Every zone that could be planned passed the gate: retries and later states of this
+        # policy are not gated again, even if a zone fails below (a zone refused for good must
+        # not hold back a failover in the others). A zone that could not even be observed
+        # escapes the gate under this policy: the price of never blocking failovers.
+        self.last_policy_digest = state.policy_digest
         wrote = False
         for plan in plans:
             if plan.conflicts and plan.empty:
@@ -287,7 +292,6 @@ class Provider(ABC):
             applied.append(f"zone {plan.zone}")
             wrote = wrote or result.changes > 0
         if not errors:
-            self.last_policy_digest = state.policy_digest
             return wrote
         if len(errors) == 1 and not applied and not isinstance(errors[0], PartialApplyError):
             raise errors[0]
@@ -297,7 +301,6 @@ class Provider(ABC):
         partial = PartialApplyError(applied, failed, temporary=temporary)
         self.log.warning("publish: %s", partial)
         raise self.context(partial, "publish") from errors[0]
-
 
 
 def _reason(exc: ProviderError) -> str:

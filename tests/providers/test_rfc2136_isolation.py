@@ -26,8 +26,16 @@ from gtm.providers.dnsclient import query
 from gtm.providers.records import Observed
 from gtm.providers.rfc2136 import Rfc2136Provider
 from gtm.testing.bind import BindServer
-from tests.factories import FOUR_REGIONS, T0, healthy_reports, make_inventory, make_policy, make_service
-from tests.providers.test_rfc2136 import ALL, answer, named_installed  # noqa: F401 (fixture)
+from tests.factories import (
+    FOUR_REGIONS,
+    T0,
+    healthy_reports,
+    make_inventory,
+    make_policy,
+    make_report,
+    make_service,
+)
+from tests.providers.test_rfc2136 import ADDR, ALL, answer, named_installed  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("named_installed")  # installs BIND when missing (never skips)
 
@@ -35,9 +43,11 @@ ALPHA = "alpha.example.com"  # sorts first: before the fix its refusal stopped t
 BETA = "beta.example.com"
 
 
-def two_zone_state(*, alpha_label: str = "chat", beta_ttl: int = 30) -> DesiredState:
+def two_zone_state(
+    *, alpha_label: str = "chat", beta_ttl: int = 30, down: str | None = None, digest: str = ""
+) -> DesiredState:
     """One catch-all service in each zone (``<alpha_label>.ALPHA``, ``chat.BETA``), every region
-    healthy."""
+    healthy but ``down``; ``digest`` is the policy digest the state carries."""
     base = make_policy([make_service("chat")])
     services = tuple(
         make_service("chat", ttl=ttl).model_copy(
@@ -49,8 +59,10 @@ def two_zone_state(*, alpha_label: str = "chat", beta_ttl: int = 30) -> DesiredS
         {**base.model_dump(), "zones": [Zone(name=z, nameservers=(f"ns1.{z}",)).model_dump() for z in (ALPHA, BETA)],
          "services": [s.model_dump() for s in services]}
     )
-    inventory = make_inventory()
-    return engine_plan(policy, inventory, healthy_reports(T0, list(FOUR_REGIONS)), {}, None, T0)
+    reports = healthy_reports(T0, list(FOUR_REGIONS))
+    if down is not None:
+        reports[down] = make_report(down, T0, healthy=False, fail=5)
+    return engine_plan(policy, make_inventory(), reports, {}, None, T0, digest=digest)
 
 
 @pytest.fixture
@@ -91,6 +103,21 @@ async def test_refused_zone_leaves_the_other_zone_applied(refusing_bind: BindSer
     assert again.value.applied == [f"zone {BETA}"] and list(again.value.failed) == [f"zone {ALPHA}"]
     assert updates(bind) == 3
     assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL)
+
+
+async def test_a_zone_refused_for_good_never_gates_a_failover_in_the_others(refusing_bind: BindServer) -> None:
+    bind = refusing_bind
+    provider = Rfc2136Provider(
+        "bind", owner_id="gtm", zones=[ALPHA, BETA], max_change_fraction=0.4, **bind.provider_options()
+    )
+    with pytest.raises(PartialApplyError):
+        await provider.publish(two_zone_state(digest="policy-1"))
+    # A failover under the same policy rewrites 1 of BETA's 2 owned record sets (> 40%): it is a
+    # failover, applied at once, although ALPHA never took this policy.
+    with pytest.raises(PartialApplyError) as info:
+        await provider.publish(two_zone_state(down="us-east-1", digest="policy-1"))
+    assert info.value.applied == [f"zone {BETA}"]
+    assert await answer(bind, f"chat.{BETA}") == ("NOERROR", ALL - {ADDR["us-east-1"]})
 
 
 async def test_zone_not_served_is_isolated_at_observe(refusing_bind: BindServer) -> None:
