@@ -446,7 +446,10 @@ class CloudDnsProvider(Provider):
         failed: dict[str, str] = {}
         temporary = True
         sent: list[dict[str, Any]] = []
-        for name in sorted(groups):
+        # Targets before the CNAMEs that point at them (the geo CNAME last), so a pool name
+        # exists before it is answered. A pool refused here leaves the geo item pointing at a
+        # name with nothing: its clients get no answer, never another segment's regions.
+        for name in sorted(groups, key=lambda n: (any(rs.rdtype == "CNAME" for rs in groups[n][1]), n)):
             dels, adds = groups[name]
             unit = _unit_name(name, [*dels, *adds])
             try:

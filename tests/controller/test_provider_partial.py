@@ -75,7 +75,7 @@ async def test_partial_apply_is_shown_then_only_the_failed_record_set_is_resent(
         info = await store.get_applied("gcp")
         assert info is not None
         assert info["partial"]["failed"] == {f"{EU_POOL} A": "412 injected 412 (nothing committed)"}
-        assert info["partial"]["applied"] == [f"{FQDN} CNAME", f"default.gtm-pool.{FQDN} A"]
+        assert info["partial"]["applied"] == [f"default.gtm-pool.{FQDN} A", f"{FQDN} CNAME"]
         assert info["last_error"].startswith("PartialApplyError: gcp (clouddns) at http://127.0.0.1:")
         assert await metric(client, 'gtm_provider_failed_units{provider="gcp"}') == 1
         assert await metric(client, 'gtm_provider_partial_applies_total{provider="gcp"}') == 1

@@ -312,10 +312,12 @@ async def test_record_set_refused_twice_fails_alone(
     err = info.value
     assert list(err.failed) == [f"{EU_POOL} A"]
     assert err.failed[f"{EU_POOL} A"] == f"{status} injected {status} (nothing committed)"
-    assert err.applied == [f"{FQDN} CNAME", f"{DEFAULT_POOL} A"]  # by name
+    assert err.applied == [f"{DEFAULT_POOL} A", f"{FQDN} CNAME"]  # targets before the geo CNAME
     assert err.temporary is True
     assert str(err).startswith(f"gcp (clouddns) at {fake.url}: publish: 1 unit(s) refused, 2 applied: ")
     assert fake.change_posts == 2 + 3
+    last = sorted((r["name"], r["type"]) for r in fake.committed_changes[-1]["additions"])
+    assert last == [(f"_gtm-owner.{FQDN}.", "TXT"), (f"{FQDN}.", "CNAME")]  # the geo CNAME last, after its pools
     assert rrset(fake, EU_POOL, "A") is None and rrset(fake, f"_gtm-owner.{EU_POOL}", "TXT") is None
     assert wrr_items(fake, DEFAULT_POOL) == dict.fromkeys(ADDR.values(), 255)
     assert geo_items(fake) == {"europe-west1": [f"{EU_POOL}."], "us-central1": [f"{DEFAULT_POOL}."]}
