@@ -737,6 +737,25 @@ async def test_a_refused_logical_change_keeps_its_pool_and_marker_together() -> 
     assert all(why == "InvalidChangeBatch: [refused]" for why in err.value.failed.values())
 
 
+async def test_isolating_calls_are_paced_and_retried_by_botocore(fast_backoff: list[Any]) -> None:
+    """Throttling while bisecting is retried inside botocore (the retry mode), like any call."""
+    provider = _stub_provider(max_attempts=8)
+    plan = provider.plan(_fat_records(4), Observed(ZONE, owned=()))
+    stub = HttpStubber(await provider.client())
+    stub.add_error("ChangeResourceRecordSets", "InvalidChangeBatch")  # the batch
+    stub.add_error("ChangeResourceRecordSets", "Throttling", times=2)  # r00+r01: throttled twice...
+    stub.add_change_info()  # ...then accepted
+    stub.add_error("ChangeResourceRecordSets", "InvalidChangeBatch")  # r02 alone (r02+r03 inferred refused)
+    stub.add_change_info()  # r03
+    with pytest.raises(PartialApplyError) as err:
+        await provider.apply(plan, dry_run=False)
+    stub.assert_no_pending_responses()
+    assert len(stub.attempts) == 6 and len(fast_backoff) == 2
+    assert provider.api_calls == 4  # logical calls; botocore's retries not counted
+    assert list(err.value.failed) == [f"r02.{ZONE} A"]
+    assert err.value.applied == [f"r{i:02d}.{ZONE} A" for i in (0, 1, 3)]
+
+
 async def test_isolation_stops_on_an_error_that_is_not_a_refusal(fast_backoff: list[Any]) -> None:
     """A throttling storm while isolating: nothing more is sent; what is left is reported not sent."""
     provider = _stub_provider(max_attempts=0)
