@@ -49,7 +49,7 @@ from gtm.engine.planner import plan as engine_plan
 from gtm.errors import PartialApplyError
 from gtm.models.plan import DesiredState
 from gtm.models.published import clouddns_pool_name, route53_pool_name
-from gtm.providers.base import Provider
+from gtm.providers.base import Provider, Publisher
 from gtm.providers.clouddns import CloudDnsProvider
 from gtm.providers.dnsclient import query
 from gtm.providers.embedded_dns import EmbeddedDnsServer
@@ -144,29 +144,26 @@ class Isolated:
 
 
 class Counterpart:
-    """A provider wired to its local counterpart. Subclasses read back and count writes there."""
+    """A publisher wired to its local counterpart. Subclasses plan, read back and count writes there."""
 
     kind = ""
 
-    def __init__(self, provider: Provider) -> None:
-        self.provider = provider
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
 
     async def publish(self, state: DesiredState) -> bool:
-        return await self.provider.publish(state)
+        return await self.publisher.publish(state)
 
     async def pending(self, state: DesiredState) -> int:
         """Changes a fresh plan would make (0: converged)."""
-        return sum(len(p.changes) for p in await self.provider.plan_state(state))
+        raise NotImplementedError
 
     async def dry_run(self, state: DesiredState) -> int:
         """Plan and apply as a dry run; the changes the plan held."""
-        plans = await self.provider.plan_state(state)
-        for p in plans:
-            result = await self.provider.apply(p, dry_run=True)
-            assert result.dry_run and result.api_calls == 0
-        return sum(len(p.changes) for p in plans)
+        raise NotImplementedError
 
     async def writes(self) -> int:
+        """Writes the counterpart has received (a counter that only grows)."""
         raise NotImplementedError
 
     async def served(self, name: str) -> Served:
@@ -176,7 +173,25 @@ class Counterpart:
         raise NotImplementedError
 
 
-class Route53Counterpart(Counterpart):
+class ProviderCounterpart(Counterpart):
+    """A record-holding ``Provider``: planned, dry-run and applied through its own API."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(provider)
+        self.provider = provider
+
+    async def pending(self, state: DesiredState) -> int:
+        return sum(len(p.changes) for p in await self.provider.plan_state(state))
+
+    async def dry_run(self, state: DesiredState) -> int:
+        plans = await self.provider.plan_state(state)
+        for p in plans:
+            result = await self.provider.apply(p, dry_run=True)
+            assert result.dry_run and result.api_calls == 0
+        return sum(len(p.changes) for p in plans)
+
+
+class Route53Counterpart(ProviderCounterpart):
     kind = "route53"
 
     def __init__(self, moto: ThreadedMoto) -> None:
@@ -228,7 +243,7 @@ class Route53Counterpart(Counterpart):
         return Isolated(err.value, f"{pool} A us-east-1", calls)
 
 
-class CloudDnsCounterpart(Counterpart):
+class CloudDnsCounterpart(ProviderCounterpart):
     kind = "clouddns"
     MZ = "gtm-zone"
 
@@ -250,7 +265,7 @@ class CloudDnsCounterpart(Counterpart):
         return Served({rs["ttl"]}, {i["rrdatas"][0]: i["weight"] for i in rs["routingPolicy"]["wrr"]["items"]})
 
 
-class Rfc2136Counterpart(Counterpart):
+class Rfc2136Counterpart(ProviderCounterpart):
     kind = "rfc2136"
 
     def __init__(self, bind: BindServer) -> None:
@@ -273,10 +288,8 @@ class EmbeddedCounterpart(Counterpart):
     kind = "embedded"
 
     def __init__(self, server: EmbeddedDnsServer) -> None:
+        super().__init__(server)
         self.server = server
-
-    async def publish(self, state: DesiredState) -> bool:
-        return await self.server.publish(state)
 
     async def pending(self, state: DesiredState) -> int:
         """The embedded server serves a state or not: 1 when its routing differs from ``state``'s."""
@@ -416,7 +429,7 @@ async def isolation(cp: Counterpart, capsys: pytest.CaptureFixture[str]) -> None
     found = await cp.isolation()
     err = found.error
     assert found.refused in err.failed and err.applied
-    assert err.provider == cp.provider.name and err.kind == cp.kind
+    assert err.provider == cp.publisher.name and err.kind == cp.kind
     assert set(err.failed).isdisjoint(err.applied)
     served = await cp.served("chat")
     assert set(served.weights) == set(SERVED)
