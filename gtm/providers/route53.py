@@ -67,7 +67,8 @@ sets, or the reverse, would leave them looking foreign). The batches behind a re
 still sent. Then ``PartialApplyError`` (``temporary=False``) names every record set of the
 refused logical changes (``name type [set identifier]``) with Route 53's message, and lists
 what was applied. Any other error stops the apply: raised as it is when nothing was applied or
-refused before it, else reported in the ``PartialApplyError`` as not sent. With ``wait_insync``
+refused before it, else reported in the ``PartialApplyError`` as not sent (a partial apply
+skips the INSYNC wait below: the worker retries it anyway). With ``wait_insync``
 the last change is awaited with the ``resource_record_sets_changed`` waiter, bounded by
 ``insync_timeout_s`` (Route 53 applies a zone's changes in submission order).
 """
