@@ -24,8 +24,10 @@ The cases:
   service's TTL is its own, the region at weight 0 is served by no record (providers never
   write a weight of 0: Route 53 would answer it when the others are unhealthy), and providers
   that hold weights hold the plan's;
-- ``isolation``: a unit the provider refuses (a logical change in a Route 53 batch...) is named
-  in ``PartialApplyError`` and the others are applied.
+- ``isolation``: a unit the provider refuses is named in ``PartialApplyError`` and the others
+  are applied: a Route 53 batch refused for one service (another writer created one of its
+  record sets: moto answers ``InvalidChangeBatch``; the three-batch Stubber case is in
+  ``test_route53.py``). RFC2136 and Cloud DNS wait in ``AWAITING`` for their isolation code.
 
 A case that cannot apply to a counterpart is listed in ``NOT_APPLICABLE`` with the reason; it is
 not generated (never skipped).
@@ -435,8 +437,13 @@ async def isolation(cp: Counterpart, capsys: pytest.CaptureFixture[str]) -> None
     assert set(served.weights) == set(SERVED)
     with capsys.disabled():
         print(f"\n{cp.kind} isolation: calls {found.calls}; applied {len(err.applied)} unit(s) at "
-              f"{sorted({u.split()[0] for u in err.applied})}; refused {len(err.failed)} unit(s) at "
-              f"{sorted({u.split()[0] for u in err.failed})}: {err.failed[found.refused]}")
+              f"{_where(err.applied)}; refused {len(err.failed)} unit(s) at {_where(err.failed)}: "
+              f"{err.failed[found.refused]}")
+
+
+def _where(units: Any) -> list[str]:
+    """The names (or zones) a list of units is at."""
+    return sorted({u.split()[1] if u.startswith("zone ") else u.split()[0] for u in units})
 
 
 CONTRACT: dict[str, Callable[[Counterpart, Any], Any]] = {
