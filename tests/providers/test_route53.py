@@ -1,10 +1,11 @@
 """Route 53 provider against moto's Route 53 in-process (``mock_aws``), plus botocore ``Stubber``
 and HTTP-level fault injection for what moto cannot produce (throttling, PENDING changes).
 
-moto 5.2 has two gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
-set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused),
-both fixed by ``MOTO_FIX`` from ``gtm.testing.moto`` (which explains them), applied
-in-process here and in ``test_route53_server.py`` (moto's server in a thread).
+moto 5.2 has three gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
+set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused;
+a DELETE of a record set no longer there is accepted), all fixed by ``MOTO_FIX`` from
+``gtm.testing.moto`` (which explains them), applied in-process here and in
+``test_route53_server.py`` (moto's server in a thread).
 """
 
 from __future__ import annotations
