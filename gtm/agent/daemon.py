@@ -84,6 +84,7 @@ from gtm.agent.scrape import (
     fetch_tgi_model,
     scrape_source,
 )
+from gtm.agent.stall import LoopStallMonitor
 from gtm.agent.vantage import VantagePoint, vantage_targets
 from gtm.errors import StoreError
 from gtm.log import get_logger
@@ -271,8 +272,9 @@ class RegionAgent:
         self.store = store
         self.settings = settings
         self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stall_monitor = LoopStallMonitor()
         self.prober = Prober(region.fleet, settings.probe_interval_s, settings.probe_timeout_s,
-                             fall=settings.probe_fall, model_of=self._probe_model)
+                             fall=settings.probe_fall, model_of=self._probe_model, stalls=self.stall_monitor)
         self.vantage = VantagePoint(
             region.name, vantage_targets(region.name, peers), store, self.agent_id,
             interval_s=settings.vantage_interval_s, timeout_s=settings.vantage_timeout_s,
@@ -340,6 +342,7 @@ class RegionAgent:
         sup = Supervisor(f"agent of {self.region.name}", stop)
         self._writer_task = sup.start(f"agent-writer-{self.region.name}", self._writer())
         sup.start(f"agent-clock-{self.region.name}", self.clock.run(stop, s.clock_check_s))
+        sup.start(f"agent-stalls-{self.region.name}", self.stall_monitor.run(stop))
         sup.start(f"agent-prober-{self.region.name}", self.prober.run(stop, self._client))
         sup.start(f"agent-vantage-{self.region.name}", self.vantage.run(stop, self._client))
         bgp_task = sup.start(f"agent-bgp-{self.region.name}", self.bgp.run(stop)) if self.bgp else None
@@ -443,7 +446,9 @@ class RegionAgent:
                     f"wedged: {eng.waiting:g} waiting, no progress for {res.finished_at - st.stalled_since:.1f}s"
                 )
         probe_failing = self.prober.failing(src.name)
-        if probe_failing and not self._busy(src.name, st, res.finished_at):
+        if not probe_failing:
+            st.busy_since = None  # a busy spell ends when the probes answer again
+        elif not self._busy(src.name, st, res.finished_at):
             reasons.append(probe_failing)
         healthy = res.up and res.health_ok is not False and not reasons
         model = (eng.model if eng else None) or src.model or st.last_model or st.info_model

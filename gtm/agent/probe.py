@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from gtm.agent.completion import complete, completion_request
+from gtm.agent.stall import LoopStallMonitor
 from gtm.log import get_logger
 from gtm.models.region import FleetSource, ProbeSpec
 from gtm.tasks import cancel_all
@@ -56,7 +57,8 @@ class ProbeResult:
         reason: why the probe failed (``completion probe: ...``); empty when ``ok``.
         timed_out: the probe failed by its deadline (no first token or no end in time), as
             opposed to an error or a malformed answer.
-        stalled: the deadline fired more than ``STALL_SLACK_S`` late: the agent itself was
+        stalled: the deadline fired more than ``STALL_SLACK_S`` late, or the agent's stall
+            monitor saw the agent stop running while the probe ran: the agent itself was
             paused or starved (SIGSTOP, a VM pause, a CPU-starved event loop), so the timeout
             says nothing about the engine; such a result is not counted.
     """
@@ -100,6 +102,7 @@ async def run_probe(
     spec: ProbeSpec,
     timeout_s: float,
     model: str | None = None,
+    stalls: LoopStallMonitor | None = None,
 ) -> ProbeResult:
     """Send one probe to ``src`` through the shared completion client and judge the answer.
     Never raises on a bad server.
@@ -110,6 +113,9 @@ async def run_probe(
         spec: its probe spec, ``api`` resolved (``FleetSource.probe_spec()``).
         timeout_s: deadline for the whole answer (first token and end), seconds.
         model: model name to send when neither ``spec.model`` nor ``src.model`` is set.
+        stalls: the agent's stall monitor: a timeout during which the agent itself stalled for
+            at least its ``min_stall_s`` is ``stalled`` (not counted), as is one that fired more
+            than ``STALL_SLACK_S`` late.
 
     Returns:
         The result; ``reason`` says why it failed.
@@ -120,12 +126,17 @@ async def run_probe(
         return ProbeResult(ok=False, ttft_ms=None, latency_ms=0.0, reason=f"completion probe: {exc}")
     res = await complete(session, src.url, src.kind, model=spec.model or src.model or model, prompt=spec.prompt,
                          max_tokens=spec.max_tokens, timeout_s=timeout_s, api=spec.api)
+    end = time.monotonic()
+    stalled = res.timed_out and (
+        res.latency_ms / 1000.0 > timeout_s + STALL_SLACK_S
+        or (stalls is not None and stalls.stalled_during(end - res.latency_ms / 1000.0, end) >= stalls.min_stall_s)
+    )
     reason = res.error
     if res.ok and re.search(spec.expect, res.text) is None:
         reason = f"answer {res.text[:80]!r} does not match {spec.expect!r}"
     return ProbeResult(ok=not reason, ttft_ms=res.ttft_ms, latency_ms=res.latency_ms, text=res.text,
                        reason=f"completion probe: {reason}" if reason else "", timed_out=res.timed_out,
-                       stalled=res.timed_out and res.latency_ms / 1000.0 > timeout_s + STALL_SLACK_S)
+                       stalled=stalled)
 
 
 @dataclass(slots=True)
@@ -188,6 +199,7 @@ class Prober:
     timeout_s: float
     fall: int = 2
     model_of: ModelOf = field(default=lambda _src: None)
+    stalls: LoopStallMonitor | None = None
     states: dict[str, ProbeState] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -219,7 +231,7 @@ class Prober:
         st = self.states[name]
         st.started += 1
         seq = st.started
-        res = await run_probe(session, src, st.spec, self.timeout_s, self.model_of(src))
+        res = await run_probe(session, src, st.spec, self.timeout_s, self.model_of(src), self.stalls)
         if st.apply(seq, res) and not res.ok and st.consecutive_fail == self.fall:
             log.warning("probe: source %s failing: %s", name, res.reason)
         elif res.ok and st.consecutive_ok == 1 and st.probes > 1:
