@@ -385,6 +385,12 @@ class _ControllerCounters:
         behind = GaugeMetricFamily("gtm_provider_behind", "1 when the provider does not hold the routing in force",
                                    labels=["provider"])
         lag = GaugeMetricFamily("gtm_provider_lag_seconds", "Plan to applied, last publish", labels=["provider"])
+        partials = CounterMetricFamily("gtm_provider_partial_applies",
+                                       "Publishes that applied some units (zones, batches, record sets) and not others",
+                                       labels=["provider"])
+        failed_units = GaugeMetricFamily("gtm_provider_failed_units",
+                                         "Units the last partial apply left unapplied (0 after a success)",
+                                         labels=["provider"])
         current = self.ctl.state.routing_digest() if self.ctl.state is not None and self.ctl.state.services else None
         for pub in self.ctl.publishers:  # local publishers (embedded DNS): applied in the loop itself
             info = self.ctl.published.get(pub.name, {})
@@ -398,11 +404,15 @@ class _ControllerCounters:
             gen.add_metric([w.name], float(w.info.get("generation") or 0))
             behind.add_metric([w.name], float(current is not None and w.applied_digest != current))
             lag.add_metric([w.name], float(w.info.get("lag_s") or 0.0))
+            partials.add_metric([w.name], w.partials)
+            failed_units.add_metric([w.name], w.failed_units)
         yield pubs
         yield errs
         yield gen
         yield behind
         yield lag
+        yield partials
+        yield failed_units
 
 
 async def _drain(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from typing import Any
 
 from gtm.api.drills import drill_entries, verdict_of
 from gtm.config.loader import Config
-from gtm.controller.status import gather_status
+from gtm.controller.status import gather_status, partial_line
 from gtm.models.audit import AuditEntry
 from gtm.models.drill import DrillLock
 from gtm.models.override import Override
@@ -272,7 +272,7 @@ def _providers(status: dict[str, Any], now: float) -> str:
     rows = []
     for name, info in sorted((status.get("providers") or {}).items()):
         applied = info.get("applied_at")
-        err = info.get("last_error") or ""
+        err = partial_line(info["partial"]) if info.get("partial") else info.get("last_error") or ""
         rows.append([name, str(info.get("generation", "—")), _age(now - applied) + " ago" if applied else "—",
                      f"{info['lag_s']:.3f} s" if isinstance(info.get("lag_s"), int | float) else "—",
                      _Cell(err or "ok", cls="bad" if err else "ok")])

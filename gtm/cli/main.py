@@ -250,8 +250,12 @@ def _render_provider_outcomes(outcomes: list[Any], *, applied: bool) -> None:
     for o in outcomes:
         if o.error:
             err_console.print(f"[red]provider error[/]: {escape(str(o.error))}", highlight=False)
-            continue
-        for p in o.plans:
+            if not o.applied:
+                continue
+            console.print(f"provider {escape(o.name)}: partial: {len(o.applied)} zone(s) applied, "
+                          f"{len(o.failed)} failed: {escape(', '.join(o.failed))}", highlight=False, soft_wrap=True)
+        done = {a["zone"] for a in o.applied}
+        for p in o.plans if not o.error else [p for p in o.plans if p.zone in done]:
             summ = p.summary()
             verb = "applied" if applied else "would"
             head = f"provider {o.name} ({o.kind}) zone {p.zone}: "

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gtm.controller.status import announcement_rows, pools_with_services
+from gtm.controller.status import announcement_rows, partial_line, pools_with_services
 from gtm.models.plan import DesiredState
 
 _STATE_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "magenta"}
@@ -97,7 +97,10 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
                 line += f", {info['lag_s']}s after it was planned"
             if current is not None and gen != current:
                 line += f" [yellow](generation in force: {current})[/]"
-        if info.get("last_error"):
+        partial = info.get("partial")
+        if partial:
+            line += "\n  " + escape(partial_line(partial))
+        elif info.get("last_error"):
             err = escape(str(info["last_error"]))
             line += f"\n  [red]last error[/] {_age(now, info.get('last_error_at'))} ago: {err}"
         console.print(line, highlight=False)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtm.errors import ConfigError, GtmError, ProviderError
+from gtm.errors import ConfigError, GtmError, PartialApplyError, ProviderError
 from gtm.models.plan import DesiredState
 from gtm.models.policy import Policy
 from gtm.providers.base import Provider
@@ -28,10 +28,13 @@ class ProviderOutcome:
     plans: list[Plan] = field(default_factory=list)
     applied: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+    """When applying: zone (or, for a partial apply inside a zone, record set) → why it failed;
+    the other zones were still applied."""
 
     def to_dict(self, max_changes: int = 50) -> dict[str, Any]:
         return {
-            "provider": self.name, "kind": self.kind, "error": self.error,
+            "provider": self.name, "kind": self.kind, "error": self.error, "failed": self.failed,
             "zones": [
                 {
                     "zone": p.zone, "summary": p.summary(), "owned_before": p.owned_before,
@@ -82,12 +85,42 @@ async def _each_provider(
         try:
             prov = built.get(cfg.name) or build_provider(cfg, policy)
             res.plans = await prov.plan_state(state)
-            for plan in res.plans if apply else ():
-                r = await prov.apply(plan, dry_run=False, force=force)
-                res.applied.append({"zone": plan.zone, "api_calls": r.api_calls, "changes": r.changes})
+            if apply:
+                await _apply_each_zone(prov, res, force=force)
         except (ProviderError, ConfigError) as exc:  # each names the provider itself
             res.error = f"{type(exc).__name__}: {exc}"
         except GtmError as exc:
             res.error = f"{type(exc).__name__}: {cfg.name} ({cfg.kind}): {exc}"
         out.append(res)
     return out
+
+
+async def _apply_each_zone(prov: Provider, res: ProviderOutcome, *, force: bool) -> None:
+    """Apply ``res.plans`` zone by zone: a zone the provider refuses never holds back the others
+    (its reason goes to ``res.failed``, every error's text to ``res.error``). An unsafe plan in
+    any zone stops everything before the first write.
+
+    Raises:
+        UnsafePlanError: a zone's plan touches too much of it and ``force`` is not set.
+    """
+    for plan in res.plans:
+        try:
+            if not plan.empty:
+                plan.raise_if_unsafe(prov.max_change_fraction, force=force)
+        except ProviderError as exc:
+            prov.context(exc, f"apply {plan.zone}")  # the same exception, naming provider and server
+            raise
+    errors: list[str] = []
+    for plan in res.plans:
+        try:
+            r = await prov.apply(plan, dry_run=False, force=force)
+        except PartialApplyError as exc:
+            res.failed.update(exc.failed)
+            errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        except ProviderError as exc:
+            res.failed[f"zone {plan.zone}"] = ": ".join(p for p in (exc.operation, exc.detail) if p)
+            errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        res.applied.append({"zone": plan.zone, "api_calls": r.api_calls, "changes": r.changes})
+    res.error = "; ".join(errors)

@@ -3,9 +3,15 @@ so a slow or failing provider never blocks the control loop or the other provide
 
 Latest wins: while a publish runs, newer states replace the pending one. A temporary failure
 (throttling, 5xx) retries with capped exponential backoff; a permanent one waits for the next
-state (or ``retry_max_s``). Nothing is sent while the routing digest equals the last one
-applied, so a steady state makes no API call; ``resync_s`` re-publishes the current state now
-and then to repair drift (0 disables it). Only the leader feeds workers.
+state (or ``retry_max_s``). A partial apply (``PartialApplyError``: some zones, batches or
+record sets refused, the others applied) retries with the same backoff as a temporary failure;
+the retry plans again from what the provider holds, so only what failed is sent again. What
+applied and what failed (and why) is kept in the applied info (``partial``, shown by ``gtm
+status``), counted for ``/metrics`` (``partials``, ``failed_units``) and audited (action
+``provider partial``) each time the set of failed units changes, and once more (``provider
+partial cleared``) when a publish succeeds again. Nothing is sent while the routing digest
+equals the last one applied, so a steady state makes no API call; ``resync_s`` re-publishes
+the current state now and then to repair drift (0 disables it). Only the leader feeds workers.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gtm.errors import ProviderError, StoreError, TemporaryProviderError
+from gtm.errors import PartialApplyError, ProviderError, StoreError, TemporaryProviderError
 from gtm.log import get_logger
+from gtm.models.audit import AuditEntry
 from gtm.models.plan import DesiredState
 from gtm.providers.base import Publisher
 from gtm.store import Store
@@ -69,6 +76,11 @@ class ProviderWorker:
         self.errors = 0
         self.attempts = 0
         """Calls to the provider's ``publish`` (each observes, and writes if needed)."""
+        self.partials = 0
+        """Publishes that applied some units and not others (``PartialApplyError``)."""
+        self.failed_units = 0
+        """Units (zones, batches, record sets) the last partial apply left unapplied; 0 after a success."""
+        self._audited_failures: dict[str, str] | None = None
 
     def submit(self, state: DesiredState) -> None:
         """Hand over the newest desired state (replaces any pending one); never blocks.
@@ -110,6 +122,19 @@ class ProviderWorker:
             self.attempts += 1
             try:
                 wrote = await self.provider.publish(current)
+            except PartialApplyError as exc:
+                self.errors += 1
+                self.partials += 1
+                self.failed_units = len(exc.failed)
+                self._failed_digest = digest
+                await self._record(current, error=f"{type(exc).__name__}: {exc}", partial=exc)
+                await self._audit_partial(exc)
+                delay = min(self.retry_max_s, max(backoff, getattr(exc, "delay", 0.0)))
+                log.warning("run: %s: partial apply, retrying what failed in %.1fs: %s", self.name, delay, exc)
+                backoff = min(backoff * 2, self.retry_max_s)
+                self._pending = self._pending or current
+                await self._sleep(stop, delay)
+                continue
             except ProviderError as exc:
                 self.errors += 1
                 self._failed_digest = digest
@@ -133,12 +158,15 @@ class ProviderWorker:
                 await self._sleep(stop, self.retry_max_s)
                 continue
             backoff = self.retry_initial_s
+            self.failed_units = 0
             self._failed_digest = None
             self.applied_digest = digest
             self.applied_at = self.clock()
             if wrote:
                 self.publishes += 1
             await self._record(current, error="", wrote=wrote)
+            if self._audited_failures is not None:
+                await self._audit_partial(None)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self._wake.wait())
@@ -163,9 +191,37 @@ class ProviderWorker:
             stopper.cancel()
         self._wake.set()  # try again (with the newest pending state)
 
-    async def _record(self, state: DesiredState, *, error: str, wrote: bool = False) -> None:
+    async def _audit_partial(self, exc: PartialApplyError | None) -> None:
+        """Audit a partial apply whose failed units differ from the last one audited, or (``exc``
+        None) that the provider holds everything again."""
+        failed = dict(exc.failed) if exc is not None else None
+        if failed == self._audited_failures:
+            return
+        if exc is not None:
+            action = "provider partial"
+            reason = f"{self.name}: {len(exc.applied)} applied, {len(exc.failed)} failed"
+            note = "failed: " + "; ".join(f"{unit} ({why})" for unit, why in exc.failed.items())
+        else:
+            action, reason = "provider partial cleared", f"{self.name}: every unit applied"
+            note = "was failing: " + ", ".join(self._audited_failures or {})
+        entry = AuditEntry(ts=self.clock(), action=action, reason=reason, actor="controller", via="controller",
+                           fencing_token=self.fencing_token(), note=note)
+        try:
+            await self.store.append_audit(entry)
+        except StoreError as err:
+            log.warning("_audit_partial: %s: %s", self.name, err)
+            return
+        self._audited_failures = failed
+
+    async def _record(
+        self, state: DesiredState, *, error: str, wrote: bool = False, partial: PartialApplyError | None = None
+    ) -> None:
         now = self.clock()
         info = dict(self.info)
+        info["partial"] = None if partial is None else {
+            "applied": list(partial.applied), "failed": dict(partial.failed), "temporary": partial.temporary,
+            "at": now, "generation": state.generation,
+        }
         if not error:
             info.update({
                 "generation": state.generation, "digest": state.routing_digest(), "applied_at": now,

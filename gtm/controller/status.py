@@ -138,6 +138,15 @@ async def gather_status(store: Store, config: Config | None, now: float | None =
     }
 
 
+def partial_line(partial: dict[str, Any]) -> str:
+    """One line for a provider's partial apply (the worker's ``partial`` info): ``partial: 1
+    applied, 1 failed: zone a.example.com (UPDATE ...: REFUSED: ...); retrying what failed``."""
+    failed = partial.get("failed") or {}
+    why = "; ".join(f"{unit} ({reason})" for unit, reason in failed.items())
+    retry = "retrying what failed" if partial.get("temporary") else "refused for good until fixed; still retrying"
+    return f"partial: {len(partial.get('applied') or [])} applied, {len(failed)} failed: {why}; {retry}"
+
+
 async def plan_now(store: Store, config: Config, now: float | None = None) -> tuple[DesiredState, DesiredState | None]:
     """What the controller would decide now from what Redis holds; writes nothing.
 

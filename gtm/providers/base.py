@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from gtm.errors import PermanentProviderError, ProviderError, TemporaryProviderError
+from gtm.errors import PartialApplyError, PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.log import get_logger
 from gtm.models.plan import DesiredState
 from gtm.providers.records import (
@@ -183,21 +183,26 @@ class Provider(ABC):
         Raises:
             ProviderError: naming this provider, its kind, server and operation.
         """
-        plans = []
-        for zone in self.zones_of(state):
-            operation = f"render {zone}"
-            try:
-                desired = self.with_markers(self.render(state, zone))
-                names = sorted({r.name for r in desired if not r.name.startswith(OWNER_PREFIX + ".")})
-                operation = f"observe {zone}"
-                observed = await self.observe(zone, managed_names=names)
-            except ProviderError as exc:
-                self.context(exc, operation)  # the same exception, its cause kept
-                raise
-            except (OSError, EOFError) as exc:
-                raise self._unexpected(exc, operation) from exc
-            plans.append(self.plan(desired, observed))
-        return plans
+        return [await self.plan_zone(state, zone) for zone in self.zones_of(state)]
+
+    async def plan_zone(self, state: DesiredState, zone: str) -> Plan:
+        """``plan_state`` for one zone of ``state``.
+
+        Raises:
+            ProviderError: naming this provider, its kind, server and operation.
+        """
+        operation = f"render {zone}"
+        try:
+            desired = self.with_markers(self.render(state, zone))
+            names = sorted({r.name for r in desired if not r.name.startswith(OWNER_PREFIX + ".")})
+            operation = f"observe {zone}"
+            observed = await self.observe(zone, managed_names=names)
+        except ProviderError as exc:
+            self.context(exc, operation)  # the same exception, its cause kept
+            raise
+        except (OSError, EOFError) as exc:
+            raise self._unexpected(exc, operation) from exc
+        return self.plan(desired, observed)
 
     async def apply(self, plan: Plan, *, dry_run: bool = True, force: bool = False) -> ApplyResult:
         """Apply ``plan``; a dry run (the default) or an empty plan makes no API call.
@@ -225,18 +230,79 @@ class Provider(ABC):
     async def publish(self, state: DesiredState) -> bool:
         """``Publisher`` entry point: plan and apply for real; True if anything was written.
 
+        Zones are independent: a zone that cannot be observed, rendered or written (NOTAUTH,
+        REFUSED, a failed prerequisite, a timeout) never holds back the others. Every zone is
+        planned first, then each is applied; the zones (or, inside a zone, the record sets or
+        batches a provider isolates itself) that failed are named in one ``PartialApplyError``
+        raised at the end.
+
         The unsafe-plan gate (``max_change_fraction``) guards policy changes, not failovers:
-        once this provider has published a state of a policy, later states of the same policy
-        (whose changes come from health and operators' drains, already judged by the engine's
-        safety rules) are applied whatever their size. A new or unknown policy is gated.
+        once this provider has planned and gated a state of a policy, later states of the
+        same policy (whose changes come from health and operators' drains, already judged by the
+        engine's safety rules) are applied whatever their size. A new or unknown policy is gated,
+        and an unsafe zone stops the whole publish before anything is written.
+
+        Raises:
+            PartialApplyError: some units failed (``failed``: unit → reason) while the others
+                were applied or already held the state (``applied``: ``zone <name>`` or the
+                provider's finer units); ``temporary`` when every failure may pass on a retry.
+                Also raised when every unit failed and there were several.
+            UnsafePlanError: a zone's plan touches too much of it and the policy is new.
+            ProviderError: the only unit (a single zone) failed: its own error, unchanged.
         """
         same_policy = bool(state.policy_digest) and state.policy_digest == self.last_policy_digest
+        applied: list[str] = []
+        failed: dict[str, str] = {}
+        errors: list[ProviderError] = []
+        plans: list[Plan] = []
+        for zone in self.zones_of(state):
+            try:
+                plans.append(await self.plan_zone(state, zone))
+            except ProviderError as exc:
+                failed[f"zone {zone}"] = _reason(exc)
+                errors.append(exc)
+        for plan in plans:
+            try:
+                plan.raise_if_unsafe(self.max_change_fraction, force=same_policy)
+            except ProviderError as exc:
+                self.context(exc, f"apply {plan.zone}")  # the same exception
+                raise
+        # Every zone that could be planned passed the gate: retries and later states of this
+        # policy are not gated again, even if a zone fails below (a zone refused for good must
+        # not hold back a failover in the others). A zone that could not even be observed
+        # escapes the gate under this policy: the price of never blocking failovers.
+        self.last_policy_digest = state.policy_digest
         wrote = False
-        for plan in await self.plan_state(state):
+        for plan in plans:
             if plan.conflicts and plan.empty:
                 for c in plan.conflicts:
                     self.log.warning("publish: %s", c)
-            result = await self.apply(plan, dry_run=False, force=same_policy)
+            try:
+                result = await self.apply(plan, dry_run=False, force=same_policy)
+            except PartialApplyError as exc:
+                applied.extend(exc.applied)
+                failed.update(exc.failed)
+                errors.append(exc)
+                wrote = wrote or bool(exc.applied)
+                continue
+            except ProviderError as exc:
+                failed[f"zone {plan.zone}"] = _reason(exc)
+                errors.append(exc)
+                continue
+            applied.append(f"zone {plan.zone}")
             wrote = wrote or result.changes > 0
-        self.last_policy_digest = state.policy_digest
-        return wrote
+        if not errors:
+            return wrote
+        if len(errors) == 1 and not applied and not isinstance(errors[0], PartialApplyError):
+            raise errors[0]
+        temporary = all(
+            e.temporary if isinstance(e, PartialApplyError) else isinstance(e, TemporaryProviderError) for e in errors
+        )
+        partial = PartialApplyError(applied, failed, temporary=temporary)
+        self.log.warning("publish: %s", partial)
+        raise self.context(partial, "publish") from errors[0]
+
+
+def _reason(exc: ProviderError) -> str:
+    """Why a unit failed, without the provider's name: ``<operation>: <detail>``."""
+    return ": ".join(p for p in (exc.operation, exc.detail) if p)

@@ -56,15 +56,20 @@ Writes
     ``poll_timeout_s`` (``TemporaryProviderError``). A 5xx, 429 or transport error may hide a
     committed change, so the zone is re-read and only the remaining difference is re-sent
     (nothing when it committed: no 409 storm), at most ``max_attempts`` sends. A 412, 409 or
-    404 on the change means our view was stale: exactly one re-observe and re-send, then
-    ``TemporaryProviderError``. Other 4xx raise ``PermanentProviderError``. Blocking HTTP runs
-    in ``asyncio.to_thread``; credentials are never logged (only which kind is used).
+    404 on the change means our view was stale: exactly one re-observe and re-send. When that
+    is refused too, the zone is re-read once more and what is still needed goes as one change
+    per name (a record set and its ownership marker together): one record set that keeps being
+    refused fails alone, the others are applied, and ``PartialApplyError`` names the refused
+    record sets with Cloud DNS's message (everything at one name: ``TemporaryProviderError``).
+    Other 4xx raise ``PermanentProviderError``. Blocking HTTP runs in ``asyncio.to_thread``;
+    credentials are never logged (only which kind is used).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +84,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import dns
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
-from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderError
+from gtm.errors import ConfigError, PartialApplyError, PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.published import CLOUDDNS_NO_MATCH, CLOUDDNS_POOL_LABEL, clouddns_hops, clouddns_pool_name
 from gtm.providers.base import Provider
@@ -109,6 +114,9 @@ WRR, GEO, OTHER = "wrr", "geo", "policy"
 """``RecordSet.set_identifier`` values: the routing policy a record set holds."""
 
 ROUTED_TYPES = frozenset({"A", "AAAA", "CNAME"})
+
+_REQUEST_IN_MESSAGE = re.compile(r"^(\d+ )?(?:GET|POST) \S+: ")
+"""The ``POST <url>: `` google-api-core puts before the service's message."""
 
 _STALE = frozenset({404, 409, 412})
 """Answers to changes.create that mean our view of the zone was stale."""
@@ -374,10 +382,7 @@ class CloudDnsProvider(Provider):
             except _ApiError as err:
                 if err.status in _STALE:
                     if stale_retried:
-                        raise TemporaryProviderError(
-                            f"{self.name}: {zone} changed again under us after one re-observe: {err.message}",
-                            delay=self.poll_interval_s,
-                        ) from err
+                        return await self._apply_split(zone, mz, target, calls, err)
                     stale_retried = True
                     self.log.warning("apply: %s stale view (%s); re-observing once", zone, err.status)
                 elif err.retryable:
@@ -399,6 +404,65 @@ class CloudDnsProvider(Provider):
                 self.log.info("apply: %s already holds the planned record sets; nothing resent", zone)
                 return calls.n
         await self._wait_done(mz, change, calls)
+        return calls.n
+
+    async def _apply_split(
+        self,
+        zone: str,
+        mz: str,
+        target: Mapping[tuple[str, str], RecordSet | None],
+        calls: _Calls,
+        cause: _ApiError,
+    ) -> int:
+        """After a second 412/409/404 on the whole change: re-read the zone and send what is
+        still needed as one change per name (its record sets and their ownership marker stay
+        together, so a record set never lands without its marker), so that one refused record
+        set holds back nothing else. Returns the API calls made.
+
+        Raises:
+            TemporaryProviderError: everything still needed is at one name (nothing to split).
+            PartialApplyError: some names were refused (``failed``: ``<name> <types>`` → HTTP
+                status and message), the others applied; ``temporary`` unless one was refused
+                for good (a 4xx other than 404/409/412).
+        """
+        deletions, additions = await self._reconcile(zone, target, calls)
+        groups: dict[str, tuple[list[RecordSet], list[RecordSet]]] = {}
+        for rs in deletions:
+            groups.setdefault(_base_name(rs.name), ([], []))[0].append(rs)
+        for rs in additions:
+            groups.setdefault(_base_name(rs.name), ([], []))[1].append(rs)
+        if len(groups) <= 1:
+            if not groups:
+                self.log.info("apply: %s already holds the planned record sets; nothing resent", zone)
+                return calls.n
+            raise TemporaryProviderError(
+                f"{self.name}: {zone} changed again under us after one re-observe: {cause.message}",
+                delay=self.poll_interval_s,
+            ) from cause
+        self.log.warning("apply: %s refused twice (%s); sending one change per name (%d)", zone, cause.status,
+                         len(groups))
+        path = f"{self._zone_path(mz)}/changes"
+        applied: list[str] = []
+        failed: dict[str, str] = {}
+        temporary = True
+        sent: list[dict[str, Any]] = []
+        # Targets before the CNAMEs that point at them (the geo CNAME last), so a pool name
+        # exists before it is answered. A pool refused here leaves the geo item pointing at a
+        # name with nothing: its clients get no answer, never another segment's regions.
+        for name in sorted(groups, key=lambda n: (any(rs.rdtype == "CNAME" for rs in groups[n][1]), n)):
+            dels, adds = groups[name]
+            unit = _unit_name(name, [*dels, *adds])
+            try:
+                sent.append(await self._request("POST", path, calls, data=self._change_body(zone, dels, adds)))
+            except _ApiError as err:
+                failed[unit] = _REQUEST_IN_MESSAGE.sub(r"\1", err.message)  # "412 Precondition not met ..."
+                temporary = temporary and (err.status in _STALE or err.retryable)
+                continue
+            applied.append(unit)
+        for change in sent:
+            await self._wait_done(mz, change, calls)
+        if failed:
+            raise PartialApplyError(applied, failed, temporary=temporary)
         return calls.n
 
     async def _reconcile(
@@ -613,6 +677,13 @@ def _parse_item(value: str) -> tuple[str, str, list[str]]:
 
 def _base_name(name: str) -> str:
     return name[len(OWNER_PREFIX) + 1 :] if name.startswith(OWNER_PREFIX + ".") else name
+
+
+def _unit_name(name: str, records: Sequence[RecordSet]) -> str:
+    """How a per-name change is named in errors: ``<name> <types>`` of the record sets other
+    than the ownership marker (``eu.gtm-pool.chat.example.com A``), else the marker itself."""
+    types = sorted({rs.rdtype for rs in records if not rs.name.startswith(OWNER_PREFIX + ".")})
+    return f"{name} {'+'.join(types)}" if types else f"{OWNER_PREFIX}.{name} TXT"
 
 
 def _to_api(rs: RecordSet) -> dict[str, Any]:

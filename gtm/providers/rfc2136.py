@@ -544,7 +544,7 @@ class Rfc2136Provider(Provider):
             return TemporaryProviderError("SERVFAIL from the server; retry later", delay=5.0)
         hints = {
             dns.rcode.NOTAUTH: f"the server is not authoritative for {zone} or does not accept {self._key_text()}",
-            dns.rcode.REFUSED: f"refused: the zone's update-policy/allow-transfer does not grant {self._key_text()}",
+            dns.rcode.REFUSED: f"the zone's update-policy/allow-transfer does not grant {self._key_text()}",
             dns.rcode.NOTZONE: f"a name is outside zone {zone}",
             dns.rcode.FORMERR: "the server could not parse the message",
             dns.rcode.NOTIMP: "the server does not implement this operation",

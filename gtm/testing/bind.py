@@ -8,6 +8,12 @@ granted dynamic updates (``update-policy { grant KEY zonesub ANY; }``) and zone 
 written to ``tsig.secret`` (mode 0600) so an ``Rfc2136Provider`` can read it with
 ``tsig_secret_file``; ``provider_options()`` returns those options.
 
+Two test aids: ``refuse_updates`` names zones whose ``update-policy`` grants only a second key
+(``<key>-other``), so this key's updates there are REFUSED while transfers still work (a zone
+"whose key is not allowed"); ``statistics`` opens BIND's JSON statistics channel on another free
+port, and ``opcode_counts()`` reads how many messages of each opcode (``UPDATE``, ``QUERY``) the
+server received, counted by the server itself.
+
 Usage::
 
     with BindServer.start(["gtm.example.com"]) as bind:
@@ -21,12 +27,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +87,8 @@ class BindServer:
     algorithm: str
     secret: str
     directory: Path
+    refuse_updates: tuple[str, ...] = ()
+    stats_port: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -96,6 +106,8 @@ class BindServer:
         directory: str | Path | None = None,
         ready_timeout_s: float = 10.0,
         attempts: int = 3,
+        refuse_updates: Sequence[str] = (),
+        statistics: bool = False,
     ) -> BindServer:
         """Write the configuration and start ``named``; returns once it answers for every zone.
 
@@ -108,6 +120,9 @@ class BindServer:
             directory: where to write; default a new temporary directory removed by ``stop()``.
             ready_timeout_s: how long to wait for the first answer.
             attempts: start attempts (each with a new port when ``port`` is None).
+            refuse_updates: zones (among ``zones``) whose updates this key may not make: they
+                answer REFUSED to it (transfers are still allowed).
+            statistics: open the JSON statistics channel (``stats_port``, ``opcode_counts()``).
 
         Raises:
             BindStartError: ``named`` is missing, rejected the config or never answered.
@@ -116,6 +131,10 @@ class BindServer:
             raise ValueError("BindServer.start: give at least one zone")
         if algorithm not in _KEY_BYTES:
             raise ValueError(f"BindServer.start: unsupported TSIG algorithm {algorithm!r}")
+        normalized = tuple(z.strip().rstrip(".").lower() for z in zones)
+        refused = tuple(z.strip().rstrip(".").lower() for z in refuse_updates)
+        if set(refused) - set(normalized):
+            raise ValueError(f"BindServer.start: refuse_updates {sorted(set(refused) - set(normalized))} not in zones")
         named = find_named()
         if named is None:
             raise BindStartError("named not found; run scripts/ensure-bind.sh (apt-get install bind9 bind9-utils)")
@@ -124,18 +143,20 @@ class BindServer:
         path.mkdir(parents=True, exist_ok=True)
         secret = base64.b64encode(secrets.token_bytes(_KEY_BYTES[algorithm])).decode()
         server = cls(
-            zones=tuple(z.strip().rstrip(".").lower() for z in zones),
+            zones=normalized,
             host=host,
             port=port or 0,
             key_name=key_name,
             algorithm=algorithm,
             secret=secret,
             directory=path,
+            refuse_updates=refused,
             _own_dir=own_dir,
         )
         last: BindStartError | None = None
         for _ in range(max(1, attempts)):
             server.port = port or free_port(host)
+            server.stats_port = free_port(host) if statistics else None
             server._write_config()
             try:
                 server._run(named, ready_timeout_s)
@@ -164,14 +185,23 @@ class BindServer:
             )
             # Remove a journal left by an earlier run in the same directory.
             (d / f"{zone}.db.jnl").unlink(missing_ok=True)
+            grantee = self.other_key_name if zone in self.refuse_updates else self.key_name
             zones_conf.append(
                 f'zone "{zone}" {{ type primary; file "{d}/{zone}.db"; '
-                f"update-policy {{ grant {self.key_name} zonesub ANY; }}; "
+                f"update-policy {{ grant {grantee} zonesub ANY; }}; "
                 f"allow-transfer {{ key {self.key_name}; }}; }};"
             )
+        other_secret = base64.b64encode(secrets.token_bytes(_KEY_BYTES[self.algorithm])).decode()
+        stats = (
+            [f"statistics-channels {{ inet {self.host} port {self.stats_port} allow {{ {self.host}; }}; }};"]
+            if self.stats_port is not None
+            else []
+        )
         conf = "\n".join(
             [
                 f'key "{self.key_name}" {{ algorithm {self.algorithm}; secret "{self.secret}"; }};',
+                f'key "{self.other_key_name}" {{ algorithm {self.algorithm}; secret "{other_secret}"; }};',
+                *stats,
                 "options {",
                 f'  directory "{d}";',
                 f'  pid-file "{d}/named.pid";',
@@ -233,6 +263,28 @@ class BindServer:
     def secret_file(self) -> Path:
         """File holding the base64 secret (mode 0600)."""
         return self.directory / "tsig.secret"
+
+    @property
+    def other_key_name(self) -> str:
+        """The key that ``refuse_updates`` zones grant updates to instead of ``key_name``."""
+        return f"{self.key_name}-other"
+
+    def opcode_counts(self) -> dict[str, int]:
+        """Messages received by opcode (``UPDATE``, ``QUERY``...), from BIND's statistics channel.
+
+        Raises:
+            BindStartError: the server was started without ``statistics``, or the channel did
+                not answer.
+        """
+        if self.stats_port is None:
+            raise BindStartError("opcode_counts: start the server with statistics=True")
+        url = f"http://{self.host}:{self.stats_port}/json/v1/server"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                data = json.load(response)
+        except (OSError, ValueError) as exc:
+            raise BindStartError(f"opcode_counts: {url}: {exc}") from exc
+        return {str(k): int(v) for k, v in (data.get("opcodes") or {}).items()}
 
     @property
     def pid(self) -> int | None:

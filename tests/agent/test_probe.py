@@ -374,3 +374,33 @@ async def test_a_stalled_agent_does_not_count_its_own_lateness_against_the_fleet
     assert res.timed_out and res.stalled, res
     state = ProbeState(spec)
     assert state.apply(1, res) is False and state.consecutive_fail == 0
+
+
+async def test_a_new_busy_spell_gets_its_own_grace(fleet: Fleet, redis_store: Store) -> None:
+    """The busy grace runs from the start of each spell of timeouts: once the probes answer again,
+    a later spell starts a new grace. (It used to run from the first spell ever, so every timeout
+    after ``probe_busy_grace_s`` counted at once: a SIGSTOP of the agents round after round failed
+    all regions over 30 s into tests/e2e/test_stale_e2e.py.)"""
+    grace_s = 1.5
+    sim = await fleet("vllm", 3)
+    region = Region(name="r1", jurisdiction="EU", geography={"continent": "EU"},  # type: ignore[arg-type]
+                    endpoints=[{"address": "192.0.2.1"}], fleet=[_source(sim)])  # type: ignore[list-item]
+    agent = RegionAgent(region, redis_store, FAST.model_copy(update={"probe_busy_grace_s": grace_s}), agent_id="t")
+    name = f"{sim.kind}-a"
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        for spell in range(2):
+            sim.set_state(ttft_s=5.0, itl_s=0.0)  # every 0.4 s probe times out; decoding goes on
+            await _until(lambda: (st := agent.prober.state(name)) is not None and st.consecutive_fail >= 3, 10)
+            rep = await agent.check_once()
+            assert rep.healthy, f"spell {spell}: {rep.reason}"
+            sim.set_state(ttft_s=0.02, itl_s=0.0)
+            await _until(lambda: (st := agent.prober.state(name)) is not None and st.consecutive_ok >= 3, 10)
+            rep = await agent.check_once()
+            assert rep.healthy, rep.reason
+            await asyncio.sleep(grace_s)  # longer than the grace since the first spell began
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await task

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gtm.engine.planner import plan
-from gtm.errors import ConfigError, PermanentProviderError, TemporaryProviderError
+from gtm.errors import ConfigError, PartialApplyError, PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState
 from gtm.models.policy import ProviderConfig
 from gtm.providers.clouddns import DARK_VALUE, CloudDnsProvider
@@ -280,12 +280,61 @@ async def test_412_on_stale_view_re_observes_once_and_retries(fake: FakeCloudDns
     assert rrset(fake, DEFAULT_POOL, "A")["ttl"] == 30
 
 
-async def test_second_412_is_temporary(fake: FakeCloudDns, provider: CloudDnsProvider) -> None:
+async def test_second_412_at_one_name_is_temporary(fake: FakeCloudDns, provider: CloudDnsProvider) -> None:
+    state = steady_state()
+    await provider.publish(state)
+    posts = fake.change_posts
     fake.inject(412, times=2)
-    p = await one_plan(provider, steady_state())
-    with pytest.raises(TemporaryProviderError, match="re-observe"):
+    p = await one_plan(provider, failover_state(state))  # only the default pool's A changes
+    with pytest.raises(TemporaryProviderError, match="changed again under us after one re-observe"):
         await provider.apply(p, dry_run=False)
-    assert fake.change_posts == 2
+    assert fake.change_posts - posts == 2  # nothing to split: no third send
+
+
+async def test_second_412_of_the_whole_change_splits_it_per_name(
+    fake: FakeCloudDns, provider: CloudDnsProvider
+) -> None:
+    fake.inject(412, times=2)  # the whole change twice; each name alone goes through
+    assert await provider.publish(steady_state()) is True
+    assert fake.change_posts == 2 + 3  # two whole changes, then one per name
+    assert (await one_plan(provider, steady_state())).empty
+
+
+@pytest.mark.parametrize("status", [412, 409])
+async def test_record_set_refused_twice_fails_alone(
+    fake: FakeCloudDns, provider: CloudDnsProvider, status: int
+) -> None:
+    # Cloud DNS keeps refusing every change that touches the EU pool's A record set: the whole
+    # change twice (send, re-observe, re-send), then that record set's own change.
+    fake.inject(status, times=3, rrset=(EU_POOL, "A"))
+    with pytest.raises(PartialApplyError) as info:
+        await provider.publish(steady_state())
+    err = info.value
+    assert list(err.failed) == [f"{EU_POOL} A"]
+    assert err.failed[f"{EU_POOL} A"] == f"{status} injected {status} (nothing committed)"
+    assert err.applied == [f"{DEFAULT_POOL} A", f"{FQDN} CNAME"]  # targets before the geo CNAME
+    assert err.temporary is True
+    assert str(err).startswith(f"gcp (clouddns) at {fake.url}: publish: 1 unit(s) refused, 2 applied: ")
+    assert fake.change_posts == 2 + 3
+    last = sorted((r["name"], r["type"]) for r in fake.committed_changes[-1]["additions"])
+    assert last == [(f"_gtm-owner.{FQDN}.", "TXT"), (f"{FQDN}.", "CNAME")]  # the geo CNAME last, after its pools
+    assert rrset(fake, EU_POOL, "A") is None and rrset(fake, f"_gtm-owner.{EU_POOL}", "TXT") is None
+    assert wrr_items(fake, DEFAULT_POOL) == dict.fromkeys(ADDR.values(), 255)
+    assert geo_items(fake) == {"europe-west1": [f"{EU_POOL}."], "us-central1": [f"{DEFAULT_POOL}."]}
+
+    print(f"clouddns partial apply ({status} x3 on one record set): {fake.count()} HTTP requests, "
+          f"{fake.change_posts} change POSTs")
+    # The retry plans from what the zone now holds: one change, only the refused record set.
+    before, posts = fake.count(), fake.change_posts
+    assert await provider.publish(steady_state()) is True
+    assert fake.change_posts - posts == 1
+    last = fake.committed_changes[-1]
+    assert sorted((r["name"], r["type"]) for r in last["additions"]) == [
+        (f"_gtm-owner.{EU_POOL}.", "TXT"), (f"{EU_POOL}.", "A")
+    ]
+    assert not last["deletions"]
+    assert wrr_items(fake, EU_POOL) == {ADDR["eu-central-1"]: 255, ADDR["eu-west-1"]: 255}
+    print(f"clouddns retry after a partial apply: {fake.count() - before} HTTP requests, 1 change")
 
 
 async def test_change_pending_beyond_timeout_is_temporary(fake: FakeCloudDns) -> None:

@@ -17,7 +17,8 @@ shares its name with nothing (``400 invalid``). A committed change reads ``pendi
 
 Fault injection for tests (``inject``): the next change creation can answer an HTTP error
 before committing anything, or commit and then answer the error (a 502 after commit is the
-case a client must not blindly retry). Every request is recorded in ``requests``.
+case a client must not blindly retry); a fault can target one record set, answering only the
+changes that touch it. Every request is recorded in ``requests``.
 
 Not a product component: test harness (``tests/support/``), used by ``tests/test_clouddns.py``;
 it binds only to loopback and needs nothing beyond the standard library.
@@ -49,6 +50,8 @@ class Fault:
 
     status: int
     commit: bool = False
+    rrset: tuple[str, str] | None = None
+    """Only changes that delete or add this (name with trailing dot, type) get the answer."""
 
 
 class ApiError(Exception):
@@ -179,11 +182,16 @@ class FakeCloudDns:
         with self._lock:
             return copy.deepcopy(self._zones[zone].rrsets)
 
-    def inject(self, status: int, *, commit: bool = False, times: int = 1) -> None:
+    def inject(
+        self, status: int, *, commit: bool = False, times: int = 1, rrset: tuple[str, str] | None = None
+    ) -> None:
         """Answer the next ``times`` change creations with ``status`` (after committing when
-        ``commit``)."""
+        ``commit``). With ``rrset`` (name, type), only changes that delete or add that record set
+        are answered so (nothing committed), the others go through: a record set Cloud DNS keeps
+        refusing."""
+        target = (_fqdn(rrset[0]), rrset[1]) if rrset is not None else None
         with self._lock:
-            self._faults.extend(Fault(status, commit) for _ in range(times))
+            self._faults.extend(Fault(status, commit, target) for _ in range(times))
 
     def count(self, method: str | None = None, suffix: str = "") -> int:
         """Requests received, optionally only those with ``method`` whose path ends with ``suffix``."""
@@ -264,13 +272,26 @@ class FakeCloudDns:
         return out
 
     def _create_change(self, zone_name: str, zone: _Zone, payload: dict[str, Any]) -> dict[str, Any]:
-        fault = self._faults.popleft() if self._faults else None
+        fault = self._next_fault(payload)
         if fault is not None and not fault.commit:
             raise ApiError(fault.status, _reason(fault.status), f"injected {fault.status} (nothing committed)")
         change = self._commit(zone_name, zone, payload)
         if fault is not None:
             raise ApiError(fault.status, _reason(fault.status), f"injected {fault.status} after commit")
         return change
+
+    def _next_fault(self, payload: dict[str, Any]) -> Fault | None:
+        """The first queued fault that applies to this change (taken off the queue)."""
+        touched = {
+            (r.get("name"), r.get("type"))
+            for r in [*(payload.get("deletions") or []), *(payload.get("additions") or [])]
+            if isinstance(r, dict)
+        }
+        for fault in self._faults:
+            if fault.rrset is None or fault.rrset in touched:
+                self._faults.remove(fault)
+                return fault
+        return None
 
     def _commit(self, zone_name: str, zone: _Zone, payload: dict[str, Any]) -> dict[str, Any]:
         additions = [_validated(r, zone.info["dnsName"]) for r in payload.get("additions") or []]
