@@ -7,7 +7,7 @@ why it has none (``test_every_registered_kind_has_a_counterpart_or_an_exception`
 otherwise, and so does every case of a kind with neither). Counterparts:
 
 - ``rfc2136``: a real BIND 9 (``gtm.testing.bind.BindServer``), read back over DNS; writes
-  counted by the SOA serial (BIND increments it once per applied UPDATE);
+  counted as UPDATE messages received (BIND's statistics channel);
 - ``route53``: moto's server over HTTP (``gtm.testing.moto.ThreadedMoto``); writes counted in
   its change journal;
 - ``clouddns``: the local v1 REST server (``tests/support/clouddns_server.py``); writes counted
@@ -25,9 +25,10 @@ The cases:
   write a weight of 0: Route 53 would answer it when the others are unhealthy), and providers
   that hold weights hold the plan's;
 - ``isolation``: a unit the provider refuses is named in ``PartialApplyError`` and the others
-  are applied: a Route 53 batch refused for one service (another writer created one of its
-  record sets: moto answers ``InvalidChangeBatch``; the three-batch Stubber case is in
-  ``test_route53.py``). RFC2136 and Cloud DNS wait in ``AWAITING`` for their isolation code.
+  are applied: a BIND zone whose update-policy does not allow the key (REFUSED), a Route 53
+  batch refused for one service (another writer created one of its record sets: moto answers
+  ``InvalidChangeBatch``; the three-batch Stubber case is in ``test_route53.py``), a Cloud DNS
+  record set answered 412 every time.
 
 A case that cannot apply to a counterpart is listed in ``NOT_APPLICABLE`` with the reason; it is
 not generated (never skipped).
@@ -35,6 +36,7 @@ not generated (never skipped).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -50,6 +52,7 @@ import pytest
 from gtm.engine.planner import plan as engine_plan
 from gtm.errors import PartialApplyError
 from gtm.models.plan import DesiredState
+from gtm.models.policy import Policy, Zone
 from gtm.models.published import clouddns_pool_name, route53_pool_name
 from gtm.providers.base import Provider, Publisher
 from gtm.providers.clouddns import CloudDnsProvider
@@ -67,6 +70,8 @@ from tests.providers.test_route53 import aws_env  # noqa: F401 - autouse: fake A
 from tests.support.clouddns_server import FakeCloudDns
 
 TTLS = (0, 1, 30, 86400)
+REFUSED_ZONE = "alpha.example.com"
+"""A second BIND zone whose update-policy grants another key (sorts before ``ZONE``)."""
 WEIGHTS = {"eu-central-1": 0, "eu-west-1": 100, "us-east-1": 50, "us-west-2": 200}
 ADDR = {"eu-central-1": "192.0.2.10", "eu-west-1": "192.0.2.11", "us-east-1": "192.0.2.12", "us-west-2": "192.0.2.13"}
 SERVED = {ADDR[r]: w for r, w in WEIGHTS.items() if w > 0}
@@ -92,13 +97,6 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("embedded", "isolation"): "it swaps one in-memory snapshot in one assignment: no unit can fail apart from others",
 }
 
-AWAITING: dict[tuple[str, str], str] = {
-    ("rfc2136", "isolation"): "zone isolation (a BIND zone whose key is not allowed) is built on branch h12-iso",
-    ("clouddns", "isolation"): "record-set isolation (a scripted 412 twice) is built on branch h12-iso",
-}
-"""Cases that apply but whose provider code has not landed yet: left out, not skipped."""
-
-
 # -- states ----------------------------------------------------------------------------------
 
 
@@ -118,6 +116,17 @@ def ttl_state() -> DesiredState:
 
 def fqdn(name: str) -> str:
     return f"{name}.{ZONE}"
+
+
+def zoned_state(zones: dict[str, str]) -> DesiredState:
+    """One service per name, in the zone given (``<name>.<zone>``)."""
+    base = make_policy([make_service("chat")])
+    services = [make_service(n).model_copy(update={"fqdn": f"{n}.{z}", "zone": z}) for n, z in zones.items()]
+    policy = Policy.model_validate({
+        **base.model_dump(), "services": [svc.model_dump() for svc in services],
+        "zones": [Zone(name=z, nameservers=(f"ns1.{z}",)).model_dump() for z in sorted(set(zones.values()))],
+    })
+    return engine_plan(policy, make_inventory(), healthy_reports(T0, list(FOUR_REGIONS)), {}, None, T0)
 
 
 # -- counterparts ------------------------------------------------------------------------------
@@ -266,6 +275,22 @@ class CloudDnsCounterpart(ProviderCounterpart):
         assert rs is not None
         return Served({rs["ttl"]}, {i["rrdatas"][0]: i["weight"] for i in rs["routingPolicy"]["wrr"]["items"]})
 
+    async def isolation(self) -> Isolated:
+        """Cloud DNS answers 412 to every change touching one record set (scripted three times:
+        the zone's change, its re-send after one re-observe, whose second 412 makes the provider
+        send one change per name, then that record set's own change)."""
+        pool = clouddns_pool_name(fqdn("api"), "default")
+        self.fake.inject(412, times=3, rrset=(pool, "A"))
+        posts, done = self.fake.change_posts, len(self.fake.committed_changes)
+        with pytest.raises(PartialApplyError) as err:
+            await self.publish(state_of(make_service("api"), make_service("chat")))
+        committed = [
+            sorted({r["name"].rstrip(".").removeprefix("_gtm-owner.") for r in (*c["additions"], *c["deletions"])})
+            for c in self.fake.committed_changes[done:]
+        ]
+        calls = [f"{self.fake.change_posts - posts} change POSTs; committed: {committed}"]
+        return Isolated(err.value, f"{pool} A", calls)
+
 
 class Rfc2136Counterpart(ProviderCounterpart):
     kind = "rfc2136"
@@ -274,10 +299,21 @@ class Rfc2136Counterpart(ProviderCounterpart):
         self.bind = bind
         super().__init__(Rfc2136Provider("bind", owner_id="gtm", zones=[ZONE], **bind.provider_options()))
 
+    async def isolation(self) -> Isolated:
+        """``REFUSED_ZONE`` (sorted before ``ZONE``) grants updates to another key only: its UPDATE
+        is REFUSED, ``ZONE``'s is applied (UPDATEs counted by BIND's statistics channel)."""
+        both = Rfc2136Provider("bind", owner_id="gtm", zones=[REFUSED_ZONE, ZONE], **self.bind.provider_options())
+        self.publisher = self.provider = both
+        before = await self.writes()
+        with pytest.raises(PartialApplyError) as err:
+            await self.publish(zoned_state({"api": REFUSED_ZONE, "chat": ZONE}))
+        updates = await self.writes() - before
+        return Isolated(err.value, f"zone {REFUSED_ZONE}", [f"{updates} UPDATE messages ({REFUSED_ZONE}, {ZONE})"])
+
     async def writes(self) -> int:
-        """The zone's SOA serial: BIND increments it once per applied UPDATE."""
-        response = await query(self.bind.host, self.bind.port, ZONE, "SOA")
-        return int(response.answer[0][0].serial)
+        """UPDATE messages BIND received (its statistics channel)."""
+        counts = await asyncio.to_thread(self.bind.opcode_counts)
+        return counts.get("UPDATE", 0)
 
     async def served(self, name: str) -> Served:
         response = await query(self.bind.host, self.bind.port, fqdn(name), "A")
@@ -332,7 +368,8 @@ async def _clouddns() -> AsyncIterator[Counterpart]:
 @asynccontextmanager
 async def _rfc2136(directory: Path) -> AsyncIterator[Counterpart]:
     assert find_named() is not None, "named is missing: run scripts/ensure-bind.sh"
-    with BindServer.start([ZONE], directory=directory) as bind:
+    with BindServer.start([REFUSED_ZONE, ZONE], directory=directory, refuse_updates=[REFUSED_ZONE],
+                          statistics=True) as bind:
         yield Rfc2136Counterpart(bind)
 
 
@@ -358,8 +395,7 @@ COUNTERPARTS: dict[str, Callable[[Path], AbstractAsyncContextManager[Counterpart
 
 def _params() -> list[Any]:
     kinds = [k for k in sorted(KINDS) if k not in EXCEPTIONS] + list(PUBLISHERS)
-    return [pytest.param(k, c, id=f"{k}-{c}") for k in kinds for c in CASES
-            if (k, c) not in NOT_APPLICABLE and (k, c) not in AWAITING]
+    return [pytest.param(k, c, id=f"{k}-{c}") for k in kinds for c in CASES if (k, c) not in NOT_APPLICABLE]
 
 
 @pytest.fixture
