@@ -52,8 +52,24 @@ characters of ``Value``, UPSERT twice). Inside a call: deletes first (aliases be
 targets), then creates/UPSERTs of targets, then of aliases. Calls are paced client-side
 (``max_requests_per_s``; Route 53 allows 5 per second per account); ``Throttling`` and
 ``PriorRequestNotComplete`` are retried by botocore's retry mode; anything else maps to
-``TemporaryProviderError`` or ``PermanentProviderError``. With ``wait_insync`` the last
-change is awaited with the ``resource_record_sets_changed`` waiter, bounded by
+``TemporaryProviderError`` or ``PermanentProviderError``.
+
+Failure isolation: a batch Route 53 refuses for its content (``InvalidChangeBatch``, or
+``InvalidInput``, which is what it answers for some malformed changes) is bisected
+(``gtm.providers.bisect``) over its logical changes: halves are re-sent until every logical
+change is applied or refused on its own, at most ``2 * ceil(log2(n))`` extra calls per refused
+logical change (``max_isolated`` of them per batch; past that budget the undecided ones are not
+sent), each paced and retried like any call. The unit is the logical change, not the single
+record set, because that is what the provider writes atomically: a pool's weighted record sets
+(every ``SetIdentifier`` of a name and type), a DELETE/CREATE pair of one key, an alias and its
+target, and the ownership marker of a name stay together (a marker applied without its record
+sets, or the reverse, would leave them looking foreign). The batches behind a refused one are
+still sent. Then ``PartialApplyError`` (``temporary=False``) names every record set of the
+refused logical changes (``name type [set identifier]``) with Route 53's message, and lists
+what was applied. Any other error stops the apply: raised as it is when nothing was applied or
+refused before it, else reported in the ``PartialApplyError`` as not sent (a partial apply
+skips the INSYNC wait below: the worker retries it anyway). With ``wait_insync``
+the last change is awaited with the ``resource_record_sets_changed`` waiter, bounded by
 ``insync_timeout_s`` (Route 53 applies a zone's changes in submission order).
 """
 
@@ -66,7 +82,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import boto3
@@ -81,10 +97,11 @@ from botocore.exceptions import (
     WaiterError,
 )
 
-from gtm.errors import PermanentProviderError, ProviderError, TemporaryProviderError
+from gtm.errors import PartialApplyError, PermanentProviderError, ProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolPlan, SegmentRoute, ServicePlan
 from gtm.models.published import ROUTE53_POOL_LABEL, route53_pool_name
 from gtm.providers.base import Provider
+from gtm.providers.bisect import Isolation, isolate, isolation_budget
 from gtm.providers.records import (
     OWNER_PREFIX,
     Change,
@@ -122,8 +139,13 @@ _TEMPORARY_CODES = frozenset({
     "Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable",
     "InternalFailure", "InternalError", "RequestTimeout", "RequestTimeoutException",
 })
+_REFUSAL_CODES = frozenset({"InvalidChangeBatch", "InvalidInput"})
+"""Error codes that refuse a batch's content (one or more of its changes): the batch is bisected."""
 _PERMANENT_BOTOCORE = (NoCredentialsError, PartialCredentialsError, NoRegionError, ParamValidationError)
 _OCTAL = re.compile(r"\\(\d{3})")
+
+_Atom = list[tuple[tuple[int, int], dict[str, Any]]]
+"""One logical change of a batch: its ``Changes`` items with their order keys (``_batch_order``)."""
 
 
 class Route53Provider(Provider):
@@ -142,6 +164,8 @@ class Route53Provider(Provider):
         retry_mode: botocore retry mode, ``standard`` or ``adaptive``.
         max_attempts: botocore's ``max_attempts``: retries after the first attempt (so up to
             ``max_attempts + 1`` HTTP requests per call), with backoff and jitter.
+        max_isolated: refused logical changes a rejected batch is bisected for: at most
+            ``2 * ceil(log2(n)) * max_isolated`` extra calls for a batch of ``n`` logical changes.
 
     Credentials come only from boto3's standard chain (environment, shared files, instance
     role); whether they were found is logged, never their values.
@@ -167,6 +191,7 @@ class Route53Provider(Provider):
         insync_poll_s: float = 5.0,
         retry_mode: str = "standard",
         max_attempts: int = 8,
+        max_isolated: int = 3,
     ) -> None:
         super().__init__(
             name, owner_id=owner_id, zones=[normalize_name(z) for z in zones],
@@ -178,6 +203,8 @@ class Route53Provider(Provider):
             raise ValueError(f"retry_mode must be 'standard' or 'adaptive', got {retry_mode!r}")
         if max_attempts < 0:
             raise ValueError(f"max_attempts must be >= 0, got {max_attempts}")
+        if max_isolated < 1:
+            raise ValueError(f"max_isolated must be >= 1, got {max_isolated}")
         self.hosted_zone_ids = {normalize_name(z): _bare_zone_id(i) for z, i in (hosted_zone_ids or {}).items()}
         self.endpoint_url = endpoint_url
         self.region_name = region_name
@@ -187,6 +214,7 @@ class Route53Provider(Provider):
         self.insync_poll_s = float(insync_poll_s)
         self.retry_mode = retry_mode
         self.max_attempts = max_attempts
+        self.max_isolated = max_isolated
         self._client: Any = None
         self._client_lock = asyncio.Lock()
         self._pace_lock = asyncio.Lock()
@@ -486,32 +514,84 @@ class Route53Provider(Provider):
     async def _apply(self, plan: Plan) -> int:
         z = self._managed_zone(plan.zone)
         zid = await self.zone_id(z)
-        batches = self.batches(plan, zid)
+        batches = self._atom_batches(plan, zid)
         start = self._calls
-        last_change: str | None = None
-        for i, batch in enumerate(batches):
-            try:
-                resp = await self._call(
-                    "change_resource_record_sets",
-                    HostedZoneId=zid,
-                    ChangeBatch={
-                        "Comment": f"gtm {self.name} owner={self.owner_id} {i + 1}/{len(batches)}",
-                        "Changes": batch,
-                    },
-                )
-            except ProviderError as exc:
-                exc.detail += (
-                    f"; batch {i + 1}/{len(batches)} for zone {z} rejected, {i} applied before it, "
-                    f"{len(batches) - i - 1} not sent; re-plan to converge"
-                )
-                raise
-            last_change = resp["ChangeInfo"]["Id"]
-            self.log.debug("apply: %s batch %d/%d: %d change(s), %s",
-                           z, i + 1, len(batches), len(batch), resp["ChangeInfo"]["Status"])
-        if self.wait_insync and last_change is not None:
-            await self._wait_insync(last_change)
-        self._raw.pop(z, None)  # stale now; the next observe refills it
+        applied: list[str] = []
+        failed: dict[str, str] = {}
+        temporary = True
+        last_change: list[str] = []
+
+        async def send(atoms: Sequence[_Atom], label: str) -> None:
+            resp = await self._call(
+                "change_resource_record_sets",
+                HostedZoneId=zid,
+                ChangeBatch={"Comment": f"gtm {self.name} owner={self.owner_id} {label}", "Changes": _flat(atoms)},
+            )
+            last_change[:] = [resp["ChangeInfo"]["Id"]]
+            self.log.debug("apply: %s %s: %d change(s), %s",
+                           z, label, sum(len(a) for a in atoms), resp["ChangeInfo"]["Status"])
+
+        try:
+            for i, atoms in enumerate(batches):
+                label = f"{i + 1}/{len(batches)}"
+                try:
+                    await send(atoms, label)
+                except ProviderError as exc:
+                    if not _is_refusal(exc):
+                        if not applied and not failed:
+                            exc.detail += (
+                                f"; batch {label} for zone {z} rejected, {i} applied before it, "
+                                f"{len(batches) - i - 1} not sent; re-plan to converge"
+                            )
+                            raise
+                        rest = sum(len(a) for b in batches[i:] for a in b)
+                        failed[f"batches {i + 1}-{len(batches)} of {z} ({rest} changes)"] = f"not sent: {exc.detail}"
+                        temporary = temporary and isinstance(exc, TemporaryProviderError)
+                        break
+                    found = await self._isolate(atoms, exc, send, label)
+                    applied.extend(_units(found.applied))
+                    for atom, why in found.refused:
+                        failed.update(dict.fromkeys(_units([atom]), why))
+                        temporary = False
+                    for atom in found.unsent:
+                        why = f"not sent: {found.stopped.detail}" if found.stopped else "not sent: not isolated in time"
+                        failed.update(dict.fromkeys(_units([atom]), why))
+                    if found.stopped is not None:
+                        temporary = temporary and isinstance(found.stopped, TemporaryProviderError)
+                        rest = sum(len(a) for b in batches[i + 1:] for a in b)
+                        if rest:
+                            failed[f"batches {i + 2}-{len(batches)} of {z} ({rest} changes)"] = (
+                                f"not sent: {found.stopped.detail}"
+                            )
+                        break
+                else:
+                    applied.extend(_units(atoms))
+        finally:
+            self._raw.pop(z, None)  # stale now; the next observe refills it
+        if failed:
+            raise PartialApplyError(list(dict.fromkeys(applied)), failed, temporary=temporary)
+        if self.wait_insync and last_change:
+            await self._wait_insync(last_change[0])
         return self._calls - start
+
+    async def _isolate(
+        self, atoms: Sequence[_Atom], exc: ProviderError,
+        send: Callable[[Sequence[_Atom], str], Awaitable[None]], label: str,
+    ) -> Isolation[_Atom]:
+        """Bisect a refused batch (``gtm.providers.bisect``): apply every logical change Route 53
+        accepts, name the ones it refuses."""
+        budget = isolation_budget(len(atoms), self.max_isolated)
+        self.log.warning("apply: batch %s refused (%s); isolating among %d logical change(s), at most %d call(s)",
+                         label, exc.detail, len(atoms), budget)
+        parts = iter(range(1, budget + 1))
+
+        async def send_part(part: Sequence[_Atom]) -> None:
+            await send(part, f"{label} part {next(parts)}")
+
+        found = await isolate(atoms, exc.detail, send_part, _is_refusal, max_calls=budget)
+        self.log.warning("apply: batch %s: %d logical change(s) applied, %d refused, %d not sent, in %d call(s)",
+                         label, len(found.applied), len(found.refused), len(found.unsent), found.calls)
+        return found
 
     def batches(self, plan: Plan, zone_id: str) -> list[list[dict[str, Any]]]:
         """The ``Changes`` lists ``_apply`` sends for ``plan`` (pure apart from the read cache).
@@ -519,13 +599,18 @@ class Route53Provider(Provider):
         Each logical change (names linked by aliases and markers) goes whole into one batch
         when it fits the limits; one that cannot fit is split in order, with a warning.
         """
+        return [_flat(atoms) for atoms in self._atom_batches(plan, zone_id)]
+
+    def _atom_batches(self, plan: Plan, zone_id: str) -> list[list[_Atom]]:
+        """``batches``, each batch as its logical changes (the part of a logical change that
+        went into this batch, for one too big for a batch): the units ``_isolate`` splits."""
         raw = self._raw.get(plan.zone, {})
         groups = _groups(rs for c in plan.changes for rs in (c.old, c.new) if rs is not None)
         by_root: dict[str, list[tuple[int, Change]]] = {}
         for i, c in enumerate(plan.changes):  # plan order: deletes first; groups keep it
             by_root.setdefault(groups.find(_base(c.record.name)), []).append((i, c))
-        out: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
-        cur: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        out: list[list[_Atom]] = []
+        cur: list[_Atom] = []
         cur_rr = cur_chars = 0
         for members in by_root.values():
             items = sorted((_batch_order(i, c), _change_to_api(c, zone_id, raw)) for i, c in members)
@@ -535,27 +620,31 @@ class Route53Provider(Provider):
                 if cur_rr + g_rr > MAX_BATCH_RECORDS or cur_chars + g_chars > MAX_BATCH_CHARS:
                     out.append(cur)
                     cur, cur_rr, cur_chars = [], 0, 0
-                cur.extend(items)
+                cur.append(items)
                 cur_rr += g_rr
                 cur_chars += g_chars
                 continue
             self.log.warning("apply: a logical change of %d record sets (%s) exceeds one batch; split, not atomic",
                              len(items), items[0][1]["ResourceRecordSet"]["Name"])
+            piece: _Atom = []
             for item, (rr, chars) in zip(items, costs, strict=True):
                 if rr > MAX_BATCH_RECORDS or chars > MAX_BATCH_CHARS:
                     raise PermanentProviderError(
                         f"{self.name}: {item[1]['ResourceRecordSet']['Name']} alone exceeds Route 53's batch limits"
                     )
                 if cur_rr + rr > MAX_BATCH_RECORDS or cur_chars + chars > MAX_BATCH_CHARS:
+                    if piece:
+                        cur.append(piece)
                     out.append(cur)
-                    cur, cur_rr, cur_chars = [], 0, 0
-                cur.append(item)
+                    cur, piece, cur_rr, cur_chars = [], [], 0, 0
+                piece.append(item)
                 cur_rr += rr
                 cur_chars += chars
+            if piece:
+                cur.append(piece)
         if cur:
             out.append(cur)
-        # Within a call: deletes (aliases first), then targets, then aliases.
-        return [[item for _, item in sorted(batch, key=lambda x: x[0])] for batch in out if batch]
+        return [batch for batch in out if batch]
 
     async def _wait_insync(self, change_id: str) -> None:
         client = await self.client()
@@ -588,6 +677,28 @@ def _map_error(exc: ClientError | BotoCoreError) -> ProviderError:
     if isinstance(exc, _PERMANENT_BOTOCORE):
         return PermanentProviderError(msg)
     return TemporaryProviderError(msg)
+
+
+def _is_refusal(exc: ProviderError) -> bool:
+    """Whether Route 53 refused the content of a batch (``InvalidChangeBatch``, ``InvalidInput``)."""
+    cause = exc.__cause__
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _REFUSAL_CODES
+
+
+def _flat(atoms: Sequence[_Atom]) -> list[dict[str, Any]]:
+    """One call's ``Changes``: deletes (aliases first), then targets, then aliases."""
+    return [item for _, item in sorted((x for atom in atoms for x in atom), key=lambda x: x[0])]
+
+
+def _units(atoms: Iterable[_Atom]) -> list[str]:
+    """``name type [set identifier]`` of every record set the atoms change, in order, once each."""
+    out: dict[str, None] = {}
+    for atom in atoms:
+        for _, item in atom:
+            rrs = item["ResourceRecordSet"]
+            unit = f"{_norm_name(rrs['Name'])} {rrs['Type']}"
+            out[unit + (f" {rrs['SetIdentifier']}" if rrs.get("SetIdentifier") else "")] = None
+    return list(out)
 
 
 def _bare_zone_id(zone_id: str) -> str:

@@ -1,6 +1,6 @@
 """moto's Route 53 with ``MOTO_FIX`` applied: in a child process or a thread (tests, drills).
 
-moto 5.2 has two gaps that matter to the Route 53 provider, both fixed by ``MOTO_FIX`` (a
+moto 5.2 has three gaps that matter to the Route 53 provider, all fixed by ``MOTO_FIX`` (a
 patch text, so it can be ``exec``'d in-process under ``mock_aws`` and in the server process):
 
 - a DELETE carrying a ``SetIdentifier`` removes *every* record set of the zone with that
@@ -10,6 +10,10 @@ patch text, so it can be ``exec``'d in-process under ``mock_aws`` and in the ser
 - a CREATE identical to one made before is refused even after the record set was deleted (and
   a CREATE of a key that does exist is accepted unless identical to a journaled one). The fix
   checks the key itself and lets moto UPSERT a record set that does not exist.
+- a DELETE of a record set that is not there is checked against moto's journal, not the zone:
+  one created and deleted since passes (and, with a ``SetIdentifier``, deletes other record sets
+  with that identifier). The fix answers as Route 53 does: ``InvalidChangeBatch: [Tried to
+  delete resource record set [name=..., type=...] but it was not found]``.
 
 ``MotoServer`` runs moto's own ``moto.server.main`` (what the ``moto_server`` script runs)
 with ``MOTO_FIX`` applied first, on ``127.0.0.1`` and a free port below 32768::
@@ -51,6 +55,7 @@ __all__ = ["MOTO_FIX", "MotoServer", "MotoStartError", "ThreadedMoto", "moto_fix
 MOTO_FIX = '''
 from moto.route53 import models as _r53
 from moto.route53.exceptions import ResourceRecordAlreadyExists as _Exists
+from moto.route53.exceptions import Route53ClientError as _ClientError
 
 _orig_change = _r53.Route53Backend.change_resource_record_sets
 
@@ -72,9 +77,16 @@ def _change_resource_record_sets(self, zoneid, change_list):
             if find(rrs) is not None:
                 raise _Exists(name=rrs["Name"], _type=rrs["Type"])
             change["Action"] = "UPSERT"  # moto refuses a CREATE it has journaled before, even if deleted since
-        elif change["Action"] == "DELETE" and "SetIdentifier" in rrs:
+        elif change["Action"] == "DELETE":
             obj = find(rrs)
-            if obj is not None:  # moto deletes every record set of the zone with this identifier
+            if obj is None:  # Route 53's answer (moto checks its journal, not the zone)
+                key = "name='%s', type='%s'" % (rrs["Name"].rstrip(".") + ".", rrs["Type"])
+                if "SetIdentifier" in rrs:
+                    key += ", set-identifier='%s'" % rrs["SetIdentifier"]
+                raise _ClientError(
+                    "InvalidChangeBatch", "[Tried to delete resource record set [%s] but it was not found]" % key
+                )
+            if "SetIdentifier" in rrs:  # moto deletes every record set of the zone with this identifier
                 unique = "%s|%s|%s" % (rrs["SetIdentifier"], rrs["Name"], rrs["Type"])
                 renamed.append((obj, obj.set_identifier))
                 obj.set_identifier = rrs["SetIdentifier"] = unique

@@ -1,10 +1,11 @@
 """Route 53 provider against moto's Route 53 in-process (``mock_aws``), plus botocore ``Stubber``
 and HTTP-level fault injection for what moto cannot produce (throttling, PENDING changes).
 
-moto 5.2 has two gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
-set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused),
-both fixed by ``MOTO_FIX`` from ``gtm.testing.moto`` (which explains them), applied
-in-process here and in ``test_route53_server.py`` (moto's server in a thread).
+moto 5.2 has three gaps that matter here (a DELETE with a ``SetIdentifier`` removes every record
+set of the zone with that identifier; a CREATE identical to an earlier, deleted one is refused;
+a DELETE of a record set no longer there is accepted), all fixed by ``MOTO_FIX`` from
+``gtm.testing.moto`` (which explains them), applied in-process here and in
+``test_route53_server.py`` (moto's server in a thread).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from gtm.engine.planner import plan as engine_plan
-from gtm.errors import PermanentProviderError, TemporaryProviderError
+from gtm.errors import PartialApplyError, PermanentProviderError, TemporaryProviderError
 from gtm.models.plan import DesiredState, PoolMember, PoolPlan, RegionStatus, SegmentRoute, ServicePlan
 from gtm.models.policy import Policy
 from gtm.models.region import Inventory
@@ -660,26 +661,120 @@ def _change_info(status: str, change_id: str = "/change/C1") -> dict[str, Any]:
     return {"ChangeInfo": {"Id": change_id, "Status": status, "SubmittedAt": dt.datetime(2026, 1, 1)}}
 
 
-async def test_a_rejected_batch_is_permanent_and_later_batches_are_not_sent() -> None:
+def _fat_records(n: int) -> list[RecordSet]:
+    """``n`` independent record sets of 250 values each: four fill a batch (1,000 ResourceRecords)."""
+    return [
+        RecordSet(f"r{i:02d}.{ZONE}", "A", 60, tuple(sorted(f"10.{i}.{j // 250}.{j % 250}" for j in range(250))))
+        for i in range(n)
+    ]
+
+
+def _names(calls: Sequence[Sequence[dict[str, Any]]]) -> list[list[str]]:
+    return [[c["ResourceRecordSet"]["Name"].split(".")[0] for c in call] for call in calls]
+
+
+async def test_a_refused_batch_is_bisected_the_rest_applied_and_later_batches_still_sent() -> None:
+    """Three batches of four logical changes; Route 53 refuses the middle one for r6. The provider
+    bisects it (r4+r5 accepted, so r6+r7 holds the refusal and is split without being re-sent: r6
+    refused, r7 accepted), sends batch 3, then names r6 with Route 53's message."""
     provider = _stub_provider()
-    desired = [RecordSet(f"r{i}.{ZONE}", "A", 60, ("192.0.2.1",)) for i in range(2500)]
-    plan = provider.plan(desired, Observed(ZONE, owned=()))
-    assert len(provider.batches(plan, "Z1")) == 3
+    plan = provider.plan(_fat_records(12), Observed(ZONE, owned=()))
+    assert _names(provider.batches(plan, "Z1")) == [["r00", "r01", "r02", "r03"], ["r04", "r05", "r06", "r07"],
+                                                     ["r08", "r09", "r10", "r11"]]
     client = await provider.client()
+    sent = _request_recorder(client)
+    refusal = "[Tried to create resource record set [name='r06.gtm.example.com.', type='A'] but it already exists]"
     with Stubber(client) as stub:
-        stub.add_response("change_resource_record_sets", _change_info("PENDING"))
-        stub.add_client_error(
-            "change_resource_record_sets", service_error_code="InvalidChangeBatch", http_status_code=400,
-            service_message="[Tried to create resource record set [name='r1500.gtm.example.com.', type='A'] "
-                            "but it already exists]",
-        )
-        with pytest.raises(PermanentProviderError) as err:
+        stub.add_response("change_resource_record_sets", _change_info("PENDING"))  # batch 1
+        stub.add_client_error("change_resource_record_sets", service_error_code="InvalidChangeBatch",
+                              http_status_code=400, service_message=refusal)  # batch 2
+        stub.add_response("change_resource_record_sets", _change_info("PENDING"))  # r4, r5
+        stub.add_client_error("change_resource_record_sets", service_error_code="InvalidChangeBatch",
+                              http_status_code=400, service_message=refusal)  # r6
+        stub.add_response("change_resource_record_sets", _change_info("PENDING"))  # r7
+        stub.add_response("change_resource_record_sets", _change_info("PENDING"))  # batch 3
+        with pytest.raises(PartialApplyError) as err:
             await provider.apply(plan, dry_run=False)
         stub.assert_no_pending_responses()
-    msg = str(err.value)
-    assert "InvalidChangeBatch" in msg and "r1500" in msg
-    assert "batch 2/3" in msg and "1 applied before it, 1 not sent" in msg
-    assert provider.api_calls == 2
+    assert _names(sent) == [
+        ["r00", "r01", "r02", "r03"], ["r04", "r05", "r06", "r07"], ["r04", "r05"], ["r06"], ["r07"],
+        ["r08", "r09", "r10", "r11"],
+    ]
+    assert provider.api_calls == 6  # 3 batches + 3 to isolate (bound: 2 * ceil(log2(4)) per refusal)
+    e = err.value
+    assert e.failed == {f"r06.{ZONE} A": f"InvalidChangeBatch: {refusal}"}
+    assert e.applied == [f"r{i:02d}.{ZONE} A" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)]
+    assert e.temporary is False
+    assert str(e).startswith(f"r53 (route53) at https://route53.amazonaws.com: apply {ZONE}: 1 unit(s) refused")
+
+
+async def test_a_refused_logical_change_keeps_its_pool_and_marker_together() -> None:
+    """A service's record sets (geo aliases, every weighted SetIdentifier of its pools, markers)
+    are one logical change: refused whole, named record set by record set; the other service
+    is applied."""
+    provider = _stub_provider()
+    state = engine_state(chat_policy(services=[make_service("chat", segments=[eu_segment()]),
+                                               make_service("api")]))
+    plan = provider.plan(provider.with_markers(provider.render(state, ZONE)), Observed(ZONE, owned=()))
+    client = await provider.client()
+    sent = _request_recorder(client)
+    with Stubber(client) as stub:
+        for _ in range(2):  # the whole batch, then the first logical change alone
+            stub.add_client_error("change_resource_record_sets", service_error_code="InvalidChangeBatch",
+                                  http_status_code=400, service_message="[refused]")
+        stub.add_response("change_resource_record_sets", _change_info("PENDING"))  # the other one
+        with pytest.raises(PartialApplyError) as err:
+            await provider.apply(plan, dry_run=False)
+        stub.assert_no_pending_responses()
+    whole, first, second = ({c["ResourceRecordSet"]["Name"].rstrip(".") for c in call} for call in sent)
+    assert first | second == whole and not first & second
+    refused_names = {u.split()[0] for u in err.value.failed}
+    applied_names = {u.split()[0] for u in err.value.applied}
+    assert refused_names == first and applied_names == second
+    chat_names = {CHAT, EU_POOL, DEFAULT_POOL, f"_gtm-owner.{CHAT}", f"_gtm-owner.{EU_POOL}"}
+    assert chat_names <= refused_names or chat_names <= applied_names  # never split
+    units = {*err.value.failed, *err.value.applied}
+    assert {f"{DEFAULT_POOL} A {r}" for r in REGIONS} <= units and f"{CHAT} A continent-EU" in units
+    assert all(why == "InvalidChangeBatch: [refused]" for why in err.value.failed.values())
+
+
+async def test_isolating_calls_are_paced_and_retried_by_botocore(fast_backoff: list[Any]) -> None:
+    """Throttling while bisecting is retried inside botocore (the retry mode), like any call."""
+    provider = _stub_provider(max_attempts=8)
+    plan = provider.plan(_fat_records(4), Observed(ZONE, owned=()))
+    stub = HttpStubber(await provider.client())
+    stub.add_error("ChangeResourceRecordSets", "InvalidChangeBatch")  # the batch
+    stub.add_error("ChangeResourceRecordSets", "Throttling", times=2)  # r00+r01: throttled twice...
+    stub.add_change_info()  # ...then accepted
+    stub.add_error("ChangeResourceRecordSets", "InvalidChangeBatch")  # r02 alone (r02+r03 inferred refused)
+    stub.add_change_info()  # r03
+    with pytest.raises(PartialApplyError) as err:
+        await provider.apply(plan, dry_run=False)
+    stub.assert_no_pending_responses()
+    assert len(stub.attempts) == 6 and len(fast_backoff) == 2
+    assert provider.api_calls == 4  # logical calls; botocore's retries not counted
+    assert list(err.value.failed) == [f"r02.{ZONE} A"]
+    assert err.value.applied == [f"r{i:02d}.{ZONE} A" for i in (0, 1, 3)]
+
+
+async def test_isolation_stops_on_an_error_that_is_not_a_refusal(fast_backoff: list[Any]) -> None:
+    """A throttling storm while isolating: nothing more is sent; what is left is reported not sent."""
+    provider = _stub_provider(max_attempts=0)
+    plan = provider.plan(_fat_records(8), Observed(ZONE, owned=()))
+    client = await provider.client()
+    with Stubber(client) as stub:
+        stub.add_client_error("change_resource_record_sets", service_error_code="InvalidChangeBatch",
+                              http_status_code=400, service_message="[r1 refused]")
+        stub.add_client_error("change_resource_record_sets", service_error_code="Throttling", http_status_code=400)
+        with pytest.raises(PartialApplyError) as err:
+            await provider.apply(plan, dry_run=False)
+        stub.assert_no_pending_responses()
+    assert err.value.applied == []
+    assert err.value.failed == {
+        **{f"r{i:02d}.{ZONE} A": "not sent: Throttling: " for i in range(4)},
+        f"batches 2-2 of {ZONE} (4 changes)": "not sent: Throttling: ",
+    }
+    assert err.value.temporary is True
 
 
 async def test_wait_insync_polls_get_change_until_insync() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gtm.errors import PartialApplyError
 from gtm.testing.moto import ThreadedMoto
 from tests.factories import T0, ZONE, eu_segment, make_policy, make_service
 from tests.providers.test_route53 import (
@@ -95,3 +96,56 @@ async def test_2500_record_sets_over_http(aws: Aws, capsys: pytest.CaptureFixtur
     assert figures["steady"]["apply_calls"] == 0
     with capsys.disabled():
         print(f"\nroute53 (moto server) 2,500-record figures: {figures}")
+
+
+async def test_a_refused_service_is_isolated_and_the_other_applied_over_http(aws: Aws) -> None:
+    """Between observe and apply another writer creates a record set gtm planned to create (same
+    name, type and SetIdentifier): moto refuses the batch (``InvalidChangeBatch ... already
+    exists``). The provider bisects: the ``api`` service is refused whole, ``chat`` is applied; the
+    next plan leaves the foreign record set alone and has nothing else to do."""
+    provider = aws.provider()
+    state = engine_state(make_policy([make_service(segments=[eu_segment()]), make_service("api")]))
+    (plan,) = await provider.plan_state(state)
+    api_pool = f"default.pool.api.{ZONE}"
+    aws.add({"Name": api_pool + ".", "Type": "A", "SetIdentifier": "us-east-1", "Weight": 9, "TTL": 60,
+             "ResourceRecords": [{"Value": "198.51.100.9"}]})
+    calls = provider.api_calls
+    with pytest.raises(PartialApplyError) as err:
+        await provider.apply(plan, dry_run=False)
+    assert provider.api_calls - calls == 3  # the batch, then api alone (refused), then chat alone
+    failed, applied = err.value.failed, err.value.applied
+    assert f"{api_pool} A us-east-1" in failed and not err.value.temporary
+    assert all(u.split()[0].removeprefix("_gtm-owner.").endswith(f"api.{ZONE}") for u in failed)
+    assert all(why.startswith("InvalidChangeBatch: Tried to create resource record set") for why in failed.values())
+    assert {u.split()[0] for u in applied} >= {CHAT, EU_POOL, DEFAULT_POOL}
+    records = aws.records()
+    assert resolve(records, CHAT, "A", "EU", "DE") == {ADDR["eu-central-1"], ADDR["eu-west-1"]}
+    assert weights_at(records, api_pool) == {"us-east-1": 9}  # the other writer's, untouched
+    (again,) = await provider.plan_state(state)
+    assert again.empty and any(api_pool in c for c in again.conflicts)
+
+
+async def test_deleting_a_record_set_someone_removed_is_refused_and_isolated_over_http(aws: Aws) -> None:
+    """After observe, another writer deletes one region's weighted record set of ``api``; the
+    failover plan deletes it too: Route 53 (moto with ``MOTO_FIX``) refuses the batch (``not
+    found``). ``api`` is refused whole, ``chat``'s failover applied; the next plan converges."""
+    provider = aws.provider()
+    policy = make_policy([make_service(segments=[eu_segment()]), make_service("api")])
+    healthy = engine_state(policy)
+    await converge(provider, healthy)
+    failed = engine_state(policy, unhealthy=["us-east-1"], previous=healthy, now=T0 + 1)
+    (plan,) = await provider.plan_state(failed)
+    api_pool = f"default.pool.api.{ZONE}"
+    (gone,) = [r for r in aws.records() if r["Name"] == api_pool + "." and r.get("SetIdentifier") == "us-east-1"]
+    aws.client.change_resource_record_sets(HostedZoneId=aws.zone_id, ChangeBatch={"Changes": [
+        {"Action": "DELETE", "ResourceRecordSet": gone}]})
+    with pytest.raises(PartialApplyError) as err:
+        await provider.apply(plan, dry_run=False)
+    assert err.value.failed == {f"{api_pool} A us-east-1": (
+        f"InvalidChangeBatch: [Tried to delete resource record set [name='{api_pool}.', type='A', "
+        "set-identifier='us-east-1'] but it was not found]")}
+    assert f"{DEFAULT_POOL} A us-east-1" in err.value.applied
+    records = aws.records()
+    assert weights_at(records, DEFAULT_POOL) == {r: 255 for r in REGIONS if r != "us-east-1"}
+    assert "us-east-1" not in weights_at(records, api_pool)
+    assert await converge(provider, failed) == 0  # what was refused is already so
