@@ -138,15 +138,41 @@ async def loop_watchdog() -> AsyncIterator[LoopWatchdog]:
 #
 # tests/ mirrors gtm/ (engine, providers, store, agent, controller, api, cli, config, sim) and
 # keeps what runs whole processes together in tests/e2e/. Everything there is marked ``e2e``,
-# so ``pytest -m "not e2e"`` (``make test-fast``) is the developer's loop.
+# Modules outside e2e/ that start a real server (BIND, Unbound, moto, Chromium) or wait in
+# real time on purpose (probe deadlines, busy graces, a paused loop) are marked ``slow``.
+# ``pytest -m "not e2e and not slow"`` (``make test-fast``, with the property tests at a quarter of
+# their examples) is the developer's loop, under a minute; ``make test`` runs everything.
 
-_E2E_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e") + os.sep
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_E2E_DIR = _TESTS_DIR + "e2e" + os.sep
+_SLOW_MODULES = frozenset({
+    "agent/test_probe.py",  # real probe deadlines and busy graces (about 30 s)
+    "agent/test_agent.py",  # whole agents against fleets that hang or die
+    "agent/test_stall.py",  # blocks the event loop for seconds on purpose
+    "drills/test_unbound.py",  # a real Unbound, TTLs counting down
+    "drills/test_report.py",  # headless Chromium
+    "providers/test_contract.py",  # BIND, moto server, the Cloud DNS server
+    "providers/test_rfc2136.py",  # a real BIND
+    "providers/test_rfc2136_isolation.py",  # a real BIND
+    "providers/test_route53_server.py",  # moto's server
+    "sim/test_sim_drill.py",  # a fleet that dies and comes back
+    "providers/test_route53.py",  # botocore's retry modes back off in real time; 2,500-record runs
+    "providers/test_globalaccelerator.py",  # botocore's adaptive retry mode waits in real time
+    "store/test_store.py",  # a Redis server that dies and comes back
+    "controller/test_rollout_signals.py",  # whole agents scraping fleets of every kind
+    "agent/test_vantage.py",  # vantage probes against fleets that stop answering, in real time
+    "config/test_git_policies.py",  # real git repositories and subprocesses
+    "config/test_policy_snapshot.py",  # whole controllers started from a snapshot
+})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if str(item.path).startswith(_E2E_DIR):
+        path = str(item.path)
+        if path.startswith(_E2E_DIR):
             item.add_marker(pytest.mark.e2e)
+        elif path.removeprefix(_TESTS_DIR) in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 # -- shared Redis and fleet fixtures ---------------------------------------------------------
