@@ -52,7 +52,7 @@ def test_fields_and_context(json_logs: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_password_in_a_url_is_redacted(json_logs: pytest.CaptureFixture[str]) -> None:
-    get_logger("agent").info("agent: redis %s", redact(f"redis://gtm:{SECRET}@10.0.0.1:6379/0"))
+    get_logger("agent").info("agent: redis %s", redact(f"redis://gtm:{SECRET}@10.0.0.1:6380/0"))
     (line,) = _lines(json_logs)
     assert "10.0.0.1" in str(line["message"])
 
